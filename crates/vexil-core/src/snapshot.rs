@@ -1,0 +1,304 @@
+//! The compiled, immutable snapshot: everything evaluation needs, prepared once.
+//!
+//! Invariants: a `Snapshot` only exists for a fully valid set of files; every index in it
+//! (variant, segment) points inside its vectors; nothing in it changes after compilation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::diag::Pos;
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// The type of a flag and of every value it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlagType {
+    Boolean,
+    String,
+    Integer,
+    Float,
+    Object,
+}
+
+impl FlagType {
+    pub const ALL: [FlagType; 5] = [
+        FlagType::Boolean,
+        FlagType::String,
+        FlagType::Integer,
+        FlagType::Float,
+        FlagType::Object,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagType::Boolean => "boolean",
+            FlagType::String => "string",
+            FlagType::Integer => "integer",
+            FlagType::Float => "float",
+            FlagType::Object => "object",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FlagType> {
+        FlagType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// A value a flag serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    String(Box<str>),
+    Integer(i64),
+    Float(f64),
+    /// Always a JSON object.
+    Object(serde_json::Value),
+}
+
+impl Value {
+    pub fn flag_type(&self) -> FlagType {
+        match self {
+            Value::Bool(_) => FlagType::Boolean,
+            Value::String(_) => FlagType::String,
+            Value::Integer(_) => FlagType::Integer,
+            Value::Float(_) => FlagType::Float,
+            Value::Object(_) => FlagType::Object,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::String(s) => serde_json::Value::String(s.to_string()),
+            Value::Integer(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Object(o) => o.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub name: Box<str>,
+    pub value: Value,
+}
+
+/// Where a definition was written, for tooling and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: String,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone)]
+pub struct Flag {
+    pub key: Box<str>,
+    pub flag_type: FlagType,
+    pub enabled: bool,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub tags: Vec<String>,
+    pub expires: Option<jiff::civil::Date>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub variants: Vec<Variant>,
+    /// Index into `variants`.
+    pub default: usize,
+    pub rules: Vec<Rule>,
+    pub origin: Origin,
+}
+
+impl Flag {
+    pub fn default_variant(&self) -> &Variant {
+        // `default` is checked at compile time; the fallback keeps this total without a panic path.
+        self.variants.get(self.default).unwrap_or(&FALLBACK_VARIANT)
+    }
+
+    pub fn variant(&self, index: usize) -> &Variant {
+        self.variants.get(index).unwrap_or(&FALLBACK_VARIANT)
+    }
+
+    /// True if the answer cannot depend on the context (OpenFeature's STATIC).
+    pub fn is_static(&self) -> bool {
+        !self.enabled || self.rules.is_empty()
+    }
+}
+
+// Unreachable on a compiled snapshot (indices are checked at compile time); it keeps the
+// accessors total without a panic path.
+static FALLBACK_VARIANT: std::sync::LazyLock<Variant> = std::sync::LazyLock::new(|| Variant {
+    name: "".into(),
+    value: Value::Bool(false),
+});
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The rule's `name`, or its 1-based position.
+    pub name: Box<str>,
+    /// All must hold.
+    pub matchers: Vec<Matcher>,
+    pub outcome: Outcome,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    All,
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    /// Indices into the namespace's segments.
+    Segments(Mode, Vec<usize>),
+    Conditions(Mode, Vec<Condition>),
+    Ids(FastSet<Box<str>>),
+    Groups(Vec<Box<str>>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Serve { variant: usize, gate: Gate },
+    Split { boundaries: Vec<(u32, usize)>, bucket: BucketBy },
+}
+
+/// What else must hold for a `serve` rule to match.
+#[derive(Debug, Clone)]
+pub enum Gate {
+    Always,
+    /// Included iff bucket < threshold (thousandths of a percent).
+    Rollout { threshold: u32, bucket: BucketBy },
+    /// Random on every call: rand(0..100_000) < threshold.
+    PercentageOfTime { threshold: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct BucketBy {
+    /// `None`: the targeting key.
+    pub attr: Option<AttrPath>,
+    pub salt: Box<str>,
+}
+
+/// An attribute name, split once at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrPath {
+    pub full: Box<str>,
+    pub parts: Box<[Box<str>]>,
+    pub is_targeting_key: bool,
+}
+
+impl AttrPath {
+    pub fn new(name: &str) -> AttrPath {
+        AttrPath {
+            full: name.into(),
+            parts: name.split('.').map(Into::into).collect(),
+            is_targeting_key: name == "targeting_key",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub attr: AttrPath,
+    pub op: Op,
+    /// The operator as written (`starts_with`, `semver_gte`, ...), for listings and mirrors.
+    pub op_name: &'static str,
+    /// The operand as written, for listings and mirrors.
+    pub operand: serde_json::Value,
+    pub ignore_case: bool,
+}
+
+/// A value compared with `equals`, prepared in every form an attribute may take.
+#[derive(Debug, Clone)]
+pub struct Scalar {
+    /// Lower-cased when the condition ignores case.
+    pub text: Box<str>,
+    pub number: Option<f64>,
+    pub boolean: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Equals { value: Scalar, negate: bool },
+    In { texts: FastSet<Box<str>>, numbers: Vec<f64>, negate: bool },
+    StartsWith(Box<str>),
+    EndsWith(Box<str>),
+    Contains(Box<str>),
+    Matches(regex::Regex),
+    Number(Cmp, f64),
+    Semver(Cmp, semver::Version),
+    /// Seconds since the Unix epoch.
+    Before(f64),
+    After(f64),
+    Present(bool),
+}
+
+/// A segment with its includes flattened: a member is in `ids`, or satisfies one of `groups`.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub key: Box<str>,
+    pub description: Option<String>,
+    pub ids: FastSet<Box<str>>,
+    pub groups: Vec<(Mode, Vec<Condition>)>,
+    /// Names as written, for listings and mirrors.
+    pub include: Vec<Box<str>>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Namespace {
+    pub name: Box<str>,
+    /// Sorted by key.
+    pub flags: Vec<Flag>,
+    pub segments: Vec<Segment>,
+    pub(crate) flag_index: FastMap<Box<str>, usize>,
+}
+
+impl Namespace {
+    pub fn flag(&self, key: &str) -> Option<&Flag> {
+        self.flag_index.get(key).and_then(|&i| self.flags.get(i))
+    }
+
+    pub fn segment(&self, index: usize) -> Option<&Segment> {
+        self.segments.get(index)
+    }
+}
+
+/// An immutable, fully validated set of flags.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub(crate) revision: String,
+    /// Sorted by name.
+    pub(crate) namespaces: Vec<Namespace>,
+    pub(crate) namespace_index: FastMap<Box<str>, usize>,
+}
+
+impl Snapshot {
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespace_index.get(name).and_then(|&i| self.namespaces.get(i))
+    }
+
+    pub fn flag(&self, namespace: &str, key: &str) -> Option<&Flag> {
+        self.namespace(namespace)?.flag(key)
+    }
+
+    pub fn flag_count(&self) -> usize {
+        self.namespaces.iter().map(|n| n.flags.len()).sum()
+    }
+}

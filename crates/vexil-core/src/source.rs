@@ -1,0 +1,203 @@
+//! Reading flag files: from a directory (with limits and symlink checks) or from memory.
+//!
+//! Problems with single files become diagnostics (the rest of the files are still checked);
+//! only a root that cannot be read at all is an error.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Code, Diagnostic, Pos, Severity};
+
+/// Files larger than this are refused (real flag files are a few kilobytes).
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// More files than this under one root are refused.
+pub const MAX_FILES: usize = 20_000;
+/// Directory nesting followed at most.
+const MAX_DIR_DEPTH: usize = 32;
+
+/// A flag file's text, with its path relative to the flags root (`/`-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// Files read from a source, and the problems met while reading.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub files: Vec<SourceFile>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read flags root {path}: {source}")]
+    Root { path: PathBuf, source: std::io::Error },
+    #[error("flags root {0} is not a directory")]
+    NotADirectory(PathBuf),
+}
+
+/// True for the files Vexil reads as flag files.
+pub fn is_flag_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (lower.ends_with(".yaml") || lower.ends_with(".yml"))
+        && !lower.ends_with(".test.yaml")
+        && !lower.ends_with(".test.yml")
+        && !name.starts_with('.')
+}
+
+/// Checks raw bytes (size, binary, UTF-8) and turns them into a source file.
+pub fn check_bytes(path: &str, bytes: Vec<u8>, out: &mut Vec<Diagnostic>) -> Option<SourceFile> {
+    let problem = |code, pos, message: String| Diagnostic { file: path.to_owned(), pos, severity: Severity::Error, code, message };
+    if bytes.len() > MAX_FILE_BYTES {
+        out.push(problem(
+            Code::FileTooLarge,
+            Pos::START,
+            format!("file is {} bytes; flag files may be at most {MAX_FILE_BYTES} bytes: split it", bytes.len()),
+        ));
+        return None;
+    }
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        out.push(problem(Code::BinaryFile, pos_of(&bytes, at), "file contains a NUL byte: it looks binary, not YAML".into()));
+        return None;
+    }
+    match String::from_utf8(bytes) {
+        Ok(mut text) => {
+            if text.starts_with('\u{feff}') {
+                text.drain(..'\u{feff}'.len_utf8());
+            }
+            Some(SourceFile { path: path.to_owned(), text })
+        }
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            out.push(problem(Code::NotUtf8, pos_of(e.as_bytes(), at), "file is not valid UTF-8: save it as UTF-8".into()));
+            None
+        }
+    }
+}
+
+/// Line and column of byte `at`, counting characters of the valid text before it.
+fn pos_of(bytes: &[u8], at: usize) -> Pos {
+    let before = bytes.get(..at).unwrap_or(bytes);
+    let text = String::from_utf8_lossy(before);
+    let line = text.matches('\n').count() + 1;
+    let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Pos { line: u32::try_from(line).unwrap_or(u32::MAX), column: u32::try_from(column).unwrap_or(u32::MAX) }
+}
+
+/// Builds a source from in-memory files (tests, git trees, benchmarks).
+pub fn from_memory<P: AsRef<str>, B: Into<Vec<u8>>>(files: impl IntoIterator<Item = (P, B)>) -> Loaded {
+    let mut loaded = Loaded::default();
+    for (path, bytes) in files {
+        if let Some(f) = check_bytes(path.as_ref(), bytes.into(), &mut loaded.diagnostics) {
+            loaded.files.push(f);
+        }
+    }
+    loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
+    loaded
+}
+
+/// Reads every flag file under `root`.
+pub fn read_dir(root: &Path) -> Result<Loaded, SourceError> {
+    let meta = std::fs::metadata(root).map_err(|source| SourceError::Root { path: root.to_owned(), source })?;
+    if !meta.is_dir() {
+        return Err(SourceError::NotADirectory(root.to_owned()));
+    }
+    let canonical_root = root.canonicalize().map_err(|source| SourceError::Root { path: root.to_owned(), source })?;
+    let mut walk = Walk { root: canonical_root.clone(), loaded: Loaded::default(), visited: HashSet::new(), count: 0 };
+    walk.dir(&canonical_root, "", 0);
+    let mut loaded = walk.loaded;
+    loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(loaded)
+}
+
+struct Walk {
+    root: PathBuf,
+    loaded: Loaded,
+    visited: HashSet<PathBuf>,
+    count: usize,
+}
+
+impl Walk {
+    fn problem(&mut self, path: &str, code: Code, message: String) {
+        self.loaded.diagnostics.push(Diagnostic { file: path.to_owned(), pos: Pos::START, severity: Severity::Error, code, message });
+    }
+
+    fn dir(&mut self, dir: &Path, rel: &str, depth: usize) {
+        if depth > MAX_DIR_DEPTH || !self.visited.insert(dir.to_owned()) {
+            return;
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return self.problem(rel, Code::Io, format!("cannot read directory: {e}")),
+        };
+        let mut names: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
+            .filter(|(n, _)| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        for (name, path) in names {
+            let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let target = if meta.file_type().is_symlink() {
+                // ConfigMap mounts are symlinks inside the root; anything leading out is refused.
+                match path.canonicalize() {
+                    Ok(t) if t.starts_with(&self.root) => t,
+                    Ok(t) => {
+                        if t.is_dir() || is_flag_file(&name) {
+                            self.problem(
+                                &rel_path,
+                                Code::SymlinkOutsideRoot,
+                                format!("symbolic link leads outside the flags root (to {}): refused", t.display()),
+                            );
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        if is_flag_file(&name) {
+                            self.problem(&rel_path, Code::Io, format!("broken symbolic link: {e}"));
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                path.clone()
+            };
+            if target.is_dir() {
+                self.dir(&target, &rel_path, depth + 1);
+            } else if is_flag_file(&name) {
+                self.file(&target, &rel_path);
+            }
+        }
+    }
+
+    fn file(&mut self, path: &Path, rel: &str) {
+        self.count += 1;
+        if self.count > MAX_FILES {
+            if self.count == MAX_FILES + 1 {
+                self.problem(rel, Code::TooManyFiles, format!("more than {MAX_FILES} flag files under the root: refused"));
+            }
+            return;
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > MAX_FILE_BYTES as u64 => {
+                return self.problem(
+                    rel,
+                    Code::FileTooLarge,
+                    format!("file is {} bytes; flag files may be at most {MAX_FILE_BYTES} bytes: split it", m.len()),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return self.problem(rel, Code::Io, format!("cannot read file: {e}")),
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                if let Some(f) = check_bytes(rel, bytes, &mut self.loaded.diagnostics) {
+                    self.loaded.files.push(f);
+                }
+            }
+            Err(e) => self.problem(rel, Code::Io, format!("cannot read file: {e}")),
+        }
+    }
+}

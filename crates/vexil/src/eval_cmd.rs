@@ -1,0 +1,68 @@
+//! `vexil eval`: one flag, one context, from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use vexil_core::{AttrValue, CompileOptions, Context};
+
+pub struct Args {
+    pub flag: String,
+    pub source: PathBuf,
+    pub namespace: String,
+    pub key: Option<String>,
+    pub attrs: Vec<String>,
+    pub json: bool,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let mut ctx = Context { targeting_key: args.key.clone(), ..Context::default() };
+    for attr in &args.attrs {
+        let Some((name, raw)) = attr.split_once('=') else {
+            bail!("--attr takes NAME=VALUE, got `{attr}`");
+        };
+        if name.is_empty() {
+            bail!("--attr `{attr}` has no attribute name");
+        }
+        let value = match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(json) => AttrValue::from_json(&json),
+            Err(_) => AttrValue::String(raw.to_owned()),
+        };
+        ctx.attributes.insert(name.to_owned(), value);
+    }
+    let (_, compiled) = vexil_core::load_dir(&args.source, &CompileOptions::default())
+        .with_context(|| format!("reading flags from {}", args.source.display()))?;
+    let Some(snapshot) = compiled.snapshot else {
+        for d in &compiled.diagnostics {
+            eprintln!("{d}");
+        }
+        bail!("the flags in {} are invalid; run `vexil validate {}`", args.source.display(), args.source.display());
+    };
+    match snapshot.evaluate(&args.namespace, &args.flag, &ctx) {
+        Ok(e) => {
+            let rule = e.rule.map(|r| r.name.to_string());
+            if args.json {
+                let out = serde_json::json!({
+                    "flag": args.flag,
+                    "value": e.value().to_json(),
+                    "variant": &*e.variant.name,
+                    "reason": e.reason.as_str(),
+                    "rule": rule,
+                });
+                println!("{out}");
+            } else {
+                let rule = rule.map(|r| format!(", rule: {r}")).unwrap_or_default();
+                println!("{} = {} (variant: {}, reason: {}{rule})", args.flag, e.value().to_json(), e.variant.name, e.reason);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            if args.json {
+                println!("{}", serde_json::json!({"flag": args.flag, "error": err.code(), "message": err.to_string()}));
+            } else {
+                eprintln!("{}: {err} (flag `{}` in namespace `{}`)", err.code(), args.flag, args.namespace);
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
