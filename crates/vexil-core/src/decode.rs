@@ -33,7 +33,8 @@ impl<'n> Fields<'n> {
     /// Reports every field not taken as unknown, suggesting the closest known name.
     pub fn finish(self, sink: &mut Sink<'_>, what: &str, known: &[&str]) {
         for ((name, key, _), used) in self.entries.iter().zip(&self.used) {
-            if *used {
+            // A known field left unread was skipped after another error about it.
+            if *used || known.contains(name) {
                 continue;
             }
             let hint = match closest(name, known) {

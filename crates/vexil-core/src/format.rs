@@ -263,7 +263,8 @@ fn decode_variants(
             out.push((Variant { name: name.into(), value: v }, pos));
         }
     }
-    if out.is_empty() && node.kind != Kind::Null && !matches!(&node.kind, Kind::Map(m) if !m.is_empty()) {
+    let empty = matches!(&node.kind, Kind::Null) || matches!(&node.kind, Kind::Map(m) if m.is_empty());
+    if out.is_empty() && empty {
         sink.error(node.pos, Code::MissingField, format!("flag `{flag}` needs at least one variant"));
     }
     out

@@ -29,6 +29,19 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flag_paths() {
+        assert!(super::is_flag_path("a.yaml"));
+        assert!(super::is_flag_path("team/b.YML"));
+        assert!(!super::is_flag_path("team/b.test.yaml"));
+        assert!(!super::is_flag_path(".hidden/b.yaml"));
+        assert!(!super::is_flag_path("a/.b.yaml"));
+        assert!(!super::is_flag_path("README.md"));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read flags root {path}: {source}")]
@@ -44,6 +57,14 @@ pub fn is_flag_file(name: &str) -> bool {
         && !lower.ends_with(".test.yaml")
         && !lower.ends_with(".test.yml")
         && !name.starts_with('.')
+}
+
+/// True for a path (relative to the flags root, `/`-separated) Vexil reads as a flag file:
+/// a flag file name, with no hidden file or directory on the way.
+pub fn is_flag_path(path: &str) -> bool {
+    let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".");
+    let Some(name) = parts.next_back() else { return false };
+    parts.all(|dir| !dir.starts_with('.')) && is_flag_file(name)
 }
 
 /// Checks raw bytes (size, binary, UTF-8) and turns them into a source file.
@@ -85,10 +106,14 @@ fn pos_of(bytes: &[u8], at: usize) -> Pos {
     Pos { line: u32::try_from(line).unwrap_or(u32::MAX), column: u32::try_from(column).unwrap_or(u32::MAX) }
 }
 
-/// Builds a source from in-memory files (tests, git trees, benchmarks).
+/// Builds a source from in-memory files (tests, git trees, benchmarks); paths that are not
+/// flag files (see `is_flag_path`) are skipped, as a directory walk would.
 pub fn from_memory<P: AsRef<str>, B: Into<Vec<u8>>>(files: impl IntoIterator<Item = (P, B)>) -> Loaded {
     let mut loaded = Loaded::default();
     for (path, bytes) in files {
+        if !is_flag_path(path.as_ref()) {
+            continue;
+        }
         if let Some(f) = check_bytes(path.as_ref(), bytes.into(), &mut loaded.diagnostics) {
             loaded.files.push(f);
         }

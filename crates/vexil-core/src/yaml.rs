@@ -86,6 +86,13 @@ fn convert_error(err: &serde_saphyr::Error) -> YamlError {
     // serde-saphyr appends " at line N, column M" (and alias notes); we report the place ourselves.
     let message = raw.split(" at line ").next().unwrap_or(&raw).trim().to_owned();
     let lower = message.to_ascii_lowercase();
+    if lower.contains("multiple yaml documents") || lower.contains("documents {") {
+        return YamlError {
+            pos,
+            code: Code::YamlSyntax,
+            message: "a flag file holds one YAML document: move this `---` document into a file of its own".into(),
+        };
+    }
     if lower.contains("budget breached") || lower.contains("recursion limit") || lower.contains("alias")
     {
         return YamlError {
@@ -103,13 +110,6 @@ fn convert_error(err: &serde_saphyr::Error) -> YamlError {
             pos,
             code: Code::DuplicateKey,
             message: format!("duplicate key `{key}` in this map: remove or rename one of them"),
-        };
-    }
-    if lower.contains("multiple yaml documents") {
-        return YamlError {
-            pos,
-            code: Code::YamlSyntax,
-            message: "a flag file holds one YAML document: move this `---` document into a file of its own".into(),
         };
     }
     YamlError {

@@ -1,0 +1,17 @@
+//! Vexil's end-to-end tests: one binary, data-driven where the domain allows.
+//!
+//! - `spec`: tables of flag files, contexts and expected answers (tests/spec/*.yaml);
+//! - `invalid`: invalid flag repositories with their expected diagnostics (tests/invalid/*/);
+//! - `hostile`: files built at run time (too large, binary, not UTF-8, symlinks out of the root);
+//! - `cli`: the `vexil` binary as a user runs it;
+//! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
+//! - `props`: property tests of bucketing and of evaluation on arbitrary contexts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod cli;
+mod helpers;
+mod hostile;
+mod invalid;
+mod props;
+mod schema;
+mod spec;

@@ -1,0 +1,60 @@
+//! The JSON Schema for editors must accept every valid example file and reject broken ones.
+
+use crate::helpers::{repo_root, yaml_to_json};
+
+fn validator() -> jsonschema::Validator {
+    let schema: serde_json::Value = serde_json::from_str(vexil_core::schema::FLAG_FILE_SCHEMA).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn schema_accepts_the_example_repository_and_spec_tables() {
+    let v = validator();
+    let mut files = Vec::new();
+    yaml_files(&repo_root().join("flags"), &mut files);
+    assert!(files.len() >= 3);
+    for path in &files {
+        let doc = yaml_to_json(&std::fs::read_to_string(path).unwrap());
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+    // Every flag file of the specification tables is valid Vexil, so the schema must accept it.
+    let mut tables = Vec::new();
+    yaml_files(&repo_root().join("tests/spec"), &mut tables);
+    for table in tables {
+        let table = yaml_to_json(&std::fs::read_to_string(&table).unwrap());
+        for (name, text) in table["files"].as_object().unwrap() {
+            let doc = yaml_to_json(text.as_str().unwrap());
+            let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{name}: {errors:#?}");
+        }
+    }
+}
+
+#[test]
+fn schema_rejects_what_validation_rejects() {
+    let v = validator();
+    let broken = [
+        "flags:\n  f:\n    rulez: []\n",
+        "flags:\n  f:\n    type: bool\n",
+        "flags:\n  f:\n    rules:\n      - when: [{attr: a, equals: x, in: [y]}]\n        serve: true\n",
+        "flags:\n  f:\n    rules:\n      - when: [{attr: a, gt: ten}]\n        serve: true\n",
+        "flags:\n  \"bad key\": {}\n",
+        "namespce: x\n",
+        "segments:\n  s:\n    description: nobody\n",
+    ];
+    for doc in broken {
+        assert!(!v.is_valid(&yaml_to_json(doc)), "schema accepted:\n{doc}");
+    }
+}
