@@ -9,7 +9,12 @@ fn stdout(o: &std::process::Output) -> String {
 #[test]
 fn validate_accepts_the_example_repository() {
     let out = vexil(&["validate", "flags"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(summary.starts_with("valid: "), "{summary}");
 }
@@ -21,7 +26,10 @@ fn validate_reports_invalid_files_in_every_format() {
     assert_eq!(human.status.code(), Some(1));
     let text = stdout(&human);
     assert!(text.contains("error[unknown-segment]"), "{text}");
-    assert!(text.contains(&format!("--> {fixture}/flags.yaml:")), "{text}");
+    assert!(
+        text.contains(&format!("--> {fixture}/flags.yaml:")),
+        "{text}"
+    );
     // The caret sits under the offending column.
     let line_with_caret = text.lines().find(|l| l.trim_end().ends_with('^')).unwrap();
     assert!(line_with_caret.contains(" | "), "{text}");
@@ -39,14 +47,23 @@ fn validate_reports_invalid_files_in_every_format() {
 
     let github = vexil(&["validate", fixture, "--format", "github"]);
     let first = stdout(&github).lines().next().unwrap().to_owned();
-    assert!(first.starts_with(&format!("::error file={fixture}/flags.yaml,line=")), "{first}");
+    assert!(
+        first.starts_with(&format!("::error file={fixture}/flags.yaml,line=")),
+        "{first}"
+    );
     assert!(first.contains(",col="), "{first}");
 }
 
 #[test]
 fn validate_exit_codes_for_usage_and_io_errors() {
-    assert_eq!(vexil(&["validate", "does/not/exist"]).status.code(), Some(2));
-    assert_eq!(vexil(&["validate", "--format", "xml"]).status.code(), Some(2));
+    assert_eq!(
+        vexil(&["validate", "does/not/exist"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        vexil(&["validate", "--format", "xml"]).status.code(),
+        Some(2)
+    );
     assert_eq!(vexil(&["frobnicate"]).status.code(), Some(2));
 }
 
@@ -61,17 +78,41 @@ fn validate_warnings_do_not_fail() {
 fn eval_prints_typed_json() {
     // new-checkout rolls out to 25 %: crc32("new-checkout" + "user-43") % 100000 = 1364 (in),
     // "user-42" lands in bucket 65666 (out); vectors from shared/reference/bucketing.md.
-    let out = vexil(&["eval", "new-checkout", "-n", "checkout", "--key", "user-43", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = vexil(&[
+        "eval",
+        "new-checkout",
+        "-n",
+        "checkout",
+        "--key",
+        "user-43",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["flag"], "new-checkout");
     assert_eq!(v["value"], true);
     assert_eq!(v["reason"], "SPLIT");
     assert!(v["rule"].is_string());
 
-    let out = vexil(&["eval", "new-checkout", "-n", "checkout", "--key", "user-42", "--json"]);
+    let out = vexil(&[
+        "eval",
+        "new-checkout",
+        "-n",
+        "checkout",
+        "--key",
+        "user-42",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["value"].clone(), v["reason"].clone()), (serde_json::json!(false), serde_json::json!("DEFAULT")));
+    assert_eq!(
+        (v["value"].clone(), v["reason"].clone()),
+        (serde_json::json!(false), serde_json::json!("DEFAULT"))
+    );
     assert!(v["rule"].is_null());
 }
 
@@ -84,12 +125,30 @@ fn eval_reads_typed_attributes_and_reports_unknown_flags() {
     )
     .unwrap();
     let source = flags.path().to_str().unwrap();
-    let out = vexil(&["eval", "limit", "--source", source, "--attr", "seats=120", "--attr", "plan=pro", "--json"]);
+    let out = vexil(&[
+        "eval",
+        "limit",
+        "--source",
+        source,
+        "--attr",
+        "seats=120",
+        "--attr",
+        "plan=pro",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v, serde_json::json!({"flag": "limit", "value": 50, "variant": "high", "reason": "TARGETING_MATCH", "rule": "1"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"flag": "limit", "value": 50, "variant": "high", "reason": "TARGETING_MATCH", "rule": "1"})
+    );
 
-    let out = vexil(&["eval", "limit", "--source", source, "--attr", "seats=99", "--attr", "plan=pro"]);
-    assert_eq!(stdout(&out).trim(), "limit = 10 (variant: low, reason: DEFAULT)");
+    let out = vexil(&[
+        "eval", "limit", "--source", source, "--attr", "seats=99", "--attr", "plan=pro",
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "limit = 10 (variant: low, reason: DEFAULT)"
+    );
 
     let out = vexil(&["eval", "nope", "--source", source, "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -106,5 +165,9 @@ fn schema_command_prints_the_schema() {
     assert_eq!(out.status.code(), Some(0));
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(schema["$id"], "https://vexil.dev/schema/flags.json");
-    assert!(repo_root().join("crates/vexil-core/src/schema.json").exists());
+    assert!(
+        repo_root()
+            .join("crates/vexil-core/src/schema.json")
+            .exists()
+    );
 }

@@ -4,26 +4,38 @@ use std::path::PathBuf;
 
 /// The repository root (tests read `flags/` and `tests/` from it).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// Parses YAML test data into JSON values.
 pub fn yaml_to_json(text: &str) -> serde_json::Value {
     // YAML 1.2 booleans only, as Vexil reads flag files (`on` and `off` are text).
     let options = serde_saphyr::options! { strict_booleans: true };
-    serde_saphyr::from_str_with_options::<serde_json::Value>(text, options).expect("test data is valid YAML")
+    serde_saphyr::from_str_with_options::<serde_json::Value>(text, options)
+        .expect("test data is valid YAML")
 }
 
 /// The embedded example repository, compiled once.
 pub fn example_snapshot() -> &'static vexil_core::Snapshot {
-    static SNAPSHOT: std::sync::LazyLock<vexil_core::Snapshot> = std::sync::LazyLock::new(compile_example);
+    static SNAPSHOT: std::sync::LazyLock<vexil_core::Snapshot> =
+        std::sync::LazyLock::new(compile_example);
     &SNAPSHOT
 }
 
 fn compile_example() -> vexil_core::Snapshot {
-    let (_, compiled) =
-        vexil_core::load_dir(&repo_root().join("flags"), &vexil_core::CompileOptions::default()).expect("flags/ readable");
-    assert!(compiled.diagnostics.is_empty(), "flags/ has diagnostics: {:#?}", compiled.diagnostics);
+    let (_, compiled) = vexil_core::load_dir(
+        &repo_root().join("flags"),
+        &vexil_core::CompileOptions::default(),
+    )
+    .expect("flags/ readable");
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "flags/ has diagnostics: {:#?}",
+        compiled.diagnostics
+    );
     compiled.snapshot.expect("flags/ compiles")
 }
 

@@ -4,8 +4,15 @@ use vexil_core::{Code, CompileOptions, source};
 
 fn codes(dir: &std::path::Path) -> Vec<(String, Code)> {
     let (_, compiled) = vexil_core::load_dir(dir, &CompileOptions::default()).unwrap();
-    assert!(compiled.snapshot.is_none(), "hostile input produced a snapshot");
-    compiled.diagnostics.iter().map(|d| (d.file.clone(), d.code)).collect()
+    assert!(
+        compiled.snapshot.is_none(),
+        "hostile input produced a snapshot"
+    );
+    compiled
+        .diagnostics
+        .iter()
+        .map(|d| (d.file.clone(), d.code))
+        .collect()
 }
 
 #[test]
@@ -38,26 +45,50 @@ fn symlinks_leading_outside_the_root_are_refused_but_inside_ones_work() {
     let root = tempfile::tempdir().unwrap();
     // A Kubernetes ConfigMap mount: files are links into a hidden, atomically swapped directory.
     std::fs::create_dir(root.path().join("..2026_11_21_05_00_00.1")).unwrap();
-    std::fs::write(root.path().join("..2026_11_21_05_00_00.1/a.yaml"), "flags:\n  a: {}\n").unwrap();
+    std::fs::write(
+        root.path().join("..2026_11_21_05_00_00.1/a.yaml"),
+        "flags:\n  a: {}\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink("..2026_11_21_05_00_00.1", root.path().join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/a.yaml", root.path().join("a.yaml")).unwrap();
     let (loaded, compiled) = vexil_core::load_dir(root.path(), &CompileOptions::default()).unwrap();
-    assert_eq!(loaded.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["a.yaml"]);
-    assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+    assert_eq!(
+        loaded
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a.yaml"]
+    );
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
     assert!(compiled.snapshot.unwrap().flag("default", "a").is_some());
 
-    std::os::unix::fs::symlink(outside.path().join("secret.yaml"), root.path().join("leak.yaml")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.yaml"),
+        root.path().join("leak.yaml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(outside.path(), root.path().join("leakdir")).unwrap();
     let got = codes(root.path());
     assert_eq!(
         got,
-        vec![("leak.yaml".into(), Code::SymlinkOutsideRoot), ("leakdir".into(), Code::SymlinkOutsideRoot)]
+        vec![
+            ("leak.yaml".into(), Code::SymlinkOutsideRoot),
+            ("leakdir".into(), Code::SymlinkOutsideRoot)
+        ]
     );
 }
 
 #[test]
 fn alias_bombs_and_deep_nesting_are_refused_quickly() {
-    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
     for pair in names.windows(2) {
         let refs = vec![format!("*{}", pair[0]); 9].join(",");
@@ -66,6 +97,16 @@ fn alias_bombs_and_deep_nesting_are_refused_quickly() {
     let deep = format!("flags:\n  x: {}{}\n", "[".repeat(5_000), "]".repeat(5_000));
     let loaded = source::from_memory([("bomb.yaml", bomb), ("deep.yaml", deep)]);
     let compiled = vexil_core::compile(&loaded.files, &CompileOptions::default());
-    let got: Vec<_> = compiled.diagnostics.iter().map(|d| (d.file.as_str(), d.code)).collect();
-    assert_eq!(got, vec![("bomb.yaml", Code::YamlLimit), ("deep.yaml", Code::YamlLimit)]);
+    let got: Vec<_> = compiled
+        .diagnostics
+        .iter()
+        .map(|d| (d.file.as_str(), d.code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("bomb.yaml", Code::YamlLimit),
+            ("deep.yaml", Code::YamlLimit)
+        ]
+    );
 }

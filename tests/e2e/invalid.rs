@@ -9,16 +9,30 @@ use crate::helpers::repo_root;
 #[test]
 fn invalid_fixtures_report_expected_diagnostics() {
     let dir = repo_root().join("tests/invalid");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "expected at least 10 fixtures, found {}", cases.len());
+    assert!(
+        cases.len() >= 10,
+        "expected at least 10 fixtures, found {}",
+        cases.len()
+    );
     let bless = std::env::var_os("VEXIL_BLESS").is_some();
     // A fixed date makes `expires` warnings reproducible.
-    let options = CompileOptions { today: Some(jiff::civil::date(2026, 11, 21)) };
+    let options = CompileOptions {
+        today: Some(jiff::civil::date(2026, 11, 21)),
+    };
     let mut failures = Vec::new();
     for case in &cases {
         let (_, compiled) = vexil_core::load_dir(case, &options).unwrap();
-        let got: String = compiled.diagnostics.iter().map(|d| format!("{d}\n")).collect();
+        let got: String = compiled
+            .diagnostics
+            .iter()
+            .map(|d| format!("{d}\n"))
+            .collect();
         let expected_path = case.join("expected.txt");
         if bless {
             std::fs::write(&expected_path, &got).unwrap();
@@ -32,7 +46,10 @@ fn invalid_fixtures_report_expected_diagnostics() {
         // Fixtures named warn-* are valid (warnings only); every other one must be refused.
         let should_be_valid = name.starts_with("warn-");
         if compiled.snapshot.is_some() != should_be_valid {
-            failures.push(format!("{name}: snapshot built = {}, expected {should_be_valid}", compiled.snapshot.is_some()));
+            failures.push(format!(
+                "{name}: snapshot built = {}, expected {should_be_valid}",
+                compiled.snapshot.is_some()
+            ));
         }
         if got.is_empty() {
             failures.push(format!("{name}: no diagnostics at all"));

@@ -6,7 +6,12 @@
 //! - `cli`: the `vexil` binary as a user runs it;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod cli;
 mod helpers;

@@ -8,7 +8,9 @@ use crate::helpers::example_snapshot;
 fn snapshot_of(yaml: &str) -> vexil_core::Snapshot {
     let loaded = source::from_memory([("f.yaml", yaml.to_owned())]);
     let compiled = vexil_core::compile(&loaded.files, &CompileOptions::default());
-    compiled.snapshot.unwrap_or_else(|| panic!("{:#?}", compiled.diagnostics))
+    compiled
+        .snapshot
+        .unwrap_or_else(|| panic!("{:#?}", compiled.diagnostics))
 }
 
 proptest! {
@@ -49,7 +51,10 @@ fn splits_are_uniform_over_100k_keys() {
     }
     for (count, want) in counts.iter().zip([50.0, 30.0, 20.0]) {
         let share = f64::from(*count) * 100.0 / f64::from(n);
-        assert!((share - want).abs() <= 0.5, "share {share:.3} % for a target of {want} %: {counts:?}");
+        assert!(
+            (share - want).abs() <= 0.5,
+            "share {share:.3} % for a target of {want} %: {counts:?}"
+        );
     }
 }
 
@@ -58,8 +63,13 @@ fn attr_value() -> impl Strategy<Value = AttrValue> {
         Just(AttrValue::Null),
         any::<bool>().prop_map(AttrValue::Bool),
         any::<f64>().prop_map(AttrValue::Number),
-        prop_oneof![".*", "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}", "20[0-9]{2}-[01][0-9]-[0-3][0-9]", "[A-Z]{2}"]
-            .prop_map(AttrValue::String),
+        prop_oneof![
+            ".*",
+            "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+            "20[0-9]{2}-[01][0-9]-[0-3][0-9]",
+            "[A-Z]{2}"
+        ]
+        .prop_map(AttrValue::String),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
@@ -74,8 +84,20 @@ fn attr_value() -> impl Strategy<Value = AttrValue> {
 fn attr_name() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "email", "groups", "country", "plan", "seats", "app_version", "device.os", "device", "request.time",
-            "targeting_key", "account.id", "cart_total", "platform", "signup",
+            "email",
+            "groups",
+            "country",
+            "plan",
+            "seats",
+            "app_version",
+            "device.os",
+            "device",
+            "request.time",
+            "targeting_key",
+            "account.id",
+            "cart_total",
+            "platform",
+            "signup",
         ])
         .prop_map(str::to_owned),
         "[a-z._]{1,12}",

@@ -3,7 +3,8 @@
 use crate::helpers::{repo_root, yaml_to_json};
 
 fn validator() -> jsonschema::Validator {
-    let schema: serde_json::Value = serde_json::from_str(vexil_core::schema::FLAG_FILE_SCHEMA).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(vexil_core::schema::FLAG_FILE_SCHEMA).unwrap();
     jsonschema::validator_for(&schema).unwrap()
 }
 

@@ -20,46 +20,80 @@ fn specification_tables() {
     for path in &paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let table = yaml_to_json(&std::fs::read_to_string(path).unwrap());
-        let files = table["files"].as_object().unwrap_or_else(|| panic!("{name}: no files"));
-        let loaded = source::from_memory(files.iter().map(|(p, text)| (p.clone(), text.as_str().unwrap().to_owned())));
+        let files = table["files"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: no files"));
+        let loaded = source::from_memory(
+            files
+                .iter()
+                .map(|(p, text)| (p.clone(), text.as_str().unwrap().to_owned())),
+        );
         let compiled = vexil_core::compile(&loaded.files, &CompileOptions::default());
         let snapshot = match compiled.snapshot {
             Some(s) if compiled.diagnostics.is_empty() => s,
             _ => {
-                failures.push(format!("{name}: flag files do not compile cleanly: {:#?}", compiled.diagnostics));
+                failures.push(format!(
+                    "{name}: flag files do not compile cleanly: {:#?}",
+                    compiled.diagnostics
+                ));
                 continue;
             }
         };
-        for case in table["cases"].as_array().unwrap_or_else(|| panic!("{name}: no cases")) {
+        for case in table["cases"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no cases"))
+        {
             cases += 1;
             if let Err(e) = run_case(&snapshot, case) {
-                failures.push(format!("{name}: {}: {e}", case["name"].as_str().unwrap_or("?")));
+                failures.push(format!(
+                    "{name}: {}: {e}",
+                    case["name"].as_str().unwrap_or("?")
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(cases >= 100, "only {cases} specification cases ran");
-    eprintln!("{cases} specification cases passed in {} tables", paths.len());
+    eprintln!(
+        "{cases} specification cases passed in {} tables",
+        paths.len()
+    );
 }
 
 fn run_case(snapshot: &vexil_core::Snapshot, case: &Json) -> Result<(), String> {
     let flag = case["flag"].as_str().ok_or("case without flag")?;
-    let namespace = case["namespace"].as_str().unwrap_or(vexil_core::DEFAULT_NAMESPACE);
-    let mut ctx = Context { targeting_key: case["key"].as_str().map(str::to_owned), ..Context::default() };
+    let namespace = case["namespace"]
+        .as_str()
+        .unwrap_or(vexil_core::DEFAULT_NAMESPACE);
+    let mut ctx = Context {
+        targeting_key: case["key"].as_str().map(str::to_owned),
+        ..Context::default()
+    };
     if let Some(attrs) = case["attrs"].as_object() {
         for (k, v) in attrs {
             ctx.attributes.insert(k.clone(), AttrValue::from_json(v));
         }
     }
     let result = match case["type"].as_str() {
-        Some(t) => snapshot.evaluate_as(namespace, flag, FlagType::parse(t).ok_or("bad type")?, &ctx),
+        Some(t) => {
+            snapshot.evaluate_as(namespace, flag, FlagType::parse(t).ok_or("bad type")?, &ctx)
+        }
         None => snapshot.evaluate(namespace, flag, &ctx),
     };
     let expect = &case["expect"];
     match (result, expect["error"].as_str()) {
         (Err(e), Some(code)) if e.code() == code => Ok(()),
         (Err(e), _) => Err(format!("got error {}, expected {expect}", e.code())),
-        (Ok(e), Some(code)) => Err(format!("expected error {code}, got {} ({})", e.value().to_json(), e.reason)),
+        (Ok(e), Some(code)) => Err(format!(
+            "expected error {code}, got {} ({})",
+            e.value().to_json(),
+            e.reason
+        )),
         (Ok(e), None) => {
             let got = serde_json::json!({
                 "value": e.value().to_json(),
@@ -69,14 +103,19 @@ fn run_case(snapshot: &vexil_core::Snapshot, case: &Json) -> Result<(), String> 
             });
             for field in ["value", "variant", "reason"] {
                 if !expect[field].is_null() && !same(&expect[field], &got[field]) {
-                    return Err(format!("{field}: expected {}, got {} (full answer {got})", expect[field], got[field]));
+                    return Err(format!(
+                        "{field}: expected {}, got {} (full answer {got})",
+                        expect[field], got[field]
+                    ));
                 }
             }
             if expect.get("rule").is_some() || !expect["reason"].is_null() {
                 let want_rule = &expect["rule"];
                 let got_rule = &got["rule"];
                 if !(want_rule.is_null() && got_rule.is_null()) && want_rule != got_rule {
-                    return Err(format!("rule: expected {want_rule}, got {got_rule} (full answer {got})"));
+                    return Err(format!(
+                        "rule: expected {want_rule}, got {got_rule} (full answer {got})"
+                    ));
                 }
             }
             Ok(())
@@ -88,8 +127,12 @@ fn run_case(snapshot: &vexil_core::Snapshot, case: &Json) -> Result<(), String> 
 fn same(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => x.as_f64() == y.as_f64(),
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
-        (Json::Object(x), Json::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
         _ => a == b,
     }
 }

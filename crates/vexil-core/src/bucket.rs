@@ -47,7 +47,10 @@ pub(crate) struct NumBuf {
 
 impl NumBuf {
     pub(crate) fn new() -> Self {
-        NumBuf { bytes: [0; 64], len: 0 }
+        NumBuf {
+            bytes: [0; 64],
+            len: 0,
+        }
     }
     fn as_str(&self) -> &str {
         std::str::from_utf8(self.bytes.get(..self.len).unwrap_or(&[])).unwrap_or("")
@@ -84,7 +87,11 @@ mod tests {
         for (salt, value, expected, included) in cases {
             let b = bucket(salt, value);
             assert_eq!(b, expected, "{salt}+{value}");
-            assert_eq!(Some(b) < at_25.map(Some).unwrap_or(None), included, "{salt}+{value}");
+            assert_eq!(
+                Some(b) < at_25.map(Some).unwrap_or(None),
+                included,
+                "{salt}+{value}"
+            );
         }
     }
 

@@ -37,7 +37,10 @@ pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
     let mut diagnostics = Vec::new();
     let mut namespaces: BTreeMap<String, NsDefs<'_>> = BTreeMap::new();
     for file in files {
-        let mut sink = Sink { file: &file.path, out: &mut diagnostics };
+        let mut sink = Sink {
+            file: &file.path,
+            out: &mut diagnostics,
+        };
         let root = match yaml::parse(&file.text) {
             Ok(root) => root,
             Err(e) => {
@@ -47,8 +50,10 @@ pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
         };
         let def = format::decode_file(&mut sink, &root);
         let ns = namespaces.entry(def.namespace).or_default();
-        ns.flags.extend(def.flags.into_iter().map(|f| (file.path.as_str(), f)));
-        ns.segments.extend(def.segments.into_iter().map(|s| (file.path.as_str(), s)));
+        ns.flags
+            .extend(def.flags.into_iter().map(|f| (file.path.as_str(), f)));
+        ns.segments
+            .extend(def.segments.into_iter().map(|s| (file.path.as_str(), s)));
     }
 
     let mut built = Vec::with_capacity(namespaces.len());
@@ -61,10 +66,21 @@ pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
     }
     diagnostics.sort();
     let snapshot = (!has_errors(&diagnostics)).then(|| {
-        let namespace_index = built.iter().enumerate().map(|(i, ns)| (ns.name.clone(), i)).collect();
-        Snapshot { revision: revision(files), namespaces: built, namespace_index }
+        let namespace_index = built
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| (ns.name.clone(), i))
+            .collect();
+        Snapshot {
+            revision: revision(files),
+            namespaces: built,
+            namespace_index,
+        }
     });
-    Compiled { snapshot, diagnostics }
+    Compiled {
+        snapshot,
+        diagnostics,
+    }
 }
 
 /// A content hash of the files (path and text), independent of their order.
@@ -112,9 +128,21 @@ fn unique_keys<'a>(
                 let (code, what) = if *first_key == key {
                     (duplicate, format!("{kind} `{key}` is defined twice"))
                 } else {
-                    (Code::CaseConflict, format!("{kind} `{key}` differs only in case from `{first_key}`"))
+                    (
+                        Code::CaseConflict,
+                        format!("{kind} `{key}` differs only in case from `{first_key}`"),
+                    )
                 };
-                err(out, file, pos, code, format!("{what}: first at {first_file}:{}:{}", first_pos.line, first_pos.column));
+                err(
+                    out,
+                    file,
+                    pos,
+                    code,
+                    format!(
+                        "{what}: first at {first_file}:{}:{}",
+                        first_pos.line, first_pos.column
+                    ),
+                );
                 keep.push(false);
             }
             None => {
@@ -126,7 +154,12 @@ fn unique_keys<'a>(
     keep
 }
 
-fn build_namespace(name: String, defs: NsDefs<'_>, options: &CompileOptions, out: &mut Vec<Diagnostic>) -> Namespace {
+fn build_namespace(
+    name: String,
+    defs: NsDefs<'_>,
+    options: &CompileOptions,
+    out: &mut Vec<Diagnostic>,
+) -> Namespace {
     let keep_flags = unique_keys(
         defs.flags.iter().map(|(f, d)| (*f, d.key.as_str(), d.pos)),
         "flag",
@@ -134,31 +167,60 @@ fn build_namespace(name: String, defs: NsDefs<'_>, options: &CompileOptions, out
         out,
     );
     let keep_segments = unique_keys(
-        defs.segments.iter().map(|(f, s)| (*f, s.key.as_str(), s.pos)),
+        defs.segments
+            .iter()
+            .map(|(f, s)| (*f, s.key.as_str(), s.pos)),
         "segment",
         Code::DuplicateSegment,
         out,
     );
-    let seg_defs: Vec<(&str, SegmentDef)> =
-        defs.segments.into_iter().zip(keep_segments).filter(|(_, k)| *k).map(|(s, _)| s).collect();
-    let seg_index: FastMap<&str, usize> = seg_defs.iter().enumerate().map(|(i, (_, s))| (s.key.as_str(), i)).collect();
+    let seg_defs: Vec<(&str, SegmentDef)> = defs
+        .segments
+        .into_iter()
+        .zip(keep_segments)
+        .filter(|(_, k)| *k)
+        .map(|(s, _)| s)
+        .collect();
+    let seg_index: FastMap<&str, usize> = seg_defs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| (s.key.as_str(), i))
+        .collect();
     let seg_names: Vec<&str> = seg_defs.iter().map(|(_, s)| s.key.as_str()).collect();
     let mut used = vec![false; seg_defs.len()];
 
     // Includes, flattened: a segment's members are its own plus every included segment's.
-    let mut closure = Closure { defs: &seg_defs, index: &seg_index, names: &seg_names, namespace: &name, state: vec![State::New; seg_defs.len()], stack: Vec::new() };
+    let mut closure = Closure {
+        defs: &seg_defs,
+        index: &seg_index,
+        names: &seg_names,
+        namespace: &name,
+        state: vec![State::New; seg_defs.len()],
+        stack: Vec::new(),
+    };
     let mut segments = Vec::with_capacity(seg_defs.len());
     for i in 0..seg_defs.len() {
         let members = closure.of(i, &mut used, out);
-        let Some((file, def)) = seg_defs.get(i) else { continue };
-        let member_defs = || members.iter().filter_map(|&j| seg_defs.get(j).map(|(_, d)| d));
+        let Some((file, def)) = seg_defs.get(i) else {
+            continue;
+        };
+        let member_defs = || {
+            members
+                .iter()
+                .filter_map(|&j| seg_defs.get(j).map(|(_, d)| d))
+        };
         segments.push(Segment {
             key: def.key.as_str().into(),
             description: def.description.clone(),
-            ids: member_defs().flat_map(|d| d.ids.iter().map(|(s, _)| s.as_str().into())).collect(),
+            ids: member_defs()
+                .flat_map(|d| d.ids.iter().map(|(s, _)| s.as_str().into()))
+                .collect(),
             groups: member_defs().filter_map(|d| d.conditions.clone()).collect(),
             include: def.include.iter().map(|(s, _)| s.as_str().into()).collect(),
-            origin: crate::snapshot::Origin { file: (*file).to_owned(), pos: def.pos },
+            origin: crate::snapshot::Origin {
+                file: (*file).to_owned(),
+                pos: def.pos,
+            },
         });
     }
 
@@ -177,11 +239,19 @@ fn build_namespace(name: String, defs: NsDefs<'_>, options: &CompileOptions, out
                             *u = true;
                         }
                     }
-                    None => err(out, file, *pos, Code::UnknownSegment, unknown_segment(seg, &name, &seg_names)),
+                    None => err(
+                        out,
+                        file,
+                        *pos,
+                        Code::UnknownSegment,
+                        unknown_segment(seg, &name, &seg_names),
+                    ),
                 }
             }
             let rule = r.rule.and_then(|i| def.flag.as_mut()?.rules.get_mut(i));
-            if let Some(Matcher::Segments(_, slot)) = rule.and_then(|rule| rule.matchers.get_mut(r.matcher)) {
+            if let Some(Matcher::Segments(_, slot)) =
+                rule.and_then(|rule| rule.matchers.get_mut(r.matcher))
+            {
                 *slot = indices;
             }
         }
@@ -193,7 +263,10 @@ fn build_namespace(name: String, defs: NsDefs<'_>, options: &CompileOptions, out
                     file,
                     def.pos,
                     Code::ExpiredFlag,
-                    format!("flag `{}` expired on {expires}: remove it (and its uses in code), or move `expires` later", flag.key),
+                    format!(
+                        "flag `{}` expired on {expires}: remove it (and its uses in code), or move `expires` later",
+                        flag.key
+                    ),
                 );
             }
         }
@@ -201,12 +274,27 @@ fn build_namespace(name: String, defs: NsDefs<'_>, options: &CompileOptions, out
     }
     for ((file, def), used) in seg_defs.iter().zip(&used) {
         if !used {
-            warn(out, file, def.pos, Code::UnusedSegment, format!("segment `{}` is not used by any flag or segment", def.key));
+            warn(
+                out,
+                file,
+                def.pos,
+                Code::UnusedSegment,
+                format!("segment `{}` is not used by any flag or segment", def.key),
+            );
         }
     }
     flags.sort_by(|a, b| a.key.cmp(&b.key));
-    let flag_index = flags.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
-    Namespace { name: name.into(), flags, segments, flag_index }
+    let flag_index = flags
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.key.clone(), i))
+        .collect();
+    Namespace {
+        name: name.into(),
+        flags,
+        segments,
+        flag_index,
+    }
 }
 
 fn unknown_segment(seg: &str, namespace: &str, names: &[&str]) -> String {
@@ -244,7 +332,9 @@ impl Closure<'_, '_> {
             Some(State::InProgress) | None => return BTreeSet::new(),
             Some(State::New) => {}
         }
-        let Some((file, def)) = self.defs.get(i) else { return BTreeSet::new() };
+        let Some((file, def)) = self.defs.get(i) else {
+            return BTreeSet::new();
+        };
         let file = *file;
         if let Some(s) = self.state.get_mut(i) {
             *s = State::InProgress;
@@ -253,7 +343,13 @@ impl Closure<'_, '_> {
         let mut set = BTreeSet::from([i]);
         for (inc, pos) in &def.include {
             let Some(&j) = self.index.get(inc.as_str()) else {
-                err(out, file, *pos, Code::UnknownSegment, unknown_segment(inc, self.namespace, self.names));
+                err(
+                    out,
+                    file,
+                    *pos,
+                    Code::UnknownSegment,
+                    unknown_segment(inc, self.namespace, self.names),
+                );
                 continue;
             };
             if let Some(u) = used.get_mut(j) {
@@ -261,13 +357,30 @@ impl Closure<'_, '_> {
             }
             if matches!(self.state.get(j), Some(State::InProgress)) {
                 let start = self.stack.iter().position(|&k| k == j).unwrap_or(0);
-                let mut path: Vec<&str> = self.stack.iter().skip(start).filter_map(|&k| self.names.get(k).copied()).collect();
+                let mut path: Vec<&str> = self
+                    .stack
+                    .iter()
+                    .skip(start)
+                    .filter_map(|&k| self.names.get(k).copied())
+                    .collect();
                 path.push(inc);
-                err(out, file, *pos, Code::SegmentCycle, format!("segment includes form a cycle: {}", path.join(" -> ")));
+                err(
+                    out,
+                    file,
+                    *pos,
+                    Code::SegmentCycle,
+                    format!("segment includes form a cycle: {}", path.join(" -> ")),
+                );
                 continue;
             }
             if self.stack.len() >= MAX_INCLUDE_DEPTH {
-                err(out, file, *pos, Code::SegmentCycle, format!("segment includes nest deeper than {MAX_INCLUDE_DEPTH} levels"));
+                err(
+                    out,
+                    file,
+                    *pos,
+                    Code::SegmentCycle,
+                    format!("segment includes nest deeper than {MAX_INCLUDE_DEPTH} levels"),
+                );
                 continue;
             }
             set.extend(self.of(j, used, out));

@@ -56,9 +56,13 @@ impl AttrValue {
             serde_json::Value::Bool(b) => AttrValue::Bool(*b),
             serde_json::Value::Number(n) => n.as_f64().map_or(AttrValue::Null, AttrValue::Number),
             serde_json::Value::String(s) => AttrValue::String(s.clone()),
-            serde_json::Value::Array(items) => AttrValue::List(items.iter().map(AttrValue::from_json).collect()),
+            serde_json::Value::Array(items) => {
+                AttrValue::List(items.iter().map(AttrValue::from_json).collect())
+            }
             serde_json::Value::Object(map) => AttrValue::Object(
-                map.iter().map(|(k, v)| (k.clone(), AttrValue::from_json(v))).collect(),
+                map.iter()
+                    .map(|(k, v)| (k.clone(), AttrValue::from_json(v)))
+                    .collect(),
             ),
         }
     }
@@ -101,7 +105,9 @@ impl Context {
             if !rest.is_empty() {
                 let mut current = self.attributes.get(&**first)?;
                 for part in rest {
-                    let AttrValue::Object(map) = current else { return None };
+                    let AttrValue::Object(map) = current else {
+                        return None;
+                    };
                     current = map.get(&**part)?;
                 }
                 return Attr::of(current);

@@ -23,7 +23,10 @@ impl<'n> Fields<'n> {
 
     /// The position of a field's key, if present.
     pub fn key_pos(&self, name: &str) -> Option<Pos> {
-        self.entries.iter().find(|(k, _, _)| *k == name).map(|(_, k, _)| k.pos)
+        self.entries
+            .iter()
+            .find(|(k, _, _)| *k == name)
+            .map(|(_, k, _)| k.pos)
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -41,7 +44,11 @@ impl<'n> Fields<'n> {
                 Some(best) => format!("did you mean `{best}`?"),
                 None => format!("known fields: {}", known.join(", ")),
             };
-            sink.error(key.pos, Code::UnknownField, format!("unknown field `{name}` in {what}: {hint}"));
+            sink.error(
+                key.pos,
+                Code::UnknownField,
+                format!("unknown field `{name}` in {what}: {hint}"),
+            );
         }
     }
 }
@@ -50,7 +57,12 @@ impl<'n> Fields<'n> {
 pub(crate) fn fields<'n>(sink: &mut Sink<'_>, node: &'n Node, what: &str) -> Option<Fields<'n>> {
     let entries = match &node.kind {
         Kind::Map(entries) => entries,
-        Kind::Null => return Some(Fields { entries: Vec::new(), used: Vec::new() }),
+        Kind::Null => {
+            return Some(Fields {
+                entries: Vec::new(),
+                used: Vec::new(),
+            });
+        }
         other => {
             wrong_type(sink, node.pos, what, "a map of fields", other);
             return None;
@@ -60,7 +72,13 @@ pub(crate) fn fields<'n>(sink: &mut Sink<'_>, node: &'n Node, what: &str) -> Opt
     for (k, v) in entries {
         match &k.kind {
             Kind::Str(name) => out.push((name.as_str(), k, v)),
-            other => wrong_type(sink, k.pos, &format!("a field name in {what}"), "a string", other),
+            other => wrong_type(
+                sink,
+                k.pos,
+                &format!("a field name in {what}"),
+                "a string",
+                other,
+            ),
         }
     }
     let used = vec![false; out.len()];
@@ -68,14 +86,24 @@ pub(crate) fn fields<'n>(sink: &mut Sink<'_>, node: &'n Node, what: &str) -> Opt
 }
 
 /// Reads a map whose keys are user-chosen names (flags, segments, variants), in written order.
-pub(crate) fn named_entries<'n>(sink: &mut Sink<'_>, node: &'n Node, what: &str) -> Vec<(String, Pos, &'n Node)> {
+pub(crate) fn named_entries<'n>(
+    sink: &mut Sink<'_>,
+    node: &'n Node,
+    what: &str,
+) -> Vec<(String, Pos, &'n Node)> {
     match &node.kind {
         Kind::Map(entries) => entries
             .iter()
             .filter_map(|(k, v)| {
                 let name = scalar_key(&k.kind);
                 if name.is_none() {
-                    wrong_type(sink, k.pos, &format!("a name in {what}"), "a string", &k.kind);
+                    wrong_type(
+                        sink,
+                        k.pos,
+                        &format!("a name in {what}"),
+                        "a string",
+                        &k.kind,
+                    );
                 }
                 name.map(|n| (n, k.pos, v))
             })
@@ -140,7 +168,11 @@ pub(crate) fn number(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<f64
         Kind::Int(i) => Some(*i as f64),
         Kind::Float(f) if f.is_finite() => Some(*f),
         other => {
-            sink.error(node.pos, Code::InvalidNumber, format!("{what} must be a number, found {}", other.describe()));
+            sink.error(
+                node.pos,
+                Code::InvalidNumber,
+                format!("{what} must be a number, found {}", other.describe()),
+            );
             None
         }
     }
@@ -158,7 +190,13 @@ pub(crate) fn texts(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<Vec<
         match scalar_key(&item.kind) {
             Some(s) => out.push((s, item.pos)),
             None => {
-                wrong_type(sink, item.pos, &format!("an entry of {what}"), "a string", &item.kind);
+                wrong_type(
+                    sink,
+                    item.pos,
+                    &format!("an entry of {what}"),
+                    "a string",
+                    &item.kind,
+                );
                 ok = false;
             }
         }
@@ -168,7 +206,10 @@ pub(crate) fn texts(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<Vec<
 
 /// Flag, segment, variant and namespace names.
 pub(crate) fn is_valid_key(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 pub(crate) fn check_key(sink: &mut Sink<'_>, name: &str, pos: Pos, what: &str) -> bool {
@@ -178,9 +219,7 @@ pub(crate) fn check_key(sink: &mut Sink<'_>, name: &str, pos: Pos, what: &str) -
     sink.error(
         pos,
         Code::InvalidKey,
-        format!(
-            "invalid {what} `{name}`: use 1 to 200 ASCII letters, digits, `-`, `_` or `.`"
-        ),
+        format!("invalid {what} `{name}`: use 1 to 200 ASCII letters, digits, `-`, `_` or `.`"),
     );
     false
 }
@@ -194,7 +233,11 @@ pub(crate) fn to_json(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<se
         Kind::Float(f) => match serde_json::Number::from_f64(*f) {
             Some(n) => serde_json::Value::Number(n),
             None => {
-                sink.error(node.pos, Code::InvalidNumber, format!("{what} cannot hold `{f}`: JSON has no such number"));
+                sink.error(
+                    node.pos,
+                    Code::InvalidNumber,
+                    format!("{what} cannot hold `{f}`: JSON has no such number"),
+                );
                 return None;
             }
         },
@@ -210,7 +253,13 @@ pub(crate) fn to_json(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<se
             let mut out = serde_json::Map::new();
             for (k, v) in entries {
                 let Some(key) = scalar_key(&k.kind) else {
-                    wrong_type(sink, k.pos, &format!("a key in {what}"), "a string", &k.kind);
+                    wrong_type(
+                        sink,
+                        k.pos,
+                        &format!("a key in {what}"),
+                        "a string",
+                        &k.kind,
+                    );
                     return None;
                 };
                 out.insert(key, to_json(sink, v, what)?);
@@ -256,7 +305,10 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(closest("rulez", &["rules", "variants"]), Some("rules"));
-        assert_eq!(closest("descripton", &["description", "owner"]), Some("description"));
+        assert_eq!(
+            closest("descripton", &["description", "owner"]),
+            Some("description")
+        );
         assert_eq!(closest("zzz", &["rules", "variants"]), None);
     }
 

@@ -10,8 +10,8 @@ use std::fmt;
 use crate::bucket::{self, BUCKETS, NumBuf};
 use crate::context::{Attr, AttrValue, Context};
 use crate::snapshot::{
-    BucketBy, Cmp, Condition, Flag, FlagType, Gate, Matcher, Mode, Namespace, Op, Outcome, Rule, Scalar,
-    Snapshot, Value, Variant,
+    BucketBy, Cmp, Condition, Flag, FlagType, Gate, Matcher, Mode, Namespace, Op, Outcome, Rule,
+    Scalar, Snapshot, Value, Variant,
 };
 
 /// Why a value was served (OpenFeature's reasons).
@@ -53,7 +53,10 @@ pub enum EvalError {
     #[error("flag not found")]
     FlagNotFound,
     #[error("type mismatch: the flag is {actual}, not {expected}", actual = .actual.as_str(), expected = .expected.as_str())]
-    TypeMismatch { expected: FlagType, actual: FlagType },
+    TypeMismatch {
+        expected: FlagType,
+        actual: FlagType,
+    },
 }
 
 impl EvalError {
@@ -83,7 +86,12 @@ impl<'s> Evaluation<'s> {
 
 impl Snapshot {
     /// Evaluates a flag of any type.
-    pub fn evaluate<'s>(&'s self, namespace: &str, flag: &str, ctx: &Context) -> Result<Evaluation<'s>, EvalError> {
+    pub fn evaluate<'s>(
+        &'s self,
+        namespace: &str,
+        flag: &str,
+        ctx: &Context,
+    ) -> Result<Evaluation<'s>, EvalError> {
         let ns = self.namespace(namespace).ok_or(EvalError::FlagNotFound)?;
         let flag = ns.flag(flag).ok_or(EvalError::FlagNotFound)?;
         Ok(ns.evaluate_flag(flag, ctx))
@@ -100,7 +108,10 @@ impl Snapshot {
         let ns = self.namespace(namespace).ok_or(EvalError::FlagNotFound)?;
         let flag = ns.flag(flag).ok_or(EvalError::FlagNotFound)?;
         if flag.flag_type != expected {
-            return Err(EvalError::TypeMismatch { expected, actual: flag.flag_type });
+            return Err(EvalError::TypeMismatch {
+                expected,
+                actual: flag.flag_type,
+            });
         }
         Ok(ns.evaluate_flag(flag, ctx))
     }
@@ -109,7 +120,12 @@ impl Snapshot {
 impl Namespace {
     /// Evaluates a flag of this namespace (callers iterating `flags` use this directly).
     pub fn evaluate_flag<'s>(&'s self, flag: &'s Flag, ctx: &Context) -> Evaluation<'s> {
-        let answer = |variant: usize, reason, rule| Evaluation { flag, variant: flag.variant(variant), reason, rule };
+        let answer = |variant: usize, reason, rule| Evaluation {
+            flag,
+            variant: flag.variant(variant),
+            reason,
+            rule,
+        };
         if !flag.enabled {
             return answer(flag.default, Reason::Disabled, None);
         }
@@ -135,7 +151,9 @@ impl Namespace {
                     }
                 },
                 Outcome::Split { boundaries, bucket } => {
-                    let Some(b) = bucket_of(bucket, ctx) else { continue };
+                    let Some(b) = bucket_of(bucket, ctx) else {
+                        continue;
+                    };
                     if let Some(&(_, variant)) = boundaries.iter().find(|(bound, _)| b < *bound) {
                         return answer(variant, Reason::Split, Some(rule));
                     }
@@ -170,10 +188,17 @@ impl Namespace {
 impl crate::snapshot::Segment {
     /// Includes are flattened at compile time, so this never recurses.
     pub fn contains(&self, ctx: &Context) -> bool {
-        if ctx.targeting_key.as_deref().is_some_and(|k| self.ids.contains(k)) {
+        if !self.ids.is_empty()
+            && ctx
+                .targeting_key
+                .as_deref()
+                .is_some_and(|k| self.ids.contains(k))
+        {
             return true;
         }
-        self.groups.iter().any(|(mode, conditions)| conditions_hold(*mode, conditions, ctx))
+        self.groups
+            .iter()
+            .any(|(mode, conditions)| conditions_hold(*mode, conditions, ctx))
     }
 }
 
@@ -214,7 +239,11 @@ impl Condition {
                 None => *negate,
                 Some(a) => any_element(a, |a| self.equals(a, value)) != *negate,
             },
-            Op::In { texts, numbers, negate } => match attr {
+            Op::In {
+                texts,
+                numbers,
+                negate,
+            } => match attr {
                 None => *negate,
                 Some(a) => any_element(a, |a| self.is_in(a, texts, numbers)) != *negate,
             },
@@ -249,11 +278,22 @@ impl Condition {
         }
     }
 
-    fn is_in(&self, attr: Attr<'_>, texts: &crate::snapshot::FastSet<Box<str>>, numbers: &[f64]) -> bool {
+    fn is_in(
+        &self,
+        attr: Attr<'_>,
+        texts: &crate::snapshot::FastSet<Box<str>>,
+        numbers: &[f64],
+    ) -> bool {
         match attr {
             Attr::Str(s) => {
-                let found = if self.ignore_case { texts.contains(&*lower(s)) } else { texts.contains(s) };
-                found || parse_number(s).is_some_and(|n| numbers.contains(&n))
+                let found = if self.ignore_case {
+                    texts.contains(&*lower(s))
+                } else {
+                    texts.contains(s)
+                };
+                found
+                    || (!numbers.is_empty()
+                        && parse_number(s).is_some_and(|n| numbers.contains(&n)))
             }
             Attr::Num(n) => numbers.contains(&n),
             Attr::Bool(b) => texts.contains(if b { "true" } else { "false" }),
@@ -267,7 +307,9 @@ impl Condition {
             Op::EndsWith(want) => as_str(attr).is_some_and(|s| self.text_ends_with(s, want)),
             Op::Contains(want) => as_str(attr).is_some_and(|s| self.text_contains(s, want)),
             Op::Matches(re) => as_str(attr).is_some_and(|s| re.is_match(s)),
-            Op::Number(cmp, want) => as_number(attr).is_some_and(|n| compare(cmp, n.partial_cmp(want))),
+            Op::Number(cmp, want) => {
+                as_number(attr).is_some_and(|n| compare(cmp, n.partial_cmp(want)))
+            }
             Op::Semver(cmp, want) => as_str(attr)
                 .and_then(|s| semver::Version::parse(s.trim()).ok())
                 .is_some_and(|v| compare(cmp, Some(v.cmp_precedence(want)))),
@@ -282,7 +324,11 @@ impl Condition {
         if !self.ignore_case {
             return s == want;
         }
-        if s.is_ascii() { s.eq_ignore_ascii_case(want) } else { s.to_lowercase() == want }
+        if s.is_ascii() {
+            s.eq_ignore_ascii_case(want)
+        } else {
+            s.to_lowercase() == want
+        }
     }
 
     fn text_starts_with(&self, s: &str, want: &str) -> bool {
@@ -290,7 +336,9 @@ impl Condition {
             return s.starts_with(want);
         }
         if s.is_ascii() {
-            s.as_bytes().get(..want.len()).is_some_and(|head| head.eq_ignore_ascii_case(want.as_bytes()))
+            s.as_bytes()
+                .get(..want.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(want.as_bytes()))
         } else {
             s.to_lowercase().starts_with(want)
         }
@@ -315,7 +363,10 @@ impl Condition {
             return s.contains(want);
         }
         if s.is_ascii() {
-            want.is_empty() || s.as_bytes().windows(want.len()).any(|w| w.eq_ignore_ascii_case(want.as_bytes()))
+            want.is_empty()
+                || s.as_bytes()
+                    .windows(want.len())
+                    .any(|w| w.eq_ignore_ascii_case(want.as_bytes()))
         } else {
             s.to_lowercase().contains(want)
         }
@@ -325,13 +376,20 @@ impl Condition {
 /// Applies a positive test to an attribute, or to each element of a list attribute.
 fn any_element(attr: Attr<'_>, test: impl Fn(Attr<'_>) -> bool) -> bool {
     match attr {
-        Attr::List(items) => items.iter().filter_map(Attr::of).any(|a| !matches!(a, Attr::List(_)) && test(a)),
+        Attr::List(items) => items
+            .iter()
+            .filter_map(Attr::of)
+            .any(|a| !matches!(a, Attr::List(_)) && test(a)),
         a => test(a),
     }
 }
 
 fn lower(s: &str) -> Cow<'_, str> {
-    if s.chars().any(char::is_uppercase) { Cow::Owned(s.to_lowercase()) } else { Cow::Borrowed(s) }
+    if s.chars().any(char::is_uppercase) {
+        Cow::Owned(s.to_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 fn as_str(attr: Attr<'_>) -> Option<&str> {
@@ -372,7 +430,11 @@ pub(crate) fn parse_time(s: &str) -> Option<f64> {
 pub(crate) fn parse_number(s: &str) -> Option<f64> {
     let s = s.trim();
     // Only plain decimal numbers: "inf", "NaN" and hex are text, not numbers.
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')) {
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+    {
         return None;
     }
     s.parse::<f64>().ok().filter(|n| n.is_finite())

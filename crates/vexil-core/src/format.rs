@@ -11,8 +11,8 @@ use crate::decode::{self, Fields};
 use crate::diag::{Code, Pos, Sink};
 use crate::eval::{parse_number, parse_time};
 use crate::snapshot::{
-    AttrPath, BucketBy, Cmp, Condition, FastSet, Flag, FlagType, Gate, Matcher, Mode, Op, Origin, Outcome,
-    Rule, Scalar, Value, Variant,
+    AttrPath, BucketBy, Cmp, Condition, FastSet, Flag, FlagType, Gate, Matcher, Mode, Op, Origin,
+    Outcome, Rule, Scalar, Value, Variant,
 };
 use crate::yaml::{Kind, Node};
 
@@ -20,17 +20,63 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 const FILE_FIELDS: &[&str] = &["namespace", "flags", "segments"];
 const FLAG_FIELDS: &[&str] = &[
-    "description", "owner", "tags", "expires", "metadata", "enabled", "type", "variants", "default", "rules",
+    "description",
+    "owner",
+    "tags",
+    "expires",
+    "metadata",
+    "enabled",
+    "type",
+    "variants",
+    "default",
+    "rules",
 ];
 const RULE_FIELDS: &[&str] = &[
-    "name", "segment", "segments", "when", "ids", "groups", "serve", "rollout", "percentage_of_time", "split",
-    "bucket_by", "salt",
+    "name",
+    "segment",
+    "segments",
+    "when",
+    "ids",
+    "groups",
+    "serve",
+    "rollout",
+    "percentage_of_time",
+    "split",
+    "bucket_by",
+    "salt",
 ];
 const SEGMENT_FIELDS: &[&str] = &["description", "ids", "include", "all", "any"];
-const STRING_OPS: &[&str] = &["equals", "not_equals", "in", "not_in", "starts_with", "ends_with", "contains", "matches"];
+const STRING_OPS: &[&str] = &[
+    "equals",
+    "not_equals",
+    "in",
+    "not_in",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "matches",
+];
 const OPERATORS: &[&str] = &[
-    "equals", "not_equals", "in", "not_in", "starts_with", "ends_with", "contains", "matches", "lt", "lte", "gt",
-    "gte", "semver_eq", "semver_lt", "semver_lte", "semver_gt", "semver_gte", "before", "after", "present",
+    "equals",
+    "not_equals",
+    "in",
+    "not_in",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "matches",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "semver_eq",
+    "semver_lt",
+    "semver_lte",
+    "semver_gt",
+    "semver_gte",
+    "before",
+    "after",
+    "present",
     "absent",
 ];
 
@@ -74,8 +120,14 @@ pub(crate) struct SegmentDef {
 }
 
 pub(crate) fn decode_file(sink: &mut Sink<'_>, root: &Node) -> FileDef {
-    let mut def = FileDef { namespace: DEFAULT_NAMESPACE.to_owned(), flags: Vec::new(), segments: Vec::new() };
-    let Some(mut f) = decode::fields(sink, root, "a flag file") else { return def };
+    let mut def = FileDef {
+        namespace: DEFAULT_NAMESPACE.to_owned(),
+        flags: Vec::new(),
+        segments: Vec::new(),
+    };
+    let Some(mut f) = decode::fields(sink, root, "a flag file") else {
+        return def;
+    };
     if let Some(n) = f.take("namespace") {
         if let Some(ns) = decode::string(sink, n, "`namespace`") {
             if decode::check_key(sink, &ns, n.pos, "namespace") {
@@ -104,12 +156,20 @@ pub(crate) fn decode_file(sink: &mut Sink<'_>, root: &Node) -> FileDef {
 }
 
 fn origin(sink: &Sink<'_>, pos: Pos) -> Origin {
-    Origin { file: sink.file.to_owned(), pos }
+    Origin {
+        file: sink.file.to_owned(),
+        pos,
+    }
 }
 
 fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagDef {
     let Some(mut f) = decode::fields(sink, node, &format!("flag `{key}`")) else {
-        return FlagDef { key, pos, flag: None, segment_refs: Vec::new() };
+        return FlagDef {
+            key,
+            pos,
+            flag: None,
+            segment_refs: Vec::new(),
+        };
     };
     let errors_before = error_count(sink);
 
@@ -120,19 +180,34 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
                 sink.error(
                     n.pos,
                     Code::WrongType,
-                    format!("unknown flag type `{s}`: use boolean, string, integer, float or object"),
+                    format!(
+                        "unknown flag type `{s}`: use boolean, string, integer, float or object"
+                    ),
                 );
                 FlagType::Boolean
             }),
             other => {
-                decode::wrong_type(sink, n.pos, "`type`", "boolean, string, integer, float or object", other);
+                decode::wrong_type(
+                    sink,
+                    n.pos,
+                    "`type`",
+                    "boolean, string, integer, float or object",
+                    other,
+                );
                 FlagType::Boolean
             }
         },
     };
-    let enabled = f.take("enabled").and_then(|n| decode::boolean(sink, n, "`enabled`")).unwrap_or(true);
-    let description = f.take("description").and_then(|n| decode::string(sink, n, "`description`"));
-    let owner = f.take("owner").and_then(|n| decode::string(sink, n, "`owner`"));
+    let enabled = f
+        .take("enabled")
+        .and_then(|n| decode::boolean(sink, n, "`enabled`"))
+        .unwrap_or(true);
+    let description = f
+        .take("description")
+        .and_then(|n| decode::string(sink, n, "`description`"));
+    let owner = f
+        .take("owner")
+        .and_then(|n| decode::string(sink, n, "`owner`"));
     let tags = f
         .take("tags")
         .and_then(|n| decode::texts(sink, n, "`tags`"))
@@ -143,12 +218,19 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
         match text.parse::<jiff::civil::Date>() {
             Ok(d) => Some(d),
             Err(_) => {
-                sink.error(n.pos, Code::InvalidDate, format!("`expires` must be a date like 2027-06-30, found `{text}`"));
+                sink.error(
+                    n.pos,
+                    Code::InvalidDate,
+                    format!("`expires` must be a date like 2027-06-30, found `{text}`"),
+                );
                 None
             }
         }
     });
-    let metadata = f.take("metadata").map(|n| decode_metadata(sink, n)).unwrap_or_default();
+    let metadata = f
+        .take("metadata")
+        .map(|n| decode_metadata(sink, n))
+        .unwrap_or_default();
     let variants = decode_variants(sink, &key, flag_type, f.take("variants"), pos);
     let default = decode_default(sink, &key, flag_type, &variants, f.take("default"), pos);
 
@@ -159,10 +241,19 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
             Kind::Seq(items) => {
                 let mut catch_all: Option<String> = None;
                 for (i, item) in items.iter().enumerate() {
-                    let ctx = RuleCx { flag_key: &key, flag_type, variants: &variants, index: i };
+                    let ctx = RuleCx {
+                        flag_key: &key,
+                        flag_type,
+                        variants: &variants,
+                        index: i,
+                    };
                     let (rule, refs) = decode_rule(sink, &ctx, item);
                     let Some(rule) = rule else {
-                        segment_refs.extend(refs.into_iter().map(|(matcher, names)| SegmentRef { rule: None, matcher, names }));
+                        segment_refs.extend(refs.into_iter().map(|(matcher, names)| SegmentRef {
+                            rule: None,
+                            matcher,
+                            names,
+                        }));
                         continue;
                     };
                     if let Some(before) = &catch_all {
@@ -171,11 +262,23 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
                             Code::UnreachableRule,
                             format!("this rule can never match: rule `{before}` before it matches everyone; move it up or remove it"),
                         );
-                    } else if rule.matchers.is_empty() && matches!(rule.outcome, Outcome::Serve { gate: Gate::Always, .. }) {
+                    } else if rule.matchers.is_empty()
+                        && matches!(
+                            rule.outcome,
+                            Outcome::Serve {
+                                gate: Gate::Always,
+                                ..
+                            }
+                        )
+                    {
                         catch_all = Some(rule.name.to_string());
                     }
                     for (matcher, names) in refs {
-                        segment_refs.push(SegmentRef { rule: Some(rules.len()), matcher, names });
+                        segment_refs.push(SegmentRef {
+                            rule: Some(rules.len()),
+                            matcher,
+                            names,
+                        });
                     }
                     rules.push(rule);
                 }
@@ -187,7 +290,12 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
     f.finish(sink, &format!("flag `{key}`"), FLAG_FIELDS);
     let default = default.filter(|_| error_count(sink) == errors_before);
     let Some(default) = default else {
-        return FlagDef { key, pos, flag: None, segment_refs };
+        return FlagDef {
+            key,
+            pos,
+            flag: None,
+            segment_refs,
+        };
     };
     let flag = Flag {
         key: key.as_str().into(),
@@ -203,11 +311,19 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
         rules,
         origin: origin(sink, pos),
     };
-    FlagDef { key, pos, flag: Some(flag), segment_refs }
+    FlagDef {
+        key,
+        pos,
+        flag: Some(flag),
+        segment_refs,
+    }
 }
 
 fn error_count(sink: &Sink<'_>) -> usize {
-    sink.out.iter().filter(|d| d.severity == crate::diag::Severity::Error).count()
+    sink.out
+        .iter()
+        .filter(|d| d.severity == crate::diag::Severity::Error)
+        .count()
 }
 
 fn decode_metadata(sink: &mut Sink<'_>, node: &Node) -> BTreeMap<String, serde_json::Value> {
@@ -219,7 +335,13 @@ fn decode_metadata(sink: &mut Sink<'_>, node: &Node) -> BTreeMap<String, serde_j
                     out.insert(name, v);
                 }
             }
-            other => decode::wrong_type(sink, value.pos, &format!("metadata `{name}`"), "a string, number or boolean", other),
+            other => decode::wrong_type(
+                sink,
+                value.pos,
+                &format!("metadata `{name}`"),
+                "a string, number or boolean",
+                other,
+            ),
         }
     }
     out
@@ -235,14 +357,29 @@ fn decode_variants(
     let Some(node) = node else {
         if flag_type == FlagType::Boolean {
             return vec![
-                (Variant { name: "on".into(), value: Value::Bool(true) }, flag_pos),
-                (Variant { name: "off".into(), value: Value::Bool(false) }, flag_pos),
+                (
+                    Variant {
+                        name: "on".into(),
+                        value: Value::Bool(true),
+                    },
+                    flag_pos,
+                ),
+                (
+                    Variant {
+                        name: "off".into(),
+                        value: Value::Bool(false),
+                    },
+                    flag_pos,
+                ),
             ];
         }
         sink.error(
             flag_pos,
             Code::MissingField,
-            format!("{} flag `{flag}` needs `variants`: the values it can serve, by name", flag_type.as_str()),
+            format!(
+                "{} flag `{flag}` needs `variants`: the values it can serve, by name",
+                flag_type.as_str()
+            ),
         );
         return Vec::new();
     };
@@ -255,22 +392,41 @@ fn decode_variants(
             sink.error(
                 pos,
                 Code::CaseConflict,
-                format!("variant `{name}` differs only in case from the variant at line {}", first.line),
+                format!(
+                    "variant `{name}` differs only in case from the variant at line {}",
+                    first.line
+                ),
             );
             continue;
         }
         if let Some(v) = variant_value(sink, flag_type, value, &name) {
-            out.push((Variant { name: name.into(), value: v }, pos));
+            out.push((
+                Variant {
+                    name: name.into(),
+                    value: v,
+                },
+                pos,
+            ));
         }
     }
-    let empty = matches!(&node.kind, Kind::Null) || matches!(&node.kind, Kind::Map(m) if m.is_empty());
+    let empty =
+        matches!(&node.kind, Kind::Null) || matches!(&node.kind, Kind::Map(m) if m.is_empty());
     if out.is_empty() && empty {
-        sink.error(node.pos, Code::MissingField, format!("flag `{flag}` needs at least one variant"));
+        sink.error(
+            node.pos,
+            Code::MissingField,
+            format!("flag `{flag}` needs at least one variant"),
+        );
     }
     out
 }
 
-fn variant_value(sink: &mut Sink<'_>, flag_type: FlagType, node: &Node, name: &str) -> Option<Value> {
+fn variant_value(
+    sink: &mut Sink<'_>,
+    flag_type: FlagType,
+    node: &Node,
+    name: &str,
+) -> Option<Value> {
     let what = format!("variant `{name}`");
     let mismatch = |sink: &mut Sink<'_>, hint: &str| {
         sink.error(
@@ -317,7 +473,9 @@ fn decode_default(
 ) -> Option<usize> {
     let Some(node) = node else {
         if flag_type == FlagType::Boolean {
-            let found = variants.iter().position(|(v, _)| v.value == Value::Bool(false));
+            let found = variants
+                .iter()
+                .position(|(v, _)| v.value == Value::Bool(false));
             if found.is_none() && !variants.is_empty() {
                 sink.error(
                     flag_pos,
@@ -331,7 +489,10 @@ fn decode_default(
             sink.error(
                 flag_pos,
                 Code::MissingField,
-                format!("flag `{flag}` needs a `default` variant (one of {})", names(variants)),
+                format!(
+                    "flag `{flag}` needs a `default` variant (one of {})",
+                    names(variants)
+                ),
             );
         }
         return None;
@@ -340,7 +501,11 @@ fn decode_default(
 }
 
 fn names(variants: &[(Variant, Pos)]) -> String {
-    variants.iter().map(|(v, _)| format!("`{}`", v.name)).collect::<Vec<_>>().join(", ")
+    variants
+        .iter()
+        .map(|(v, _)| format!("`{}`", v.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A variant reference: a name, or `true`/`false` for boolean flags.
@@ -354,9 +519,15 @@ fn resolve_variant(
 ) -> Option<usize> {
     let found = match (&node.kind, flag_type) {
         (Kind::Str(name), _) => variants.iter().position(|(v, _)| *v.name == **name),
-        (Kind::Bool(b), FlagType::Boolean) => variants.iter().position(|(v, _)| v.value == Value::Bool(*b)),
+        (Kind::Bool(b), FlagType::Boolean) => variants
+            .iter()
+            .position(|(v, _)| v.value == Value::Bool(*b)),
         (other, _) => {
-            let expected = if flag_type == FlagType::Boolean { "a variant name, `true` or `false`" } else { "a variant name" };
+            let expected = if flag_type == FlagType::Boolean {
+                "a variant name, `true` or `false`"
+            } else {
+                "a variant name"
+            };
             decode::wrong_type(sink, node.pos, what, expected, other);
             return None;
         }
@@ -370,7 +541,10 @@ fn resolve_variant(
         sink.error(
             node.pos,
             Code::UnknownVariant,
-            format!("{what} refers to unknown variant `{written}` of flag `{flag}`; variants: {}", names(variants)),
+            format!(
+                "{what} refers to unknown variant `{written}` of flag `{flag}`; variants: {}",
+                names(variants)
+            ),
         );
     }
     found
@@ -387,16 +561,28 @@ type SegmentNames = Vec<(usize, Vec<(String, Pos)>)>;
 
 fn decode_rule(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> (Option<Rule>, SegmentNames) {
     let position = (cx.index + 1).to_string();
-    let Some(mut f) = decode::fields(sink, node, &format!("rule {position} of flag `{}`", cx.flag_key)) else {
+    let Some(mut f) = decode::fields(
+        sink,
+        node,
+        &format!("rule {position} of flag `{}`", cx.flag_key),
+    ) else {
         return (None, Vec::new());
     };
     let errors_before = error_count(sink);
-    let name = f.take("name").and_then(|n| decode::string(sink, n, "rule `name`")).unwrap_or(position);
+    let name = f
+        .take("name")
+        .and_then(|n| decode::string(sink, n, "rule `name`"))
+        .unwrap_or(position);
 
     let mut matchers = Vec::new();
     let mut refs = Vec::new();
     if f.has("segment") && f.has("segments") {
-        conflict(sink, &f, "segments", "`segment` and `segments` cannot be used together: list them all under `segments`");
+        conflict(
+            sink,
+            &f,
+            "segments",
+            "`segment` and `segments` cannot be used together: list them all under `segments`",
+        );
     }
     if let Some(n) = f.take("segment") {
         if let Some(s) = decode::string(sink, n, "`segment`") {
@@ -406,43 +592,72 @@ fn decode_rule(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> (Option<Rul
     }
     if let Some(n) = f.take("segments") {
         if let Some((mode, list)) = mode_list(sink, n, "`segments`") {
-            let names = list.iter().filter_map(|item| decode::string(sink, item, "a segment name").map(|s| (s, item.pos)));
+            let names = list.iter().filter_map(|item| {
+                decode::string(sink, item, "a segment name").map(|s| (s, item.pos))
+            });
             refs.push((matchers.len(), names.collect()));
             matchers.push(Matcher::Segments(mode, Vec::new()));
         }
     }
     if let Some(n) = f.take("when") {
         if let Some((mode, list)) = mode_list(sink, n, "`when`") {
-            let conditions: Vec<Condition> = list.iter().filter_map(|c| decode_condition(sink, c)).collect();
+            let conditions: Vec<Condition> = list
+                .iter()
+                .filter_map(|c| decode_condition(sink, c))
+                .collect();
             matchers.push(Matcher::Conditions(mode, conditions));
         }
     }
     if let Some(n) = f.take("ids") {
         if let Some(ids) = non_empty_texts(sink, n, "`ids`") {
-            matchers.push(Matcher::Ids(ids.into_iter().map(|(s, _)| s.into_boxed_str()).collect()));
+            matchers.push(Matcher::Ids(
+                ids.into_iter().map(|(s, _)| s.into_boxed_str()).collect(),
+            ));
         }
     }
     if let Some(n) = f.take("groups") {
         if let Some(groups) = non_empty_texts(sink, n, "`groups`") {
-            matchers.push(Matcher::Groups(groups.into_iter().map(|(s, _)| s.into_boxed_str()).collect()));
+            matchers.push(Matcher::Groups(
+                groups
+                    .into_iter()
+                    .map(|(s, _)| s.into_boxed_str())
+                    .collect(),
+            ));
         }
     }
 
-    let bucket_by = f.take("bucket_by").and_then(|n| decode::string(sink, n, "`bucket_by`"));
-    let salt = f.take("salt").and_then(|n| decode::string(sink, n, "`salt`"));
+    let bucket_by = f
+        .take("bucket_by")
+        .and_then(|n| decode::string(sink, n, "`bucket_by`"));
+    let salt = f
+        .take("salt")
+        .and_then(|n| decode::string(sink, n, "`salt`"));
     let bucket = BucketBy {
         attr: bucket_by.as_deref().map(AttrPath::new),
         salt: salt.as_deref().unwrap_or(cx.flag_key).into(),
     };
     let outcome = decode_outcome(sink, cx, &mut f, node.pos, bucket);
-    f.finish(sink, &format!("rule `{name}` of flag `{}`", cx.flag_key), RULE_FIELDS);
+    f.finish(
+        sink,
+        &format!("rule `{name}` of flag `{}`", cx.flag_key),
+        RULE_FIELDS,
+    );
     let outcome = outcome.filter(|_| error_count(sink) == errors_before);
-    let rule = outcome.map(|outcome| Rule { name: name.into(), matchers, outcome, origin: origin(sink, node.pos) });
+    let rule = outcome.map(|outcome| Rule {
+        name: name.into(),
+        matchers,
+        outcome,
+        origin: origin(sink, node.pos),
+    });
     (rule, refs)
 }
 
 fn conflict(sink: &mut Sink<'_>, f: &Fields<'_>, field: &str, message: &str) {
-    sink.error(f.key_pos(field).unwrap_or_default(), Code::ConflictingFields, message.to_owned());
+    sink.error(
+        f.key_pos(field).unwrap_or_default(),
+        Code::ConflictingFields,
+        message.to_owned(),
+    );
 }
 
 fn decode_outcome(
@@ -452,56 +667,101 @@ fn decode_outcome(
     rule_pos: Pos,
     bucket: BucketBy,
 ) -> Option<Outcome> {
-    let gates: Vec<&str> = ["rollout", "percentage_of_time"].into_iter().filter(|g| f.has(g)).collect();
-    let bucket_options: Vec<&str> = ["bucket_by", "salt"].into_iter().filter(|g| f.has(g)).collect();
+    let gates: Vec<&str> = ["rollout", "percentage_of_time"]
+        .into_iter()
+        .filter(|g| f.has(g))
+        .collect();
+    let bucket_options: Vec<&str> = ["bucket_by", "salt"]
+        .into_iter()
+        .filter(|g| f.has(g))
+        .collect();
     if f.has("split") {
         for other in ["serve", "rollout", "percentage_of_time"] {
             if f.has(other) {
-                conflict(sink, f, other, &format!("a rule has one outcome: `split` cannot be combined with `{other}`"));
+                conflict(
+                    sink,
+                    f,
+                    other,
+                    &format!("a rule has one outcome: `split` cannot be combined with `{other}`"),
+                );
             }
         }
         let node = f.take("split")?;
-        return decode_split(sink, cx, node).map(|boundaries| Outcome::Split { boundaries, bucket });
+        return decode_split(sink, cx, node)
+            .map(|boundaries| Outcome::Split { boundaries, bucket });
     }
     if gates.len() > 1 {
-        conflict(sink, f, "percentage_of_time", "`rollout` and `percentage_of_time` cannot be combined: choose one");
+        conflict(
+            sink,
+            f,
+            "percentage_of_time",
+            "`rollout` and `percentage_of_time` cannot be combined: choose one",
+        );
         return None;
     }
     if gates.first() != Some(&"rollout") {
         for option in &bucket_options {
-            conflict(sink, f, option, &format!("`{option}` only applies to `rollout` and `split`"));
+            conflict(
+                sink,
+                f,
+                option,
+                &format!("`{option}` only applies to `rollout` and `split`"),
+            );
         }
     }
     // Percentages are checked before `serve` so both problems are reported together.
     let rollout = f.take("rollout").map(|n| percentage(sink, n, "`rollout`"));
-    let percentage_of_time = f.take("percentage_of_time").map(|n| percentage(sink, n, "`percentage_of_time`"));
+    let percentage_of_time = f
+        .take("percentage_of_time")
+        .map(|n| percentage(sink, n, "`percentage_of_time`"));
     let serve = match f.take("serve") {
         Some(n) => resolve_variant(sink, cx.flag_key, cx.flag_type, cx.variants, n, "`serve`")?,
         None if !gates.is_empty() && cx.flag_type == FlagType::Boolean => {
-            let Some(i) = cx.variants.iter().position(|(v, _)| v.value == Value::Bool(true)) else {
-                sink.error(rule_pos, Code::MissingField, "this boolean flag has no `true` variant: say which variant to `serve`");
+            let Some(i) = cx
+                .variants
+                .iter()
+                .position(|(v, _)| v.value == Value::Bool(true))
+            else {
+                sink.error(
+                    rule_pos,
+                    Code::MissingField,
+                    "this boolean flag has no `true` variant: say which variant to `serve`",
+                );
                 return None;
             };
             i
         }
         None => {
             let message = if gates.is_empty() {
-                "a rule needs an outcome: `serve`, `rollout`, `percentage_of_time` or `split`".to_owned()
+                "a rule needs an outcome: `serve`, `rollout`, `percentage_of_time` or `split`"
+                    .to_owned()
             } else {
-                format!("a `{}` of a {} flag must say which variant to `serve`", gates.join(""), cx.flag_type.as_str())
+                format!(
+                    "a `{}` of a {} flag must say which variant to `serve`",
+                    gates.join(""),
+                    cx.flag_type.as_str()
+                )
             };
             sink.error(rule_pos, Code::MissingField, message);
             return None;
         }
     };
     let gate = if let Some(threshold) = rollout {
-        Gate::Rollout { threshold: threshold?, bucket }
+        Gate::Rollout {
+            threshold: threshold?,
+            bucket,
+        }
     } else if let Some(threshold) = percentage_of_time {
-        Gate::PercentageOfTime { threshold: threshold? }
+        Gate::PercentageOfTime {
+            threshold: threshold?,
+        }
     } else {
         Gate::Always
     };
-    Some(Outcome::Serve { variant: serve, gate })
+    Some(Outcome::Serve {
+        variant: serve,
+        gate,
+    })
 }
 
 fn percentage(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<u32> {
@@ -511,7 +771,9 @@ fn percentage(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<u32> {
         sink.error(
             node.pos,
             Code::PercentageRange,
-            format!("{what} must be a percentage from 0 to 100 with at most three decimals, found {p}"),
+            format!(
+                "{what} must be a percentage from 0 to 100 with at most three decimals, found {p}"
+            ),
         );
     }
     t
@@ -520,7 +782,11 @@ fn percentage(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<u32> {
 fn decode_split(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> Option<Vec<(u32, usize)>> {
     let entries = decode::named_entries(sink, node, "`split`");
     if entries.is_empty() {
-        sink.error(node.pos, Code::MissingField, "`split` needs at least one variant with a weight");
+        sink.error(
+            node.pos,
+            Code::MissingField,
+            "`split` needs at least one variant with a weight",
+        );
         return None;
     }
     let mut boundaries = Vec::with_capacity(entries.len());
@@ -531,7 +797,11 @@ fn decode_split(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> Option<Vec
             sink.error(
                 pos,
                 Code::UnknownVariant,
-                format!("`split` refers to unknown variant `{name}` of flag `{}`; variants: {}", cx.flag_key, names(cx.variants)),
+                format!(
+                    "`split` refers to unknown variant `{name}` of flag `{}`; variants: {}",
+                    cx.flag_key,
+                    names(cx.variants)
+                ),
             );
             ok = false;
             continue;
@@ -547,7 +817,10 @@ fn decode_split(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> Option<Vec
         sink.error(
             node.pos,
             Code::SplitWeights,
-            format!("split weights must sum to 100, they sum to {}", f64::from(total) / 1000.0),
+            format!(
+                "split weights must sum to 100, they sum to {}",
+                f64::from(total) / 1000.0
+            ),
         );
         return None;
     }
@@ -557,7 +830,11 @@ fn decode_split(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> Option<Vec
 fn non_empty_texts(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<Vec<(String, Pos)>> {
     let list = decode::texts(sink, node, what)?;
     if list.is_empty() {
-        sink.error(node.pos, Code::MissingField, format!("{what} is empty: list at least one, or remove it"));
+        sink.error(
+            node.pos,
+            Code::MissingField,
+            format!("{what} is empty: list at least one, or remove it"),
+        );
         return None;
     }
     Some(list)
@@ -576,24 +853,42 @@ fn mode_list<'n>(sink: &mut Sink<'_>, node: &'n Node, what: &str) -> Option<(Mod
                 (Some(n), None) => (Mode::All, n),
                 (None, Some(n)) => (Mode::Any, n),
                 (Some(_), Some(n)) => {
-                    sink.error(n.pos, Code::ConflictingFields, format!("{what} takes `all` or `any`, not both"));
+                    sink.error(
+                        n.pos,
+                        Code::ConflictingFields,
+                        format!("{what} takes `all` or `any`, not both"),
+                    );
                     return None;
                 }
                 (None, None) => {
-                    sink.error(node.pos, Code::MissingField, format!("{what} needs `all:` or `any:` with a list"));
+                    sink.error(
+                        node.pos,
+                        Code::MissingField,
+                        format!("{what} needs `all:` or `any:` with a list"),
+                    );
                     return None;
                 }
             }
         }
         other => {
-            decode::wrong_type(sink, node.pos, what, "a list, or a map with `all` or `any`", other);
+            decode::wrong_type(
+                sink,
+                node.pos,
+                what,
+                "a list, or a map with `all` or `any`",
+                other,
+            );
             return None;
         }
     };
     match &list_node.kind {
         Kind::Seq(items) if !items.is_empty() => Some((mode, items)),
         Kind::Seq(_) => {
-            sink.error(list_node.pos, Code::MissingField, format!("{what} is empty: list at least one, or remove it"));
+            sink.error(
+                list_node.pos,
+                Code::MissingField,
+                format!("{what} is empty: list at least one, or remove it"),
+            );
             None
         }
         other => {
@@ -606,14 +901,26 @@ fn mode_list<'n>(sink: &mut Sink<'_>, node: &'n Node, what: &str) -> Option<(Mod
 fn decode_segment(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> Option<SegmentDef> {
     let what = format!("segment `{key}`");
     let mut f = decode::fields(sink, node, &what)?;
-    let description = f.take("description").and_then(|n| decode::string(sink, n, "`description`"));
-    let ids = f.take("ids").and_then(|n| non_empty_texts(sink, n, "`ids`")).unwrap_or_default();
-    let include = f.take("include").and_then(|n| non_empty_texts(sink, n, "`include`")).unwrap_or_default();
+    let description = f
+        .take("description")
+        .and_then(|n| decode::string(sink, n, "`description`"));
+    let ids = f
+        .take("ids")
+        .and_then(|n| non_empty_texts(sink, n, "`ids`"))
+        .unwrap_or_default();
+    let include = f
+        .take("include")
+        .and_then(|n| non_empty_texts(sink, n, "`include`"))
+        .unwrap_or_default();
     let all = f.take("all");
     let any = f.take("any");
     let conditions = match (all, any) {
         (Some(_), Some(n)) => {
-            sink.error(n.pos, Code::ConflictingFields, format!("{what} takes `all` or `any`, not both"));
+            sink.error(
+                n.pos,
+                Code::ConflictingFields,
+                format!("{what} takes `all` or `any`, not both"),
+            );
             None
         }
         (Some(n), None) => condition_list(sink, n, "`all`").map(|c| (Mode::All, c)),
@@ -630,18 +937,32 @@ fn decode_segment(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> Op
         );
         return None;
     }
-    Some(SegmentDef { key, pos, description, ids, include, conditions })
+    Some(SegmentDef {
+        key,
+        pos,
+        description,
+        ids,
+        include,
+        conditions,
+    })
 }
 
 fn condition_list(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<Vec<Condition>> {
     match &node.kind {
         Kind::Seq(items) if !items.is_empty() => {
             let before = items.len();
-            let out: Vec<Condition> = items.iter().filter_map(|c| decode_condition(sink, c)).collect();
+            let out: Vec<Condition> = items
+                .iter()
+                .filter_map(|c| decode_condition(sink, c))
+                .collect();
             (out.len() == before).then_some(out)
         }
         Kind::Seq(_) => {
-            sink.error(node.pos, Code::MissingField, format!("{what} is empty: list at least one condition"));
+            sink.error(
+                node.pos,
+                Code::MissingField,
+                format!("{what} is empty: list at least one condition"),
+            );
             None
         }
         other => {
@@ -654,11 +975,17 @@ fn condition_list(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<Vec<Co
 fn decode_condition(sink: &mut Sink<'_>, node: &Node) -> Option<Condition> {
     let mut f = decode::fields(sink, node, "a condition")?;
     let attr_node = f.take("attr");
-    let ignore_case = f.take("ignore_case").and_then(|n| decode::boolean(sink, n, "`ignore_case`")).unwrap_or(false);
+    let ignore_case = f
+        .take("ignore_case")
+        .and_then(|n| decode::boolean(sink, n, "`ignore_case`"))
+        .unwrap_or(false);
     let ops: Vec<&str> = OPERATORS.iter().copied().filter(|op| f.has(op)).collect();
     let mut known: Vec<&str> = vec!["attr", "ignore_case"];
     known.extend_from_slice(OPERATORS);
-    let op_nodes: Vec<(&str, &Node)> = ops.iter().filter_map(|op| f.take(op).map(|n| (*op, n))).collect();
+    let op_nodes: Vec<(&str, &Node)> = ops
+        .iter()
+        .filter_map(|op| f.take(op).map(|n| (*op, n)))
+        .collect();
     let operand = match op_nodes.as_slice() {
         [single] => Some(*single),
         [] => {
@@ -670,7 +997,14 @@ fn decode_condition(sink: &mut Sink<'_>, node: &Node) -> Option<Condition> {
             None
         }
         [(first, _), (second, _), ..] => {
-            conflict(sink, &f, second, &format!("a condition has one operator: `{first}` and `{second}` cannot be combined; write two conditions"));
+            conflict(
+                sink,
+                &f,
+                second,
+                &format!(
+                    "a condition has one operator: `{first}` and `{second}` cannot be combined; write two conditions"
+                ),
+            );
             None
         }
     };
@@ -680,41 +1014,70 @@ fn decode_condition(sink: &mut Sink<'_>, node: &Node) -> Option<Condition> {
         Some(n) => decode::string(sink, n, "`attr`").filter(|s| {
             let ok = !s.is_empty();
             if !ok {
-                sink.error(n.pos, Code::MissingField, "`attr` is empty: name the context attribute to test");
+                sink.error(
+                    n.pos,
+                    Code::MissingField,
+                    "`attr` is empty: name the context attribute to test",
+                );
             }
             ok
         }),
         None => {
-            sink.error(node.pos, Code::MissingField, "a condition needs `attr`: the context attribute it tests");
+            sink.error(
+                node.pos,
+                Code::MissingField,
+                "a condition needs `attr`: the context attribute it tests",
+            );
             None
         }
     };
     let (op_name, operand_node) = operand?;
     if ignore_case && !STRING_OPS.contains(&op_name) {
-        sink.error(ignore_case_pos, Code::ConflictingFields, format!("`ignore_case` applies to string operators, not `{op_name}`"));
+        sink.error(
+            ignore_case_pos,
+            Code::ConflictingFields,
+            format!("`ignore_case` applies to string operators, not `{op_name}`"),
+        );
         return None;
     }
     let op = decode_op(sink, op_name, operand_node, ignore_case)?;
     let operand = decode::to_json(sink, operand_node, "the operand")?;
-    Some(Condition { attr: AttrPath::new(&attr?), op, op_name, operand, ignore_case })
+    Some(Condition {
+        attr: AttrPath::new(&attr?),
+        op,
+        op_name,
+        operand,
+        ignore_case,
+    })
 }
 
 fn fold(s: &str, ignore_case: bool) -> Box<str> {
-    if ignore_case { s.to_lowercase().into() } else { s.into() }
+    if ignore_case {
+        s.to_lowercase().into()
+    } else {
+        s.into()
+    }
 }
 
 fn decode_op(sink: &mut Sink<'_>, op: &str, node: &Node, ignore_case: bool) -> Option<Op> {
     let what = format!("`{op}`");
     let text = |sink: &mut Sink<'_>| decode::string(sink, node, &what);
     Some(match op {
-        "equals" | "not_equals" => Op::Equals { value: scalar(sink, node, &what, ignore_case)?, negate: op == "not_equals" },
+        "equals" | "not_equals" => Op::Equals {
+            value: scalar(sink, node, &what, ignore_case)?,
+            negate: op == "not_equals",
+        },
         "in" | "not_in" => {
             let Kind::Seq(items) = &node.kind else {
                 decode::wrong_type(sink, node.pos, &what, "a list", &node.kind);
                 return None;
             };
             if items.is_empty() {
-                sink.error(node.pos, Code::MissingField, format!("{what} needs at least one value"));
+                sink.error(
+                    node.pos,
+                    Code::MissingField,
+                    format!("{what} needs at least one value"),
+                );
                 return None;
             }
             let mut texts = FastSet::default();
@@ -724,18 +1087,30 @@ fn decode_op(sink: &mut Sink<'_>, op: &str, node: &Node, ignore_case: bool) -> O
                 numbers.extend(s.number);
                 texts.insert(s.text);
             }
-            Op::In { texts, numbers, negate: op == "not_in" }
+            Op::In {
+                texts,
+                numbers,
+                negate: op == "not_in",
+            }
         }
         "starts_with" => Op::StartsWith(fold(&text(sink)?, ignore_case)),
         "ends_with" => Op::EndsWith(fold(&text(sink)?, ignore_case)),
         "contains" => Op::Contains(fold(&text(sink)?, ignore_case)),
         "matches" => {
             let pattern = text(sink)?;
-            match regex::RegexBuilder::new(&pattern).case_insensitive(ignore_case).size_limit(REGEX_SIZE_LIMIT).build() {
+            match regex::RegexBuilder::new(&pattern)
+                .case_insensitive(ignore_case)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+            {
                 Ok(re) => Op::Matches(re),
                 Err(e) => {
                     let detail = e.to_string().lines().last().unwrap_or("").trim().to_owned();
-                    sink.error(node.pos, Code::InvalidRegex, format!("invalid regular expression `{pattern}`: {detail}"));
+                    sink.error(
+                        node.pos,
+                        Code::InvalidRegex,
+                        format!("invalid regular expression `{pattern}`: {detail}"),
+                    );
                     return None;
                 }
             }
@@ -776,7 +1151,11 @@ fn decode_op(sink: &mut Sink<'_>, op: &str, node: &Node, ignore_case: bool) -> O
                 );
                 return None;
             };
-            if op == "before" { Op::Before(t) } else { Op::After(t) }
+            if op == "before" {
+                Op::Before(t)
+            } else {
+                Op::After(t)
+            }
         }
         "present" | "absent" => {
             let b = decode::boolean(sink, node, &what)?;
@@ -798,10 +1177,26 @@ fn cmp(op: &str) -> Cmp {
 
 fn scalar(sink: &mut Sink<'_>, node: &Node, what: &str, ignore_case: bool) -> Option<Scalar> {
     Some(match &node.kind {
-        Kind::Str(s) => Scalar { text: fold(s, ignore_case), number: parse_number(s), boolean: parse_bool_text(s) },
-        Kind::Int(i) => Scalar { text: i.to_string().into(), number: Some(*i as f64), boolean: None },
-        Kind::Float(f) if f.is_finite() => Scalar { text: f.to_string().into(), number: Some(*f), boolean: None },
-        Kind::Bool(b) => Scalar { text: b.to_string().into(), number: None, boolean: Some(*b) },
+        Kind::Str(s) => Scalar {
+            text: fold(s, ignore_case),
+            number: parse_number(s),
+            boolean: parse_bool_text(s),
+        },
+        Kind::Int(i) => Scalar {
+            text: i.to_string().into(),
+            number: Some(*i as f64),
+            boolean: None,
+        },
+        Kind::Float(f) if f.is_finite() => Scalar {
+            text: f.to_string().into(),
+            number: Some(*f),
+            boolean: None,
+        },
+        Kind::Bool(b) => Scalar {
+            text: b.to_string().into(),
+            number: None,
+            boolean: Some(*b),
+        },
         other => {
             decode::wrong_type(sink, node.pos, what, "a string, number or boolean", other);
             return None;

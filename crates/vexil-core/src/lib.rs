@@ -4,7 +4,15 @@
 //! Data flows one way: `source` (files) -> `yaml` (spanned tree) -> `format` (typed definitions,
 //! per-file checks) -> `compile` (cross-file checks, `Snapshot`) -> `eval`.
 #![forbid(unsafe_code)]
-#![cfg_attr(test, allow(clippy::panic, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::panic,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod bucket;
 pub mod compile;
@@ -27,7 +35,10 @@ pub use snapshot::{Flag, FlagType, Namespace, Snapshot, Value, Variant};
 pub use source::{Loaded, SourceError, SourceFile};
 
 /// Reads and compiles a flags directory: the one call most users of the library need.
-pub fn load_dir(root: &std::path::Path, options: &CompileOptions) -> Result<(Loaded, Compiled), SourceError> {
+pub fn load_dir(
+    root: &std::path::Path,
+    options: &CompileOptions,
+) -> Result<(Loaded, Compiled), SourceError> {
     let mut loaded = source::read_dir(root)?;
     let mut compiled = compile(&loaded.files, options);
     compiled.diagnostics.append(&mut loaded.diagnostics);

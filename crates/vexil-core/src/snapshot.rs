@@ -71,7 +71,8 @@ impl Value {
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::String(s) => serde_json::Value::String(s.to_string()),
             Value::Integer(i) => serde_json::Value::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Value::Object(o) => o.clone(),
         }
     }
@@ -157,8 +158,14 @@ pub enum Matcher {
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Serve { variant: usize, gate: Gate },
-    Split { boundaries: Vec<(u32, usize)>, bucket: BucketBy },
+    Serve {
+        variant: usize,
+        gate: Gate,
+    },
+    Split {
+        boundaries: Vec<(u32, usize)>,
+        bucket: BucketBy,
+    },
 }
 
 /// What else must hold for a `serve` rule to match.
@@ -166,9 +173,14 @@ pub enum Outcome {
 pub enum Gate {
     Always,
     /// Included iff bucket < threshold (thousandths of a percent).
-    Rollout { threshold: u32, bucket: BucketBy },
+    Rollout {
+        threshold: u32,
+        bucket: BucketBy,
+    },
     /// Random on every call: rand(0..100_000) < threshold.
-    PercentageOfTime { threshold: u32 },
+    PercentageOfTime {
+        threshold: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -227,8 +239,15 @@ pub enum Cmp {
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Equals { value: Scalar, negate: bool },
-    In { texts: FastSet<Box<str>>, numbers: Vec<f64>, negate: bool },
+    Equals {
+        value: Scalar,
+        negate: bool,
+    },
+    In {
+        texts: FastSet<Box<str>>,
+        numbers: Vec<f64>,
+        negate: bool,
+    },
     StartsWith(Box<str>),
     EndsWith(Box<str>),
     Contains(Box<str>),
@@ -291,7 +310,9 @@ impl Snapshot {
     }
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        self.namespace_index.get(name).and_then(|&i| self.namespaces.get(i))
+        self.namespace_index
+            .get(name)
+            .and_then(|&i| self.namespaces.get(i))
     }
 
     pub fn flag(&self, namespace: &str, key: &str) -> Option<&Flag> {

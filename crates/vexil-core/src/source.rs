@@ -45,7 +45,10 @@ mod tests {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read flags root {path}: {source}")]
-    Root { path: PathBuf, source: std::io::Error },
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("flags root {0} is not a directory")]
     NotADirectory(PathBuf),
 }
@@ -63,23 +66,38 @@ pub fn is_flag_file(name: &str) -> bool {
 /// a flag file name, with no hidden file or directory on the way.
 pub fn is_flag_path(path: &str) -> bool {
     let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".");
-    let Some(name) = parts.next_back() else { return false };
+    let Some(name) = parts.next_back() else {
+        return false;
+    };
     parts.all(|dir| !dir.starts_with('.')) && is_flag_file(name)
 }
 
 /// Checks raw bytes (size, binary, UTF-8) and turns them into a source file.
 pub fn check_bytes(path: &str, bytes: Vec<u8>, out: &mut Vec<Diagnostic>) -> Option<SourceFile> {
-    let problem = |code, pos, message: String| Diagnostic { file: path.to_owned(), pos, severity: Severity::Error, code, message };
+    let problem = |code, pos, message: String| Diagnostic {
+        file: path.to_owned(),
+        pos,
+        severity: Severity::Error,
+        code,
+        message,
+    };
     if bytes.len() > MAX_FILE_BYTES {
         out.push(problem(
             Code::FileTooLarge,
             Pos::START,
-            format!("file is {} bytes; flag files may be at most {MAX_FILE_BYTES} bytes: split it", bytes.len()),
+            format!(
+                "file is {} bytes; flag files may be at most {MAX_FILE_BYTES} bytes: split it",
+                bytes.len()
+            ),
         ));
         return None;
     }
     if let Some(at) = bytes.iter().position(|&b| b == 0) {
-        out.push(problem(Code::BinaryFile, pos_of(&bytes, at), "file contains a NUL byte: it looks binary, not YAML".into()));
+        out.push(problem(
+            Code::BinaryFile,
+            pos_of(&bytes, at),
+            "file contains a NUL byte: it looks binary, not YAML".into(),
+        ));
         return None;
     }
     match String::from_utf8(bytes) {
@@ -87,11 +105,18 @@ pub fn check_bytes(path: &str, bytes: Vec<u8>, out: &mut Vec<Diagnostic>) -> Opt
             if text.starts_with('\u{feff}') {
                 text.drain(..'\u{feff}'.len_utf8());
             }
-            Some(SourceFile { path: path.to_owned(), text })
+            Some(SourceFile {
+                path: path.to_owned(),
+                text,
+            })
         }
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
-            out.push(problem(Code::NotUtf8, pos_of(e.as_bytes(), at), "file is not valid UTF-8: save it as UTF-8".into()));
+            out.push(problem(
+                Code::NotUtf8,
+                pos_of(e.as_bytes(), at),
+                "file is not valid UTF-8: save it as UTF-8".into(),
+            ));
             None
         }
     }
@@ -103,12 +128,17 @@ fn pos_of(bytes: &[u8], at: usize) -> Pos {
     let text = String::from_utf8_lossy(before);
     let line = text.matches('\n').count() + 1;
     let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Pos { line: u32::try_from(line).unwrap_or(u32::MAX), column: u32::try_from(column).unwrap_or(u32::MAX) }
+    Pos {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+    }
 }
 
 /// Builds a source from in-memory files (tests, git trees, benchmarks); paths that are not
 /// flag files (see `is_flag_path`) are skipped, as a directory walk would.
-pub fn from_memory<P: AsRef<str>, B: Into<Vec<u8>>>(files: impl IntoIterator<Item = (P, B)>) -> Loaded {
+pub fn from_memory<P: AsRef<str>, B: Into<Vec<u8>>>(
+    files: impl IntoIterator<Item = (P, B)>,
+) -> Loaded {
     let mut loaded = Loaded::default();
     for (path, bytes) in files {
         if !is_flag_path(path.as_ref()) {
@@ -124,12 +154,23 @@ pub fn from_memory<P: AsRef<str>, B: Into<Vec<u8>>>(files: impl IntoIterator<Ite
 
 /// Reads every flag file under `root`.
 pub fn read_dir(root: &Path) -> Result<Loaded, SourceError> {
-    let meta = std::fs::metadata(root).map_err(|source| SourceError::Root { path: root.to_owned(), source })?;
+    let meta = std::fs::metadata(root).map_err(|source| SourceError::Root {
+        path: root.to_owned(),
+        source,
+    })?;
     if !meta.is_dir() {
         return Err(SourceError::NotADirectory(root.to_owned()));
     }
-    let canonical_root = root.canonicalize().map_err(|source| SourceError::Root { path: root.to_owned(), source })?;
-    let mut walk = Walk { root: canonical_root.clone(), loaded: Loaded::default(), visited: HashSet::new(), count: 0 };
+    let canonical_root = root.canonicalize().map_err(|source| SourceError::Root {
+        path: root.to_owned(),
+        source,
+    })?;
+    let mut walk = Walk {
+        root: canonical_root.clone(),
+        loaded: Loaded::default(),
+        visited: HashSet::new(),
+        count: 0,
+    };
     walk.dir(&canonical_root, "", 0);
     let mut loaded = walk.loaded;
     loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -145,7 +186,13 @@ struct Walk {
 
 impl Walk {
     fn problem(&mut self, path: &str, code: Code, message: String) {
-        self.loaded.diagnostics.push(Diagnostic { file: path.to_owned(), pos: Pos::START, severity: Severity::Error, code, message });
+        self.loaded.diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            pos: Pos::START,
+            severity: Severity::Error,
+            code,
+            message,
+        });
     }
 
     fn dir(&mut self, dir: &Path, rel: &str, depth: usize) {
@@ -163,8 +210,14 @@ impl Walk {
             .collect();
         names.sort();
         for (name, path) in names {
-            let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let rel_path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             let target = if meta.file_type().is_symlink() {
                 // ConfigMap mounts are symlinks inside the root; anything leading out is refused.
                 match path.canonicalize() {
@@ -174,7 +227,10 @@ impl Walk {
                             self.problem(
                                 &rel_path,
                                 Code::SymlinkOutsideRoot,
-                                format!("symbolic link leads outside the flags root (to {}): refused", t.display()),
+                                format!(
+                                    "symbolic link leads outside the flags root (to {}): refused",
+                                    t.display()
+                                ),
                             );
                         }
                         continue;
@@ -201,7 +257,11 @@ impl Walk {
         self.count += 1;
         if self.count > MAX_FILES {
             if self.count == MAX_FILES + 1 {
-                self.problem(rel, Code::TooManyFiles, format!("more than {MAX_FILES} flag files under the root: refused"));
+                self.problem(
+                    rel,
+                    Code::TooManyFiles,
+                    format!("more than {MAX_FILES} flag files under the root: refused"),
+                );
             }
             return;
         }

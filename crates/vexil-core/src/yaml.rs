@@ -84,7 +84,12 @@ fn convert_error(err: &serde_saphyr::Error) -> YamlError {
         .unwrap_or(Pos::START);
     let raw = err.without_snippet().to_string();
     // serde-saphyr appends " at line N, column M" (and alias notes); we report the place ourselves.
-    let message = raw.split(" at line ").next().unwrap_or(&raw).trim().to_owned();
+    let message = raw
+        .split(" at line ")
+        .next()
+        .unwrap_or(&raw)
+        .trim()
+        .to_owned();
     let lower = message.to_ascii_lowercase();
     if lower.contains("multiple yaml documents") || lower.contains("documents {") {
         return YamlError {
@@ -93,7 +98,9 @@ fn convert_error(err: &serde_saphyr::Error) -> YamlError {
             message: "a flag file holds one YAML document: move this `---` document into a file of its own".into(),
         };
     }
-    if lower.contains("budget breached") || lower.contains("recursion limit") || lower.contains("alias")
+    if lower.contains("budget breached")
+        || lower.contains("recursion limit")
+        || lower.contains("alias")
     {
         return YamlError {
             pos,
@@ -105,7 +112,14 @@ fn convert_error(err: &serde_saphyr::Error) -> YamlError {
         };
     }
     if lower.contains("duplicate mapping key") {
-        let key = message.rsplit(':').next().unwrap_or("").split(',').next().unwrap_or("").trim();
+        let key = message
+            .rsplit(':')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim();
         return YamlError {
             pos,
             code: Code::DuplicateKey,
@@ -205,12 +219,22 @@ mod tests {
 
     #[test]
     fn positions_point_at_keys_and_values() {
-        let Ok(n) = parse("a:\n  b: \"x\"\n") else { panic!("parse failed") };
-        let Kind::Map(top) = &n.kind else { panic!("not a map") };
-        let Some((key, value)) = top.first() else { panic!("empty") };
+        let Ok(n) = parse("a:\n  b: \"x\"\n") else {
+            panic!("parse failed")
+        };
+        let Kind::Map(top) = &n.kind else {
+            panic!("not a map")
+        };
+        let Some((key, value)) = top.first() else {
+            panic!("empty")
+        };
         assert_eq!(key.pos, Pos { line: 1, column: 1 });
-        let Kind::Map(inner) = &value.kind else { panic!("not a map") };
-        let Some((k, v)) = inner.first() else { panic!("empty") };
+        let Kind::Map(inner) = &value.kind else {
+            panic!("not a map")
+        };
+        let Some((k, v)) = inner.first() else {
+            panic!("empty")
+        };
         assert_eq!(k.pos, Pos { line: 2, column: 3 });
         assert_eq!(v.pos, Pos { line: 2, column: 6 });
         assert_eq!(v.kind, Kind::Str("x".into()));
@@ -218,19 +242,30 @@ mod tests {
 
     #[test]
     fn only_yaml_1_2_booleans() {
-        let Ok(n) = parse("[on, yes, true, \"true\"]") else { panic!("parse failed") };
-        let Kind::Seq(items) = n.kind else { panic!("not a list") };
+        let Ok(n) = parse("[on, yes, true, \"true\"]") else {
+            panic!("parse failed")
+        };
+        let Kind::Seq(items) = n.kind else {
+            panic!("not a list")
+        };
         let kinds: Vec<Kind> = items.into_iter().map(|n| n.kind).collect();
         assert_eq!(
             kinds,
-            vec![Kind::Str("on".into()), Kind::Str("yes".into()), Kind::Bool(true), Kind::Str("true".into())]
+            vec![
+                Kind::Str("on".into()),
+                Kind::Str("yes".into()),
+                Kind::Bool(true),
+                Kind::Str("true".into())
+            ]
         );
     }
 
     #[test]
     fn duplicate_keys_are_located() {
         let err = parse("a: 1\nb:\n  c: 2\n  c: 3\n").err();
-        let Some(err) = err else { panic!("accepted a duplicate key") };
+        let Some(err) = err else {
+            panic!("accepted a duplicate key")
+        };
         assert_eq!(err.code, Code::DuplicateKey);
         assert_eq!(err.pos, Pos { line: 4, column: 3 });
         assert!(err.message.contains("`c`"), "{}", err.message);
@@ -240,7 +275,10 @@ mod tests {
     fn alias_bombs_and_deep_nesting_are_refused() {
         let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x,x]\n");
         for (i, name) in ["b", "c", "d", "e", "f", "g", "h"].iter().enumerate() {
-            let prev = ["a", "b", "c", "d", "e", "f", "g"].get(i).copied().unwrap_or("a");
+            let prev = ["a", "b", "c", "d", "e", "f", "g"]
+                .get(i)
+                .copied()
+                .unwrap_or("a");
             let refs = vec![format!("*{prev}"); 10].join(",");
             bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
         }
@@ -248,6 +286,9 @@ mod tests {
         assert_eq!(err, Some(Code::YamlLimit));
         let deep = "[".repeat(10_000);
         let err = parse(&deep).err().map(|e| e.code);
-        assert!(matches!(err, Some(Code::YamlLimit | Code::YamlSyntax)), "{err:?}");
+        assert!(
+            matches!(err, Some(Code::YamlLimit | Code::YamlSyntax)),
+            "{err:?}"
+        );
     }
 }

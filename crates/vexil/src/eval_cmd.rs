@@ -16,7 +16,10 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let mut ctx = Context { targeting_key: args.key.clone(), ..Context::default() };
+    let mut ctx = Context {
+        targeting_key: args.key.clone(),
+        ..Context::default()
+    };
     for attr in &args.attrs {
         let Some((name, raw)) = attr.split_once('=') else {
             bail!("--attr takes NAME=VALUE, got `{attr}`");
@@ -36,7 +39,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         for d in &compiled.diagnostics {
             eprintln!("{d}");
         }
-        bail!("the flags in {} are invalid; run `vexil validate {}`", args.source.display(), args.source.display());
+        bail!(
+            "the flags in {} are invalid; run `vexil validate {}`",
+            args.source.display(),
+            args.source.display()
+        );
     };
     match snapshot.evaluate(&args.namespace, &args.flag, &ctx) {
         Ok(e) => {
@@ -52,15 +59,29 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 println!("{out}");
             } else {
                 let rule = rule.map(|r| format!(", rule: {r}")).unwrap_or_default();
-                println!("{} = {} (variant: {}, reason: {}{rule})", args.flag, e.value().to_json(), e.variant.name, e.reason);
+                println!(
+                    "{} = {} (variant: {}, reason: {}{rule})",
+                    args.flag,
+                    e.value().to_json(),
+                    e.variant.name,
+                    e.reason
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
             if args.json {
-                println!("{}", serde_json::json!({"flag": args.flag, "error": err.code(), "message": err.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"flag": args.flag, "error": err.code(), "message": err.to_string()})
+                );
             } else {
-                eprintln!("{}: {err} (flag `{}` in namespace `{}`)", err.code(), args.flag, args.namespace);
+                eprintln!(
+                    "{}: {err} (flag `{}` in namespace `{}`)",
+                    err.code(),
+                    args.flag,
+                    args.namespace
+                );
             }
             Ok(ExitCode::from(1))
         }

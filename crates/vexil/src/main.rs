@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "vexil", version, about = "GitOps feature flags: validate, evaluate and serve flags kept in git")]
+#[command(
+    name = "vexil",
+    version,
+    about = "GitOps feature flags: validate, evaluate and serve flags kept in git"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,9 +72,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { path, format } => validate(&path, format),
-        Command::Eval { flag, source, namespace, key, attrs, json } => {
-            eval_cmd::run(&eval_cmd::Args { flag, source, namespace, key, attrs, json })
-        }
+        Command::Eval {
+            flag,
+            source,
+            namespace,
+            key,
+            attrs,
+            json,
+        } => eval_cmd::run(&eval_cmd::Args {
+            flag,
+            source,
+            namespace,
+            key,
+            attrs,
+            json,
+        }),
         Command::Schema => {
             println!("{}", vexil_core::schema::FLAG_FILE_SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)
@@ -86,11 +102,15 @@ fn main() -> ExitCode {
 }
 
 fn today() -> jiff::civil::Date {
-    jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date()
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
 }
 
 fn validate(root: &std::path::Path, format: Format) -> anyhow::Result<ExitCode> {
-    let options = vexil_core::CompileOptions { today: Some(today()) };
+    let options = vexil_core::CompileOptions {
+        today: Some(today()),
+    };
     let (loaded, compiled) = vexil_core::load_dir(root, &options)?;
     let report = render::Report::new(root, &loaded.files, &compiled.diagnostics);
     let out = match format {
@@ -100,8 +120,15 @@ fn validate(root: &std::path::Path, format: Format) -> anyhow::Result<ExitCode> 
     };
     print!("{out}");
     if format == Format::Human {
-        let flags = compiled.snapshot.as_ref().map(vexil_core::Snapshot::flag_count);
+        let flags = compiled
+            .snapshot
+            .as_ref()
+            .map(vexil_core::Snapshot::flag_count);
         eprintln!("{}", report.summary(loaded.files.len(), flags));
     }
-    Ok(if compiled.snapshot.is_some() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if compiled.snapshot.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -13,7 +13,11 @@ pub struct Report<'a> {
 
 impl<'a> Report<'a> {
     pub fn new(root: &'a Path, files: &'a [SourceFile], diagnostics: &'a [Diagnostic]) -> Self {
-        Report { root, files, diagnostics }
+        Report {
+            root,
+            files,
+            diagnostics,
+        }
     }
 
     /// The path as the user can open it: the root they gave joined with the file.
@@ -27,7 +31,13 @@ impl<'a> Report<'a> {
         let mut out = String::new();
         for d in self.diagnostics {
             let _ = writeln!(out, "{}[{}]: {}", d.severity.as_str(), d.code, d.message);
-            let _ = writeln!(out, "  --> {}:{}:{}", self.path(d), d.pos.line, d.pos.column);
+            let _ = writeln!(
+                out,
+                "  --> {}:{}:{}",
+                self.path(d),
+                d.pos.line,
+                d.pos.column
+            );
             let line = self
                 .files
                 .iter()
@@ -91,7 +101,11 @@ impl<'a> Report<'a> {
     }
 
     pub fn summary(&self, files: usize, flags: Option<usize>) -> String {
-        let errors = self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+        let errors = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
         let warnings = self.diagnostics.len() - errors;
         match flags {
             Some(n) => format!("valid: {n} flags in {files} files ({warnings} warnings)"),
@@ -102,7 +116,9 @@ impl<'a> Report<'a> {
 
 // GitHub's workflow-command escaping: data escapes %, CR, LF; properties also ':' and ','.
 fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn escape_property(s: &str) -> String {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every unit and end-to-end test, and a check that the
+# benchmarks still build and run their assertions once. Needs only a Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test (unit, end-to-end, property and specification tests)"
+cargo test --workspace --locked
+
+echo "== vexil validate flags/ (the embedded example repository)"
+cargo run --quiet --locked -p vexil -- validate flags
+
+echo "== benchmarks compile and their setup assertions hold (one quick pass, no timing)"
+cargo bench --workspace --locked -- --test
