@@ -1,14 +1,14 @@
 //! YAML text -> a tree of nodes that remember where they came from.
 //!
-//! Parsing goes through serde-saphyr (budgets against alias bombs and deep nesting, duplicate-key
-//! errors, YAML 1.2 booleans only), but into a generic tree rather than typed structs: the format
-//! decoder walks the tree by hand so that it can report *every* problem of a file, each at its
-//! own line and column, instead of stopping at the first as serde would.
+//! The tree is built straight from the events of granit-parser (the YAML parser under
+//! serde-saphyr), with budgets against alias bombs and deep nesting, duplicate keys as errors and
+//! the YAML 1.2 core schema (`on`/`yes` are text). The format decoder then walks the tree by hand
+//! so that it can report *every* problem of a file at its own line and column, instead of
+//! stopping at the first as serde would.
 
-use std::fmt;
+use std::collections::{HashMap, HashSet};
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::Spanned;
+use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle};
 
 use crate::diag::{Code, Pos};
 
@@ -59,158 +59,295 @@ pub struct YamlError {
 
 /// Parses one YAML document. An empty document is `Kind::Null`.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
-    let options = serde_saphyr::options! {
-        strict_booleans: true,
-        budget: serde_saphyr::budget! {
-            max_depth: MAX_DEPTH,
-            max_nodes: MAX_NODES,
-            max_documents: 1,
-        },
-    };
-    match serde_saphyr::from_str_with_options::<Spanned<Kind>>(text, options) {
-        Ok(spanned) => Ok(node(spanned)),
-        Err(err) => Err(convert_error(&err)),
+    let mut builder = Builder::default();
+    for item in Parser::new_from_str(text) {
+        let (event, span) = item.map_err(|e| scan_error(&e))?;
+        let pos = Pos {
+            line: clamp(span.start.line()),
+            column: clamp(span.start.col().saturating_add(1)),
+        };
+        builder.event(event, pos)?;
     }
+    Ok(builder.root.unwrap_or(Node {
+        pos: Pos::START,
+        kind: Kind::Null,
+    }))
 }
 
-fn convert_error(err: &serde_saphyr::Error) -> YamlError {
-    let pos = err
-        .location()
-        .filter(|l| l.line() > 0)
-        .map(|l| Pos {
-            line: clamp(l.line()),
-            column: clamp(l.column()),
-        })
-        .unwrap_or(Pos::START);
-    let raw = err.without_snippet().to_string();
-    // serde-saphyr appends " at line N, column M" (and alias notes); we report the place ourselves.
-    let message = raw
-        .split(" at line ")
-        .next()
-        .unwrap_or(&raw)
-        .trim()
-        .to_owned();
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("multiple yaml documents") || lower.contains("documents {") {
-        return YamlError {
-            pos,
-            code: Code::YamlSyntax,
-            message: "a flag file holds one YAML document: move this `---` document into a file of its own".into(),
-        };
-    }
-    if lower.contains("budget breached")
-        || lower.contains("recursion limit")
-        || lower.contains("alias")
-    {
-        return YamlError {
-            pos,
-            code: Code::YamlLimit,
-            message: format!(
-                "the YAML is too large or too deeply nested once anchors and aliases are expanded \
-                 (at most {MAX_NODES} nodes and {MAX_DEPTH} levels): {message}"
-            ),
-        };
-    }
-    if lower.contains("duplicate mapping key") {
-        let key = message
-            .rsplit(':')
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim();
-        return YamlError {
-            pos,
-            code: Code::DuplicateKey,
-            message: format!("duplicate key `{key}` in this map: remove or rename one of them"),
-        };
+fn clamp(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn scan_error(e: &granit_parser::ScanError) -> YamlError {
+    let m = e.marker();
+    let pos = Pos {
+        line: clamp(m.line().max(1)),
+        column: clamp(m.col().saturating_add(1)),
+    };
+    // The parser's own recursion guard can fire before our depth budget in flow collections.
+    if e.info().contains("recursion limit") {
+        return limit(pos, "nesting too deep");
     }
     YamlError {
         pos,
         code: Code::YamlSyntax,
-        message: format!("invalid YAML: {message}"),
+        message: format!("invalid YAML: {}", e.info()),
     }
 }
 
-fn clamp(v: u64) -> u32 {
-    u32::try_from(v).unwrap_or(u32::MAX)
-}
-
-fn node(spanned: Spanned<Kind>) -> Node {
-    let loc = spanned.referenced;
-    Node {
-        pos: Pos {
-            line: clamp(loc.line()),
-            column: clamp(loc.column()),
-        },
-        kind: spanned.value,
+fn limit(pos: Pos, what: &str) -> YamlError {
+    YamlError {
+        pos,
+        code: Code::YamlLimit,
+        message: format!(
+            "the YAML is too large or too deeply nested once anchors and aliases are expanded \
+             (at most {MAX_NODES} nodes and {MAX_DEPTH} levels): {what}"
+        ),
     }
 }
 
-impl<'de> Deserialize<'de> for Kind {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(KindVisitor)
-    }
+/// Builds the tree from parser events (directly, without serde: this is the hot part of
+/// compiling a large repository), enforcing the depth and node budgets as it goes.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    /// Anchored nodes by anchor id, with their node counts (aliases count in full).
+    anchors: HashMap<usize, (Node, usize)>,
+    nodes: usize,
+    documents: usize,
+    root: Option<Node>,
 }
 
-struct KindVisitor;
+enum Frame {
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+        first_node: usize,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        first_node: usize,
+    },
+}
 
-impl<'de> Visitor<'de> for KindVisitor {
-    type Value = Kind;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
-        Ok(Kind::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Kind, E> {
-        Ok(Kind::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
-        Kind::deserialize(d)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Kind, E> {
-        Ok(Kind::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Kind, E> {
-        Ok(Kind::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
-        // Beyond i64 only a float can hold it; integer flags then report a clear type error.
-        Ok(i64::try_from(v).map_or(Kind::Float(v as f64), Kind::Int))
-    }
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Kind, E> {
-        Ok(i64::try_from(v).map_or(Kind::Float(v as f64), Kind::Int))
-    }
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Kind, E> {
-        Ok(i64::try_from(v).map_or(Kind::Float(v as f64), Kind::Int))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Kind, E> {
-        Ok(Kind::Float(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
-        Ok(Kind::Str(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Kind, E> {
-        Ok(Kind::Str(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Kind>>()? {
-            items.push(node(item));
+impl Builder {
+    fn event(&mut self, event: Event<'_>, pos: Pos) -> Result<(), YamlError> {
+        match event {
+            Event::DocumentStart(..) => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(YamlError {
+                        pos,
+                        code: Code::YamlSyntax,
+                        message: "a flag file holds one YAML document: move this `---` document into a file of its own".into(),
+                    });
+                }
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                self.count(1, pos)?;
+                let kind = resolve(&value, style, tag.as_deref());
+                self.add(Node { pos, kind }, anchor, 1)?;
+            }
+            Event::SequenceStart(_, anchor, _) => {
+                self.open(pos)?;
+                self.stack.push(Frame::Seq {
+                    pos,
+                    anchor,
+                    items: Vec::new(),
+                    first_node: self.nodes,
+                });
+            }
+            Event::MappingStart(_, anchor, _) => {
+                self.open(pos)?;
+                self.stack.push(Frame::Map {
+                    pos,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                    first_node: self.nodes,
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor, size) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        pos,
+                        anchor,
+                        items,
+                        first_node,
+                    }) => (
+                        Node {
+                            pos,
+                            kind: Kind::Seq(items),
+                        },
+                        anchor,
+                        self.nodes - first_node,
+                    ),
+                    Some(Frame::Map {
+                        pos,
+                        anchor,
+                        entries,
+                        first_node,
+                        ..
+                    }) => {
+                        check_duplicates(&entries)?;
+                        (
+                            Node {
+                                pos,
+                                kind: Kind::Map(entries),
+                            },
+                            anchor,
+                            self.nodes - first_node,
+                        )
+                    }
+                    None => return Ok(()),
+                };
+                self.add(node, anchor, size)?;
+            }
+            Event::Alias(id) => {
+                let Some((node, size)) = self.anchors.get(&id).cloned() else {
+                    return Err(YamlError {
+                        pos,
+                        code: Code::YamlSyntax,
+                        message: "invalid YAML: alias to an unknown anchor".into(),
+                    });
+                };
+                self.count(size, pos)?;
+                self.add(
+                    Node {
+                        pos,
+                        kind: node.kind,
+                    },
+                    0,
+                    size,
+                )?;
+            }
+            Event::UnresolvedAlias(name) => {
+                return Err(YamlError {
+                    pos,
+                    code: Code::YamlSyntax,
+                    message: format!("invalid YAML: unknown anchor `{name}`"),
+                });
+            }
+            _ => {}
         }
-        Ok(Kind::Seq(items))
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<Spanned<Kind>>()? {
-            let value = map.next_value::<Spanned<Kind>>()?;
-            entries.push((node(key), node(value)));
+
+    fn open(&mut self, pos: Pos) -> Result<(), YamlError> {
+        self.count(1, pos)?;
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(limit(pos, "nesting too deep"));
         }
-        Ok(Kind::Map(entries))
+        Ok(())
     }
+
+    fn count(&mut self, n: usize, pos: Pos) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(limit(pos, "too many nodes"));
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, node: Node, anchor: usize, size: usize) -> Result<(), YamlError> {
+        if anchor != 0 {
+            self.anchors.insert(anchor, (node.clone(), size));
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                Some(k) => entries.push((k, node)),
+                None => *key = Some(node),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Keys are compared by their scalar value; the later duplicate is reported.
+fn check_duplicates(entries: &[(Node, Node)]) -> Result<(), YamlError> {
+    if entries.len() < 2 {
+        return Ok(());
+    }
+    let mut seen: HashSet<(u8, String)> = HashSet::with_capacity(entries.len());
+    for (key, _) in entries {
+        let identity = match &key.kind {
+            Kind::Str(s) => (0, s.clone()),
+            Kind::Int(i) => (1, i.to_string()),
+            Kind::Bool(b) => (2, b.to_string()),
+            Kind::Float(f) => (3, f.to_string()),
+            Kind::Null => (4, String::new()),
+            Kind::Seq(_) | Kind::Map(_) => continue,
+        };
+        if !seen.insert(identity.clone()) {
+            return Err(YamlError {
+                pos: key.pos,
+                code: Code::DuplicateKey,
+                message: format!(
+                    "duplicate key `{}` in this map: remove or rename one of them",
+                    identity.1
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// YAML 1.2 core schema for plain scalars; quoted and block scalars (and `!!str`) are text.
+fn resolve(value: &str, style: ScalarStyle, tag: Option<&granit_parser::Tag>) -> Kind {
+    let is_str_tag = tag.is_some_and(|t| t.suffix() == "str");
+    if style != ScalarStyle::Plain || is_str_tag {
+        return Kind::Str(value.to_owned());
+    }
+    match value {
+        "" | "~" | "null" | "Null" | "NULL" => return Kind::Null,
+        "true" | "True" | "TRUE" => return Kind::Bool(true),
+        "false" | "False" | "FALSE" => return Kind::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Kind::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Kind::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Kind::Float(f64::NAN),
+        _ => {}
+    }
+    let bytes = value.as_bytes();
+    let digits = bytes
+        .strip_prefix(b"-")
+        .or_else(|| bytes.strip_prefix(b"+"))
+        .unwrap_or(bytes);
+    if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+        return value.parse::<i64>().map_or_else(
+            |_| Kind::Float(value.parse().unwrap_or(f64::NAN)),
+            Kind::Int,
+        );
+    }
+    if let Some(hex) = value.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Kind::Int(i);
+        }
+    }
+    if let Some(oct) = value.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(oct, 8) {
+            return Kind::Int(i);
+        }
+    }
+    let looks_float = !digits.is_empty()
+        && digits
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && digits.iter().any(u8::is_ascii_digit)
+        && matches!(digits.first(), Some(b'0'..=b'9' | b'.'));
+    if looks_float {
+        if let Ok(f) = value.parse::<f64>() {
+            return Kind::Float(f);
+        }
+    }
+    Kind::Str(value.to_owned())
 }
 
 #[cfg(test)]
