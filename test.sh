@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every unit and end-to-end test, and a check that the
-# benchmarks still build and run their assertions once. Needs only a Rust toolchain.
+# benchmarks still build and run their assertions once. Needs a Rust toolchain and python3.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== bucketing expectations in tests/spec agree with Python's zlib.crc32"
+python3 tests/spec/gen_bucket_vectors.py > /dev/null
+
 echo "== cargo test (unit, end-to-end, property and specification tests)"
 cargo test --workspace --locked
 
@@ -19,4 +22,4 @@ echo "== vexil validate flags/ (the embedded example repository)"
 cargo run --quiet --locked -p vexil -- validate flags
 
 echo "== benchmarks compile and their setup assertions hold (one quick pass, no timing)"
-cargo bench --workspace --locked -- --test
+cargo bench --locked -p vexil-core --bench core -- --test

@@ -74,41 +74,34 @@ fn validate_warnings_do_not_fail() {
     assert!(stdout(&out).contains("warning[unused-segment]"));
 }
 
+/// Runs `vexil eval ... --json` and parses its one JSON object.
+fn eval_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = vexil(&all);
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), value)
+}
+
 #[test]
 fn eval_prints_typed_json() {
     // new-checkout rolls out to 25 %: crc32("new-checkout" + "user-43") % 100000 = 1364 (in),
     // "user-42" lands in bucket 65666 (out); vectors from shared/reference/bucketing.md.
-    let out = vexil(&[
-        "eval",
-        "new-checkout",
-        "-n",
-        "checkout",
-        "--key",
-        "user-43",
-        "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, v) = eval_json(&["new-checkout", "-n", "checkout", "--key", "user-43"]);
+    assert_eq!(code, Some(0));
     assert_eq!(v["flag"], "new-checkout");
     assert_eq!(v["value"], true);
     assert_eq!(v["reason"], "SPLIT");
     assert!(v["rule"].is_string());
 
-    let out = vexil(&[
-        "eval",
-        "new-checkout",
-        "-n",
-        "checkout",
-        "--key",
-        "user-42",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, v) = eval_json(&["new-checkout", "-n", "checkout", "--key", "user-42"]);
     assert_eq!(
         (v["value"].clone(), v["reason"].clone()),
         (serde_json::json!(false), serde_json::json!("DEFAULT"))
@@ -125,8 +118,7 @@ fn eval_reads_typed_attributes_and_reports_unknown_flags() {
     )
     .unwrap();
     let source = flags.path().to_str().unwrap();
-    let out = vexil(&[
-        "eval",
+    let (_, v) = eval_json(&[
         "limit",
         "--source",
         source,
@@ -134,9 +126,7 @@ fn eval_reads_typed_attributes_and_reports_unknown_flags() {
         "seats=120",
         "--attr",
         "plan=pro",
-        "--json",
     ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v,
         serde_json::json!({"flag": "limit", "value": 50, "variant": "high", "reason": "TARGETING_MATCH", "rule": "1"})
@@ -150,9 +140,8 @@ fn eval_reads_typed_attributes_and_reports_unknown_flags() {
         "limit = 10 (variant: low, reason: DEFAULT)"
     );
 
-    let out = vexil(&["eval", "nope", "--source", source, "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, v) = eval_json(&["nope", "--source", source]);
+    assert_eq!(code, Some(1));
     assert_eq!(v["error"], "FLAG_NOT_FOUND");
 
     let out = vexil(&["eval", "limit", "--source", source, "--attr", "novalue"]);
@@ -165,9 +154,8 @@ fn schema_command_prints_the_schema() {
     assert_eq!(out.status.code(), Some(0));
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(schema["$id"], "https://vexil.dev/schema/flags.json");
-    assert!(
-        repo_root()
-            .join("crates/vexil-core/src/schema.json")
-            .exists()
-    );
+    // Exactly the schema the repository ships (and the schema tests check), not another copy.
+    let shipped =
+        std::fs::read_to_string(repo_root().join("crates/vexil-core/src/schema.json")).unwrap();
+    assert_eq!(stdout(&out).trim_end(), shipped.trim_end());
 }

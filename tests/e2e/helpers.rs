@@ -1,6 +1,6 @@
 //! Shared helpers for the end-to-end tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The repository root (tests read `flags/` and `tests/` from it).
 pub fn repo_root() -> PathBuf {
@@ -8,6 +8,17 @@ pub fn repo_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .expect("repo root")
+}
+
+/// The entries of a directory that pass `keep`, sorted by path (test order is stable).
+pub fn sorted_entries(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| keep(p))
+        .collect();
+    paths.sort();
+    paths
 }
 
 /// Parses YAML test data into JSON values.

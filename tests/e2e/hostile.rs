@@ -84,6 +84,20 @@ fn symlinks_leading_outside_the_root_are_refused_but_inside_ones_work() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn a_pipe_named_like_a_flag_file_is_refused_not_read() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("ok.yaml"), "flags:\n  fine: {}\n").unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(root.path().join("pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo failed");
+    // Opening the pipe for reading would block forever; the walk must skip it with a diagnostic.
+    assert_eq!(codes(root.path()), vec![("pipe.yaml".into(), Code::Io)]);
+}
+
 #[test]
 fn alias_bombs_and_deep_nesting_are_refused_quickly() {
     let mut bomb = String::from(

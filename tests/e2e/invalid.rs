@@ -4,17 +4,12 @@
 
 use vexil_core::CompileOptions;
 
-use crate::helpers::repo_root;
+use crate::helpers::{repo_root, sorted_entries};
 
 #[test]
 fn invalid_fixtures_report_expected_diagnostics() {
     let dir = repo_root().join("tests/invalid");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
+    let cases = sorted_entries(&dir, |p| p.is_dir());
     assert!(
         cases.len() >= 10,
         "expected at least 10 fixtures, found {}",

@@ -127,6 +127,8 @@ proptest! {
     #[test]
     fn compiling_arbitrary_text_never_panics(text in ".{0,400}") {
         let loaded = source::from_memory([("x.yaml", text)]);
-        let _ = vexil_core::compile(&loaded.files, &CompileOptions::default());
+        let compiled = vexil_core::compile(&loaded.files, &CompileOptions::default());
+        // A snapshot exists exactly when no diagnostic is an error.
+        prop_assert_eq!(compiled.snapshot.is_some(), !vexil_core::diag::has_errors(&compiled.diagnostics));
     }
 }

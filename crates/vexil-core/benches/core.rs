@@ -110,16 +110,17 @@ static YGG: LazyLock<unleash_yggdrasil::EngineState> = LazyLock::new(|| {
 
 /// A context in yggdrasil's form; its userId lands inside the 50 % rollout under murmur3.
 fn ygg_context() -> unleash_yggdrasil::Context {
-    let properties = [("country", "FR"), ("plan", "pro"), ("app_version", "2.4.1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let properties: std::collections::HashMap<String, String> =
+        [("country", "FR"), ("plan", "pro"), ("app_version", "2.4.1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
     let user = (0..1000)
         .map(|i| format!("user-{i}"))
         .find(|u| {
             let ctx = unleash_yggdrasil::Context {
                 user_id: Some(u.clone()),
-                properties: Some(properties_clone(&properties)),
+                properties: Some(properties.clone()),
                 ..Default::default()
             };
             YGG.is_enabled("targeted", &ctx, &None)
@@ -130,12 +131,6 @@ fn ygg_context() -> unleash_yggdrasil::Context {
         properties: Some(properties),
         ..Default::default()
     }
-}
-
-fn properties_clone(
-    p: &std::collections::HashMap<String, String>,
-) -> std::collections::HashMap<String, String> {
-    p.clone()
 }
 
 #[divan::bench]

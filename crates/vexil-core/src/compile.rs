@@ -5,6 +5,7 @@
 //! unused segments, expiry, and the revision id.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
@@ -37,10 +38,7 @@ pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
     let mut diagnostics = Vec::new();
     let mut namespaces: BTreeMap<String, NsDefs<'_>> = BTreeMap::new();
     for file in files {
-        let mut sink = Sink {
-            file: &file.path,
-            out: &mut diagnostics,
-        };
+        let mut sink = Sink::new(&file.path, &mut diagnostics);
         let root = match yaml::parse(&file.text) {
             Ok(root) => root,
             Err(e) => {
@@ -66,11 +64,7 @@ pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
     }
     diagnostics.sort();
     let snapshot = (!has_errors(&diagnostics)).then(|| {
-        let namespace_index = built
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| (ns.name.clone(), i))
-            .collect();
+        let namespace_index = index_by(&built, |ns| &ns.name);
         Snapshot {
             revision: revision(files),
             namespaces: built,
@@ -95,7 +89,21 @@ pub fn revision(files: &[SourceFile]) -> String {
         hasher.update(f.text.as_bytes());
     }
     let digest = hasher.finalize();
-    digest.iter().take(20).map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(40);
+    for b in digest.iter().take(20) {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// Position of each item by its name, for lookups by name on the evaluation path.
+fn index_by<T>(items: &[T], name: impl Fn(&T) -> &str) -> FastMap<Box<str>, usize> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (name(item).into(), i))
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -105,11 +113,11 @@ struct NsDefs<'f> {
 }
 
 fn err(out: &mut Vec<Diagnostic>, file: &str, pos: Pos, code: Code, message: String) {
-    Sink { file, out }.error(pos, code, message);
+    Sink::new(file, out).error(pos, code, message);
 }
 
 fn warn(out: &mut Vec<Diagnostic>, file: &str, pos: Pos, code: Code, message: String) {
-    Sink { file, out }.warning(pos, code, message);
+    Sink::new(file, out).warning(pos, code, message);
 }
 
 /// Reports exact duplicates and keys that differ only in case; returns the indices to keep.
@@ -284,11 +292,7 @@ fn build_namespace(
         }
     }
     flags.sort_by(|a, b| a.key.cmp(&b.key));
-    let flag_index = flags
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.key.clone(), i))
-        .collect();
+    let flag_index = index_by(&flags, |f| &f.key);
     Namespace {
         name: name.into(),
         flags,

@@ -34,7 +34,6 @@ macro_rules! codes {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Code { $($variant,)* }
         impl Code {
-            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
             pub fn as_str(self) -> &'static str {
                 match self { $(Code::$variant => $name,)* }
             }
@@ -108,15 +107,31 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Collects diagnostics for one file.
+/// Collects diagnostics for one file, counting its errors (decoders compare counts before and
+/// after a definition to know whether it is sound, without rescanning every diagnostic).
 #[derive(Debug)]
 pub(crate) struct Sink<'a> {
     pub file: &'a str,
-    pub out: &'a mut Vec<Diagnostic>,
+    out: &'a mut Vec<Diagnostic>,
+    errors: usize,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    pub fn new(file: &'a str, out: &'a mut Vec<Diagnostic>) -> Self {
+        Sink {
+            file,
+            out,
+            errors: 0,
+        }
+    }
+
+    /// Errors pushed through this sink so far.
+    pub fn errors(&self) -> usize {
+        self.errors
+    }
+
     pub fn error(&mut self, pos: Pos, code: Code, message: impl Into<String>) {
+        self.errors += 1;
         self.push(pos, Severity::Error, code, message);
     }
 

@@ -92,8 +92,7 @@ impl Snapshot {
         flag: &str,
         ctx: &Context,
     ) -> Result<Evaluation<'s>, EvalError> {
-        let ns = self.namespace(namespace).ok_or(EvalError::FlagNotFound)?;
-        let flag = ns.flag(flag).ok_or(EvalError::FlagNotFound)?;
+        let (ns, flag) = self.find(namespace, flag)?;
         Ok(ns.evaluate_flag(flag, ctx))
     }
 
@@ -105,8 +104,7 @@ impl Snapshot {
         expected: FlagType,
         ctx: &Context,
     ) -> Result<Evaluation<'s>, EvalError> {
-        let ns = self.namespace(namespace).ok_or(EvalError::FlagNotFound)?;
-        let flag = ns.flag(flag).ok_or(EvalError::FlagNotFound)?;
+        let (ns, flag) = self.find(namespace, flag)?;
         if flag.flag_type != expected {
             return Err(EvalError::TypeMismatch {
                 expected,
@@ -114,6 +112,12 @@ impl Snapshot {
             });
         }
         Ok(ns.evaluate_flag(flag, ctx))
+    }
+
+    fn find(&self, namespace: &str, flag: &str) -> Result<(&Namespace, &Flag), EvalError> {
+        let ns = self.namespace(namespace).ok_or(EvalError::FlagNotFound)?;
+        let flag = ns.flag(flag).ok_or(EvalError::FlagNotFound)?;
+        Ok((ns, flag))
     }
 }
 
@@ -211,19 +215,17 @@ fn conditions_hold(mode: Mode, conditions: &[Condition], ctx: &Context) -> bool 
 
 /// The bucket of the context for a rollout or split, or `None` without a value to bucket by.
 fn bucket_of(by: &BucketBy, ctx: &Context) -> Option<u32> {
-    let mut buf = NumBuf::new();
     let text = match &by.attr {
         None => ctx.targeting_key.as_deref()?,
         Some(path) => match ctx.lookup(path)? {
             Attr::Str(s) => s,
-            Attr::Num(n) => bucket::number_text(n, &mut buf),
-            Attr::Bool(b) => {
-                if b {
-                    "true"
-                } else {
-                    "false"
-                }
+            Attr::Num(n) => {
+                // Only a number needs formatting, on the stack.
+                let mut buf = NumBuf::new();
+                return Some(bucket::bucket(&by.salt, bucket::number_text(n, &mut buf)));
             }
+            Attr::Bool(true) => "true",
+            Attr::Bool(false) => "false",
             Attr::List(_) | Attr::Object => return None,
         },
     };
@@ -232,33 +234,33 @@ fn bucket_of(by: &BucketBy, ctx: &Context) -> Option<u32> {
 
 impl Condition {
     pub fn holds(&self, ctx: &Context) -> bool {
-        let attr = ctx.lookup(&self.attr);
-        match &self.op {
-            Op::Present(want) => attr.is_some() == *want,
-            Op::Equals { value, negate } => match attr {
-                None => *negate,
-                Some(a) => any_element(a, |a| self.equals(a, value)) != *negate,
-            },
-            Op::In {
-                texts,
-                numbers,
-                negate,
-            } => match attr {
-                None => *negate,
-                Some(a) => any_element(a, |a| self.is_in(a, texts, numbers)) != *negate,
-            },
-            op => match attr {
-                None => false,
-                Some(Attr::List(items)) if matches!(op, Op::Contains(_)) => {
-                    // On a list, `contains` asks for an element equal to the operand.
-                    let Op::Contains(want) = op else { return false };
-                    items
-                        .iter()
-                        .filter_map(Attr::of)
-                        .any(|a| matches!(a, Attr::Str(s) if self.text_eq(s, want)))
-                }
-                Some(a) => any_element(a, |a| self.positive(op, a)),
-            },
+        let Some(attr) = ctx.lookup(&self.attr) else {
+            // A missing attribute fails every condition except the negative ones.
+            return match &self.op {
+                Op::Present(want) => !*want,
+                Op::Equals { negate, .. } | Op::In { negate, .. } => *negate,
+                _ => false,
+            };
+        };
+        match (&self.op, attr) {
+            (Op::Present(want), _) => *want,
+            (Op::Equals { value, negate }, a) => {
+                any_element(a, |a| self.equals(a, value)) != *negate
+            }
+            (
+                Op::In {
+                    texts,
+                    numbers,
+                    negate,
+                },
+                a,
+            ) => any_element(a, |a| self.is_in(a, texts, numbers)) != *negate,
+            // On a list, `contains` asks for an element equal to the operand.
+            (Op::Contains(want), Attr::List(items)) => items
+                .iter()
+                .filter_map(Attr::of)
+                .any(|a| matches!(a, Attr::Str(s) if self.text_eq(s, want))),
+            (op, a) => any_element(a, |a| self.positive(op, a)),
         }
     }
 
@@ -321,54 +323,59 @@ impl Condition {
     }
 
     fn text_eq(&self, s: &str, want: &str) -> bool {
-        if !self.ignore_case {
-            return s == want;
-        }
-        if s.is_ascii() {
-            s.eq_ignore_ascii_case(want)
-        } else {
-            s.to_lowercase() == want
-        }
+        self.text_test(s, want, |s, w| s == w, <[u8]>::eq_ignore_ascii_case)
     }
 
     fn text_starts_with(&self, s: &str, want: &str) -> bool {
-        if !self.ignore_case {
-            return s.starts_with(want);
-        }
-        if s.is_ascii() {
-            s.as_bytes()
-                .get(..want.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(want.as_bytes()))
-        } else {
-            s.to_lowercase().starts_with(want)
-        }
+        self.text_test(
+            s,
+            want,
+            |s, w| s.starts_with(w),
+            |s, w| {
+                s.get(..w.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(w))
+            },
+        )
     }
 
     fn text_ends_with(&self, s: &str, want: &str) -> bool {
-        if !self.ignore_case {
-            return s.ends_with(want);
-        }
-        if s.is_ascii() {
-            s.len()
-                .checked_sub(want.len())
-                .and_then(|start| s.as_bytes().get(start..))
-                .is_some_and(|tail| tail.eq_ignore_ascii_case(want.as_bytes()))
-        } else {
-            s.to_lowercase().ends_with(want)
-        }
+        self.text_test(
+            s,
+            want,
+            |s, w| s.ends_with(w),
+            |s, w| {
+                s.len()
+                    .checked_sub(w.len())
+                    .and_then(|start| s.get(start..))
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(w))
+            },
+        )
     }
 
     fn text_contains(&self, s: &str, want: &str) -> bool {
+        self.text_test(
+            s,
+            want,
+            |s, w| s.contains(w),
+            |s, w| w.is_empty() || s.windows(w.len()).any(|win| win.eq_ignore_ascii_case(w)),
+        )
+    }
+
+    /// Runs a text test, honouring `ignore_case`. The operand was lower-cased at compile time;
+    /// ASCII attributes compare without allocating, other text is lower-cased into a copy.
+    fn text_test(
+        &self,
+        s: &str,
+        want: &str,
+        exact: fn(&str, &str) -> bool,
+        ascii_folded: fn(&[u8], &[u8]) -> bool,
+    ) -> bool {
         if !self.ignore_case {
-            return s.contains(want);
-        }
-        if s.is_ascii() {
-            want.is_empty()
-                || s.as_bytes()
-                    .windows(want.len())
-                    .any(|w| w.eq_ignore_ascii_case(want.as_bytes()))
+            exact(s, want)
+        } else if s.is_ascii() {
+            ascii_folded(s.as_bytes(), want.as_bytes())
         } else {
-            s.to_lowercase().contains(want)
+            exact(&s.to_lowercase(), want)
         }
     }
 }

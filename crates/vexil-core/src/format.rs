@@ -46,16 +46,6 @@ const RULE_FIELDS: &[&str] = &[
     "salt",
 ];
 const SEGMENT_FIELDS: &[&str] = &["description", "ids", "include", "all", "any"];
-const STRING_OPS: &[&str] = &[
-    "equals",
-    "not_equals",
-    "in",
-    "not_in",
-    "starts_with",
-    "ends_with",
-    "contains",
-    "matches",
-];
 const OPERATORS: &[&str] = &[
     "equals",
     "not_equals",
@@ -79,6 +69,8 @@ const OPERATORS: &[&str] = &[
     "present",
     "absent",
 ];
+/// The operators that compare text (and so accept `ignore_case`): the first eight above.
+const STRING_OPS: &[&str] = OPERATORS.split_at(8).0;
 
 /// Regexes are compiled with a size cap so a hostile pattern cannot exhaust memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -171,7 +163,7 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
             segment_refs: Vec::new(),
         };
     };
-    let errors_before = error_count(sink);
+    let errors_before = sink.errors();
 
     let flag_type = match f.take("type") {
         None => FlagType::Boolean,
@@ -288,7 +280,7 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
         }
     }
     f.finish(sink, &format!("flag `{key}`"), FLAG_FIELDS);
-    let default = default.filter(|_| error_count(sink) == errors_before);
+    let default = default.filter(|_| sink.errors() == errors_before);
     let Some(default) = default else {
         return FlagDef {
             key,
@@ -317,13 +309,6 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
         flag: Some(flag),
         segment_refs,
     }
-}
-
-fn error_count(sink: &Sink<'_>) -> usize {
-    sink.out
-        .iter()
-        .filter(|d| d.severity == crate::diag::Severity::Error)
-        .count()
 }
 
 fn decode_metadata(sink: &mut Sink<'_>, node: &Node) -> BTreeMap<String, serde_json::Value> {
@@ -568,7 +553,7 @@ fn decode_rule(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> (Option<Rul
     ) else {
         return (None, Vec::new());
     };
-    let errors_before = error_count(sink);
+    let errors_before = sink.errors();
     let name = f
         .take("name")
         .and_then(|n| decode::string(sink, n, "rule `name`"))
@@ -642,7 +627,7 @@ fn decode_rule(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> (Option<Rul
         &format!("rule `{name}` of flag `{}`", cx.flag_key),
         RULE_FIELDS,
     );
-    let outcome = outcome.filter(|_| error_count(sink) == errors_before);
+    let outcome = outcome.filter(|_| sink.errors() == errors_before);
     let rule = outcome.map(|outcome| Rule {
         name: name.into(),
         matchers,

@@ -35,13 +35,16 @@ pub use snapshot::{Flag, FlagType, Namespace, Snapshot, Value, Variant};
 pub use source::{Loaded, SourceError, SourceFile};
 
 /// Reads and compiles a flags directory: the one call most users of the library need.
+/// Problems met while reading files are moved into `Compiled::diagnostics`, with the rest.
 pub fn load_dir(
     root: &std::path::Path,
     options: &CompileOptions,
 ) -> Result<(Loaded, Compiled), SourceError> {
     let mut loaded = source::read_dir(root)?;
     let mut compiled = compile(&loaded.files, options);
-    compiled.diagnostics.append(&mut loaded.diagnostics);
+    compiled
+        .diagnostics
+        .extend(std::mem::take(&mut loaded.diagnostics));
     compiled.diagnostics.sort();
     if diag::has_errors(&compiled.diagnostics) {
         compiled.snapshot = None;

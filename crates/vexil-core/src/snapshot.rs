@@ -111,11 +111,13 @@ pub struct Flag {
 impl Flag {
     pub fn default_variant(&self) -> &Variant {
         // `default` is checked at compile time; the fallback keeps this total without a panic path.
-        self.variants.get(self.default).unwrap_or(&FALLBACK_VARIANT)
+        self.variant(self.default)
     }
 
     pub fn variant(&self, index: usize) -> &Variant {
-        self.variants.get(index).unwrap_or(&FALLBACK_VARIANT)
+        self.variants
+            .get(index)
+            .unwrap_or_else(|| &FALLBACK_VARIANT)
     }
 
     /// True if the answer cannot depend on the context (OpenFeature's STATIC).

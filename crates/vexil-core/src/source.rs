@@ -4,6 +4,7 @@
 //! only a root that cannot be read at all is an error.
 
 use std::collections::HashSet;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Code, Diagnostic, Pos, Severity};
@@ -248,7 +249,12 @@ impl Walk {
             if target.is_dir() {
                 self.dir(&target, &rel_path, depth + 1);
             } else if is_flag_file(&name) {
-                self.file(&target, &rel_path);
+                // Opening a pipe or a device named *.yaml could block forever: regular files only.
+                if target.is_file() {
+                    self.file(&target, &rel_path);
+                } else {
+                    self.problem(&rel_path, Code::Io, "not a regular file: refused".into());
+                }
             }
         }
     }
@@ -265,19 +271,17 @@ impl Walk {
             }
             return;
         }
-        match std::fs::metadata(path) {
-            Ok(m) if m.len() > MAX_FILE_BYTES as u64 => {
-                return self.problem(
-                    rel,
-                    Code::FileTooLarge,
-                    format!("file is {} bytes; flag files may be at most {MAX_FILE_BYTES} bytes: split it", m.len()),
-                );
-            }
-            Ok(_) => {}
-            Err(e) => return self.problem(rel, Code::Io, format!("cannot read file: {e}")),
-        }
-        match std::fs::read(path) {
-            Ok(bytes) => {
+        // Read at most one byte past the cap, however large the file is (or has become).
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes));
+        match read {
+            Ok(_) if bytes.len() > MAX_FILE_BYTES => self.problem(
+                rel,
+                Code::FileTooLarge,
+                format!("file is larger than {MAX_FILE_BYTES} bytes, the most a flag file may be: split it"),
+            ),
+            Ok(_) => {
                 if let Some(f) = check_bytes(rel, bytes, &mut self.loaded.diagnostics) {
                     self.loaded.files.push(f);
                 }

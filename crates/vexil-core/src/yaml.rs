@@ -150,25 +150,27 @@ impl Builder {
             Event::Scalar(value, style, anchor, tag) => {
                 self.count(1, pos)?;
                 let kind = resolve(&value, style, tag.as_deref());
-                self.add(Node { pos, kind }, anchor, 1)?;
+                self.add(Node { pos, kind }, anchor, 1);
             }
             Event::SequenceStart(_, anchor, _) => {
+                let first_node = self.nodes;
                 self.open(pos)?;
                 self.stack.push(Frame::Seq {
                     pos,
                     anchor,
                     items: Vec::new(),
-                    first_node: self.nodes,
+                    first_node,
                 });
             }
             Event::MappingStart(_, anchor, _) => {
+                let first_node = self.nodes;
                 self.open(pos)?;
                 self.stack.push(Frame::Map {
                     pos,
                     anchor,
                     entries: Vec::new(),
                     key: None,
-                    first_node: self.nodes,
+                    first_node,
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -197,7 +199,7 @@ impl Builder {
                         (
                             Node {
                                 pos,
-                                kind: Kind::Map(entries),
+                                kind: Kind::Map(merge_keys(entries)?),
                             },
                             anchor,
                             self.nodes - first_node,
@@ -205,7 +207,7 @@ impl Builder {
                     }
                     None => return Ok(()),
                 };
-                self.add(node, anchor, size)?;
+                self.add(node, anchor, size);
             }
             Event::Alias(id) => {
                 let Some((node, size)) = self.anchors.get(&id).cloned() else {
@@ -223,7 +225,7 @@ impl Builder {
                     },
                     0,
                     size,
-                )?;
+                );
             }
             Event::UnresolvedAlias(name) => {
                 return Err(YamlError {
@@ -253,7 +255,8 @@ impl Builder {
         Ok(())
     }
 
-    fn add(&mut self, node: Node, anchor: usize, size: usize) -> Result<(), YamlError> {
+    /// Attaches a finished node to its parent (or makes it the root), remembering anchors.
+    fn add(&mut self, node: Node, anchor: usize, size: usize) {
         if anchor != 0 {
             self.anchors.insert(anchor, (node.clone(), size));
         }
@@ -265,37 +268,98 @@ impl Builder {
                 None => *key = Some(node),
             },
         }
-        Ok(())
     }
 }
 
-/// Keys are compared by their scalar value; the later duplicate is reported.
+/// A scalar key's identity, borrowed (keys are compared by value: `1` and `"1"` differ).
+#[derive(PartialEq, Eq, Hash)]
+enum KeyId<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Float(u64),
+    Null,
+}
+
+fn key_id(key: &Node) -> Option<KeyId<'_>> {
+    Some(match &key.kind {
+        Kind::Str(s) => KeyId::Str(s),
+        Kind::Int(i) => KeyId::Int(*i),
+        Kind::Bool(b) => KeyId::Bool(*b),
+        Kind::Float(f) => KeyId::Float(f.to_bits()),
+        Kind::Null => KeyId::Null,
+        Kind::Seq(_) | Kind::Map(_) => return None,
+    })
+}
+
+fn key_text(key: &Node) -> String {
+    match &key.kind {
+        Kind::Str(s) => s.clone(),
+        Kind::Int(i) => i.to_string(),
+        Kind::Bool(b) => b.to_string(),
+        Kind::Float(f) => f.to_string(),
+        Kind::Null | Kind::Seq(_) | Kind::Map(_) => "null".into(),
+    }
+}
+
+/// Reports the later of two equal keys.
 fn check_duplicates(entries: &[(Node, Node)]) -> Result<(), YamlError> {
     if entries.len() < 2 {
         return Ok(());
     }
-    let mut seen: HashSet<(u8, String)> = HashSet::with_capacity(entries.len());
+    let mut seen: HashSet<KeyId<'_>> = HashSet::with_capacity(entries.len());
     for (key, _) in entries {
-        let identity = match &key.kind {
-            Kind::Str(s) => (0, s.clone()),
-            Kind::Int(i) => (1, i.to_string()),
-            Kind::Bool(b) => (2, b.to_string()),
-            Kind::Float(f) => (3, f.to_string()),
-            Kind::Null => (4, String::new()),
-            Kind::Seq(_) | Kind::Map(_) => continue,
-        };
-        if !seen.insert(identity.clone()) {
+        if key_id(key).is_some_and(|id| !seen.insert(id)) {
             return Err(YamlError {
                 pos: key.pos,
                 code: Code::DuplicateKey,
                 message: format!(
                     "duplicate key `{}` in this map: remove or rename one of them",
-                    identity.1
+                    key_text(key)
                 ),
             });
         }
     }
     Ok(())
+}
+
+fn is_merge_key(key: &Node) -> bool {
+    matches!(&key.kind, Kind::Str(s) if s == "<<")
+}
+
+/// Applies YAML merge keys (`<<: *defaults` or `<<: [*a, *b]`): merged entries are added unless
+/// the map already has the key, and earlier merged maps win over later ones.
+fn merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, YamlError> {
+    if !entries.iter().any(|(k, _)| is_merge_key(k)) {
+        return Ok(entries);
+    }
+    let (merges, mut own): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|(k, _)| is_merge_key(k));
+    for (key, value) in merges {
+        let sources = match value.kind {
+            Kind::Seq(items) => items,
+            kind => vec![Node {
+                pos: value.pos,
+                kind,
+            }],
+        };
+        for source in sources {
+            let Kind::Map(merged) = source.kind else {
+                return Err(YamlError {
+                    pos: key.pos,
+                    code: Code::YamlSyntax,
+                    message: "invalid YAML: `<<` merges a map or a list of maps".into(),
+                });
+            };
+            for (k, v) in merged {
+                let id = key_id(&k);
+                if id.is_none() || !own.iter().any(|(o, _)| key_id(o) == id) {
+                    own.push((k, v));
+                }
+            }
+        }
+    }
+    Ok(own)
 }
 
 /// YAML 1.2 core schema for plain scalars; quoted and block scalars (and `!!str`) are text.
@@ -395,6 +459,36 @@ mod tests {
                 Kind::Str("true".into())
             ]
         );
+    }
+
+    #[test]
+    fn merge_keys_fill_in_missing_keys_only() {
+        let text = "base: &b {owner: a, enabled: false}\nflag:\n  <<: *b\n  owner: z\n";
+        let Ok(n) = parse(text) else {
+            panic!("parse failed")
+        };
+        let Kind::Map(top) = n.kind else {
+            panic!("not a map")
+        };
+        let Some((_, flag)) = top.into_iter().nth(1) else {
+            panic!("no flag")
+        };
+        let Kind::Map(fields) = flag.kind else {
+            panic!("flag not a map")
+        };
+        let got: Vec<(String, Kind)> = fields
+            .into_iter()
+            .map(|(k, v)| (key_text(&k), v.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("owner".into(), Kind::Str("z".into())),
+                ("enabled".into(), Kind::Bool(false))
+            ]
+        );
+        let err = parse("a:\n  <<: 3\n").err().map(|e| e.code);
+        assert_eq!(err, Some(Code::YamlSyntax));
     }
 
     #[test]

@@ -6,13 +6,26 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use vexil_core::{AttrValue, CompileOptions, Context};
 
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    pub flag: String,
-    pub source: PathBuf,
-    pub namespace: String,
-    pub key: Option<String>,
-    pub attrs: Vec<String>,
-    pub json: bool,
+    /// The flag key.
+    flag: String,
+    /// The flags root.
+    #[arg(long, default_value = "flags")]
+    source: PathBuf,
+    /// The namespace of the flag.
+    #[arg(long, short = 'n', default_value = vexil_core::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// The targeting key (user, account, device, actor id).
+    #[arg(long, short = 'k')]
+    key: Option<String>,
+    /// A context attribute, `name=value`; the value is read as JSON when it parses
+    /// (`age=42`, `beta=true`, `groups=["a","b"]`) and as text otherwise (`country=DE`).
+    #[arg(long = "attr", short = 'a', value_name = "NAME=VALUE")]
+    attrs: Vec<String>,
+    /// Print one JSON object `{flag, value, variant, reason, rule}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {

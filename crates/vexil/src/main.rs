@@ -34,26 +34,7 @@ enum Command {
         format: Format,
     },
     /// Evaluate one flag for a context.
-    Eval {
-        /// The flag key.
-        flag: String,
-        /// The flags root.
-        #[arg(long, default_value = "flags")]
-        source: PathBuf,
-        /// The namespace of the flag.
-        #[arg(long, short = 'n', default_value = vexil_core::DEFAULT_NAMESPACE)]
-        namespace: String,
-        /// The targeting key (user, account, device, actor id).
-        #[arg(long, short = 'k')]
-        key: Option<String>,
-        /// A context attribute, `name=value`; the value is read as JSON when it parses
-        /// (`age=42`, `beta=true`, `groups=["a","b"]`) and as text otherwise (`country=DE`).
-        #[arg(long = "attr", short = 'a', value_name = "NAME=VALUE")]
-        attrs: Vec<String>,
-        /// Print one JSON object `{flag, value, variant, reason, rule}`.
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(eval_cmd::Args),
     /// Print the JSON Schema of a flag file (for editors).
     Schema,
 }
@@ -72,21 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { path, format } => validate(&path, format),
-        Command::Eval {
-            flag,
-            source,
-            namespace,
-            key,
-            attrs,
-            json,
-        } => eval_cmd::run(&eval_cmd::Args {
-            flag,
-            source,
-            namespace,
-            key,
-            attrs,
-            json,
-        }),
+        Command::Eval(args) => eval_cmd::run(&args),
         Command::Schema => {
             println!("{}", vexil_core::schema::FLAG_FILE_SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)

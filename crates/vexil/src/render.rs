@@ -1,5 +1,6 @@
 //! Diagnostics for people (compiler style), for tools (JSON) and for GitHub (annotations).
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -29,6 +30,8 @@ impl<'a> Report<'a> {
 
     pub fn human(&self) -> String {
         let mut out = String::new();
+        // Each file is split into lines once, however many diagnostics point into it.
+        let mut lines: HashMap<&str, Vec<&str>> = HashMap::new();
         for d in self.diagnostics {
             let _ = writeln!(out, "{}[{}]: {}", d.severity.as_str(), d.code, d.message);
             let _ = writeln!(
@@ -38,12 +41,14 @@ impl<'a> Report<'a> {
                 d.pos.line,
                 d.pos.column
             );
-            let line = self
-                .files
-                .iter()
-                .find(|f| f.path == d.file)
-                .and_then(|f| f.text.lines().nth((d.pos.line as usize).saturating_sub(1)));
-            if let Some(line) = line {
+            let file_lines = lines.entry(d.file.as_str()).or_insert_with(|| {
+                self.files
+                    .iter()
+                    .find(|f| f.path == d.file)
+                    .map(|f| f.text.lines().collect())
+                    .unwrap_or_default()
+            });
+            if let Some(line) = file_lines.get((d.pos.line as usize).saturating_sub(1)) {
                 let number = d.pos.line.to_string();
                 let pad = " ".repeat(number.len());
                 let caret_at: String = line
