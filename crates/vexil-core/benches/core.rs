@@ -60,6 +60,14 @@ fn vexil_context() -> Context {
 fn a_static_flag_vexil(bencher: divan::Bencher) {
     let ctx = vexil_context();
     let snap = &*SNAPSHOT;
+    // Check the answer first: this also warms the path, so divan's first sample is not a cold
+    // call (a cold first sample made it pick 100-iteration samples and report ~50 ns).
+    assert_eq!(
+        snap.evaluate("default", "static-flag", &ctx)
+            .unwrap()
+            .reason,
+        Reason::Static
+    );
     bencher.bench(|| {
         snap.evaluate(
             black_box("default"),
