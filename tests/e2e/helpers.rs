@@ -58,3 +58,25 @@ pub fn vexil(args: &[&str]) -> std::process::Output {
         .output()
         .expect("run vexil")
 }
+
+/// Runs git in `dir` with a fixed identity and no user or system configuration; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(["-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Vexil Test")
+        .env("GIT_AUTHOR_EMAIL", "test@vexil.invalid")
+        .env("GIT_COMMITTER_NAME", "Vexil Test")
+        .env("GIT_COMMITTER_EMAIL", "test@vexil.invalid")
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("git prints UTF-8")
+}

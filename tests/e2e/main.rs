@@ -5,7 +5,8 @@
 //! - `hostile`: files built at run time (too large, binary, not UTF-8, symlinks out of the root);
 //! - `cli`: the `vexil` binary as a user runs it;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
-//! - `props`: property tests of bucketing and of evaluation on arbitrary contexts.
+//! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
+//! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,5 +19,6 @@ mod helpers;
 mod hostile;
 mod invalid;
 mod props;
+mod reload;
 mod schema;
 mod spec;

@@ -48,6 +48,8 @@ codes! {
     NotUtf8 => "not-utf8",
     SymlinkOutsideRoot => "symlink-outside-root",
     TooManyFiles => "too-many-files",
+    GitSymlink => "git-symlink",
+    MissingFlagsDir => "missing-flags-dir",
     YamlSyntax => "yaml-syntax",
     YamlLimit => "yaml-limit",
     DuplicateKey => "duplicate-key",

@@ -1,8 +1,10 @@
 //! Vexil's core: the flag file format, validation with precise diagnostics, compilation into an
-//! immutable snapshot, and evaluation. No network IO and no async runtime live here.
+//! immutable snapshot, evaluation, and the sources and reloader that keep a live snapshot
+//! current. No server and no async runtime live here.
 //!
 //! Data flows one way: `source` (files) -> `yaml` (spanned tree) -> `format` (typed definitions,
-//! per-file checks) -> `compile` (cross-file checks, `Snapshot`) -> `eval`.
+//! per-file checks) -> `compile` (cross-file checks, `Snapshot`) -> `eval`; `reload` drives a
+//! source and swaps valid snapshots into `live`.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     test,
@@ -19,8 +21,11 @@ pub mod compile;
 pub mod context;
 mod decode;
 pub mod diag;
+pub mod diff;
 pub mod eval;
 mod format;
+pub mod live;
+pub mod reload;
 pub mod schema;
 pub mod snapshot;
 pub mod source;
@@ -31,8 +36,10 @@ pub use context::{AttrValue, Context};
 pub use diag::{Code, Diagnostic, Pos, Severity};
 pub use eval::{EvalError, Evaluation, Reason};
 pub use format::DEFAULT_NAMESPACE;
+pub use live::{Attempt, AttemptResult, ChangeEvent, Live, Status};
+pub use reload::{ReloadOptions, Reloader, StartError};
 pub use snapshot::{Flag, FlagType, Namespace, Snapshot, Value, Variant};
-pub use source::{Loaded, SourceError, SourceFile};
+pub use source::{Loaded, Source, SourceError, SourceFile};
 
 /// Reads and compiles a flags directory: the one call most users of the library need.
 /// Problems met while reading files are moved into `Compiled::diagnostics`, with the rest.
@@ -41,13 +48,28 @@ pub fn load_dir(
     options: &CompileOptions,
 ) -> Result<(Loaded, Compiled), SourceError> {
     let mut loaded = source::read_dir(root)?;
-    let mut compiled = compile(&loaded.files, options);
-    compiled
-        .diagnostics
-        .extend(std::mem::take(&mut loaded.diagnostics));
-    compiled.diagnostics.sort();
-    if diag::has_errors(&compiled.diagnostics) {
-        compiled.snapshot = None;
-    }
+    let diagnostics = std::mem::take(&mut loaded.diagnostics);
+    let compiled = compile_with(&loaded.files, diagnostics, options);
     Ok((loaded, compiled))
+}
+
+/// Compiles what a source read; its read problems join the diagnostics (and block a snapshot).
+pub fn compile_loaded(loaded: Loaded, options: &CompileOptions) -> Compiled {
+    compile_with(&loaded.files, loaded.diagnostics, options)
+}
+
+fn compile_with(
+    files: &[SourceFile],
+    read_problems: Vec<Diagnostic>,
+    options: &CompileOptions,
+) -> Compiled {
+    let mut compiled = compile(files, options);
+    if !read_problems.is_empty() {
+        compiled.diagnostics.extend(read_problems);
+        compiled.diagnostics.sort();
+        if diag::has_errors(&compiled.diagnostics) {
+            compiled.snapshot = None;
+        }
+    }
+    compiled
 }

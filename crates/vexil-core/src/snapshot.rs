@@ -158,7 +158,7 @@ pub enum Matcher {
     Groups(Vec<Box<str>>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Serve {
         variant: usize,
@@ -171,7 +171,7 @@ pub enum Outcome {
 }
 
 /// What else must hold for a `serve` rule to match.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Gate {
     Always,
     /// Included iff bucket < threshold (thousandths of a percent).
@@ -185,7 +185,7 @@ pub enum Gate {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BucketBy {
     /// `None`: the targeting key.
     pub attr: Option<AttrPath>,
@@ -303,6 +303,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The revision id: a commit id for git sources, else a content hash of the files.
     pub fn revision(&self) -> &str {
         &self.revision
     }

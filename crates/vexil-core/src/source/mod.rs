@@ -1,13 +1,61 @@
-//! Reading flag files: from a directory (with limits and symlink checks) or from memory.
+//! Where flag files come from: a directory, a local git repository at a ref, or a remote git
+//! repository; and the `Source` trait the reloader drives.
 //!
 //! Problems with single files become diagnostics (the rest of the files are still checked);
-//! only a root that cannot be read at all is an error.
+//! only a source that cannot be read at all is an error.
+
+mod dir;
+mod git;
+mod remote;
 
 use std::collections::HashSet;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::diag::{Code, Diagnostic, Pos, Severity};
+
+pub use dir::{DirOptions, DirSource};
+pub use git::{GitOptions, GitSource, read_tree};
+pub use remote::{Credentials, RemoteOptions, RemoteSource};
+
+/// Called by a watching source when something may have changed.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// One read of a source: the revision and its files.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The commit id for git sources; a content hash (`compile::revision`) for a directory.
+    pub revision: String,
+    pub loaded: Loaded,
+}
+
+/// Where flag files come from. One `Reloader` thread drives a source: it calls `read` when
+/// `watch` woke it (after `quiet_period` without further wake-ups), when `next_poll` has
+/// passed, and when a reload is requested.
+pub trait Source: Send + std::fmt::Debug {
+    /// One line for logs and status, without secrets: "directory /srv/flags".
+    fn describe(&self) -> String;
+
+    /// Starts watching for changes, calling `wake` when something may have changed.
+    /// Sources that only poll keep this default.
+    fn watch(&mut self, _wake: Wake) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// How long bursts of wake-ups must be quiet before a read.
+    fn quiet_period(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// The wait before the next poll, after `failures` consecutive source errors.
+    fn next_poll(&self, failures: u32) -> Duration;
+
+    /// Reads the current state. `known` is the revision returned last: a source that can tell
+    /// cheaply that it is still current returns `Ok(None)`, unless `force` is set.
+    fn read(&mut self, known: Option<&str>, force: bool) -> Result<Option<Fetched>, SourceError>;
+}
 
 /// Files larger than this are refused (real flag files are a few kilobytes).
 pub const MAX_FILE_BYTES: usize = 1 << 20;
@@ -52,6 +100,23 @@ pub enum SourceError {
     },
     #[error("flags root {0} is not a directory")]
     NotADirectory(PathBuf),
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    /// A git operation failed; `what` says which, in words.
+    #[error("{what}: {source}")]
+    Git { what: String, source: git2::Error },
+    #[error("{0}")]
+    Credentials(String),
+}
+
+impl SourceError {
+    pub(crate) fn git(what: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
+        let what = what.into();
+        move |source| SourceError::Git { what, source }
+    }
 }
 
 /// True for the files Vexil reads as flag files.

@@ -1,0 +1,236 @@
+//! The live snapshot that servers read, the reload status they report, and change events.
+//!
+//! Readers never block and never see a half-built snapshot: the snapshot sits behind an
+//! `ArcSwapOption` and is only ever replaced whole. Status and subscribers sit behind mutexes
+//! that only the reloader and status readers take, never the evaluation path.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+
+use crate::diag::Diagnostic;
+use crate::diff::FlagChanges;
+use crate::snapshot::Snapshot;
+
+/// Published after every swap that changes at least one flag.
+#[derive(Debug)]
+pub struct ChangeEvent {
+    /// `None` for the first snapshot.
+    pub old_revision: Option<String>,
+    pub revision: String,
+    pub changes: FlagChanges,
+    /// The snapshot now served.
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// What one reload attempt did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    /// A new snapshot is served.
+    Swapped { changes: usize },
+    /// The source is at the revision already served (or already tried).
+    Unchanged,
+    /// The revision has errors; the last good snapshot keeps serving.
+    Invalid { diagnostics: Vec<Diagnostic> },
+    /// The source could not be read (repository missing, remote unreachable, ref deleted, ...).
+    SourceError { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub at: SystemTime,
+    /// The revision read; `None` when the source could not be read.
+    pub revision: Option<String>,
+    pub result: AttemptResult,
+}
+
+impl Attempt {
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self.result,
+            AttemptResult::Invalid { .. } | AttemptResult::SourceError { .. }
+        )
+    }
+}
+
+/// The snapshot being served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Serving {
+    pub revision: String,
+    pub since: SystemTime,
+    pub flags: usize,
+    /// Warnings of that revision (expired flags, unused segments, ...).
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub attempts: u64,
+    pub swaps: u64,
+    pub invalid: u64,
+    pub source_errors: u64,
+}
+
+/// Reload state, for health checks, metrics and the Status API.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Status {
+    /// What the flags are read from.
+    pub source: String,
+    pub serving: Option<Serving>,
+    pub last_attempt: Option<Attempt>,
+    /// The most recent failed attempt, kept after later successes (with its time).
+    pub last_error: Option<Attempt>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    pub counts: Counts,
+}
+
+type Subscriber = Box<dyn FnMut(&Arc<ChangeEvent>) -> bool + Send>;
+
+/// The shared handle: the current snapshot, the status, and change subscribers.
+pub struct Live {
+    current: ArcSwapOption<Snapshot>,
+    status: Mutex<Status>,
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field(
+                "revision",
+                &self.snapshot().map(|s| s.revision().to_owned()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data: keep going.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Live {
+    pub fn new(source: impl Into<String>) -> Live {
+        Live {
+            current: ArcSwapOption::empty(),
+            status: Mutex::new(Status {
+                source: source.into(),
+                ..Status::default()
+            }),
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The snapshot served now (`None` until the first valid revision loads).
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    /// The snapshot served now, without touching its reference count (for hot paths).
+    pub fn load(&self) -> arc_swap::Guard<Option<Arc<Snapshot>>> {
+        self.current.load()
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+
+    /// Calls `f` with every change event until it returns false. Events come from the
+    /// reloader thread, in order; `f` must be quick (hand the event to a channel).
+    pub fn subscribe(&self, f: impl FnMut(&Arc<ChangeEvent>) -> bool + Send + 'static) {
+        lock(&self.subscribers).push(Box::new(f));
+    }
+
+    /// Change events through a channel; the subscription ends when the receiver is dropped.
+    pub fn subscribe_channel(&self) -> std::sync::mpsc::Receiver<Arc<ChangeEvent>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.subscribe(move |event| tx.send(Arc::clone(event)).is_ok());
+        rx
+    }
+
+    /// Serves `snapshot` (its revision must differ from the one served), then publishes.
+    pub(crate) fn swap(&self, snapshot: Snapshot, changes: FlagChanges, warnings: Vec<Diagnostic>) {
+        let snapshot = Arc::new(snapshot);
+        let old = self.current.swap(Some(Arc::clone(&snapshot)));
+        let revision = snapshot.revision().to_owned();
+        let count = changes.len();
+        let now = SystemTime::now();
+        {
+            let mut status = lock(&self.status);
+            status.serving = Some(Serving {
+                revision: revision.clone(),
+                since: now,
+                flags: snapshot.flag_count(),
+                warnings,
+            });
+            status.counts.swaps += 1;
+            status.consecutive_failures = 0;
+            record(
+                &mut status,
+                Attempt {
+                    at: now,
+                    revision: Some(revision.clone()),
+                    result: AttemptResult::Swapped { changes: count },
+                },
+            );
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let event = Arc::new(ChangeEvent {
+            old_revision: old.map(|o| o.revision().to_owned()),
+            revision,
+            changes,
+            snapshot,
+        });
+        lock(&self.subscribers).retain_mut(|f| f(&event));
+    }
+
+    pub(crate) fn record_attempt(&self, revision: Option<String>, result: AttemptResult) {
+        let mut status = lock(&self.status);
+        match result {
+            AttemptResult::Invalid { .. } => status.counts.invalid += 1,
+            AttemptResult::SourceError { .. } => status.counts.source_errors += 1,
+            AttemptResult::Unchanged | AttemptResult::Swapped { .. } => {}
+        }
+        let attempt = Attempt {
+            at: SystemTime::now(),
+            revision,
+            result,
+        };
+        if attempt.is_failure() {
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        } else if !still_invalid(&status, &attempt) {
+            status.consecutive_failures = 0;
+        }
+        record(&mut status, attempt);
+    }
+}
+
+/// An unchanged read after an invalid revision: the source still holds that revision.
+fn still_invalid(status: &Status, attempt: &Attempt) -> bool {
+    attempt.result == AttemptResult::Unchanged
+        && matches!(
+            status.last_attempt.as_ref().map(|a| &a.result),
+            Some(AttemptResult::Invalid { .. })
+        )
+}
+
+fn record(status: &mut Status, attempt: Attempt) {
+    status.counts.attempts += 1;
+    if attempt.is_failure() {
+        status.last_error = Some(attempt.clone());
+    }
+    if still_invalid(status, &attempt) {
+        // Keep the invalid revision and its diagnostics visible; note when it was seen.
+        if let Some(last) = status.last_attempt.as_mut() {
+            last.at = attempt.at;
+        }
+        return;
+    }
+    status.last_attempt = Some(attempt);
+}
