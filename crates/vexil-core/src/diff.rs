@@ -163,8 +163,16 @@ flags:
   gone: {}
 ";
 
-    /// (change to BASE, expected added, changed, removed)
-    const CASES: &[(&str, &str, &[&str], &[&str], &[&str])] = &[
+    /// A case: its name, the new text, and the flags expected added, changed and removed.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+
+    const CASES: &[Case] = &[
         ("nothing", BASE, &[], &[], &[]),
         (
             "comments, order and another segment added",
