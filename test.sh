@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every unit and end-to-end test, and a check that the
-# benchmarks still build and run their assertions once. Needs a Rust toolchain and python3.
+# benchmarks still build and run their assertions once. Needs a Rust toolchain, python3 and git.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# The reload tests drive real git repositories with the git command.
+if ! command -v git > /dev/null; then
+    echo "== installing git"
+    apt-get update -qq && apt-get install -y -qq git
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -23,3 +29,4 @@ cargo run --quiet --locked -p vexil -- validate flags
 
 echo "== benchmarks compile and their setup assertions hold (one quick pass, no timing)"
 cargo bench --locked -p vexil-core --bench core -- --test
+cargo bench --locked -p vexil-core --bench reload -- --test

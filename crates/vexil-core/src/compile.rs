@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decode::closest;
 use crate::diag::{Code, Diagnostic, Pos, Sink, has_errors};
-use crate::format::{self, FlagDef, SegmentDef};
+use crate::format::{self, FileDef, FlagDef, SegmentDef};
 use crate::snapshot::{FastMap, Matcher, Namespace, Segment, Snapshot};
 use crate::source::SourceFile;
 use crate::yaml;
@@ -34,24 +34,90 @@ pub struct Compiled {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// Each file's decoded definitions and diagnostics from the previous compile, so that a reload
+/// parses only the files that changed (parsing and per-file checks are most of a compile).
+#[derive(Debug, Default)]
+pub struct FileCache {
+    files: FastMap<String, CachedFile>,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    text: String,
+    def: FileDef,
+    diagnostics: Vec<Diagnostic>,
+}
+
 pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
+    compile_files(files, options, None)
+}
+
+/// `compile`, reusing the files of `cache` whose text is unchanged; the cache then holds
+/// exactly `files`.
+pub fn compile_cached(
+    files: &[SourceFile],
+    options: &CompileOptions,
+    cache: &mut FileCache,
+) -> Compiled {
+    compile_files(files, options, Some(cache))
+}
+
+/// One file's definitions and diagnostics.
+fn decode_source(file: &SourceFile) -> (FileDef, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let mut sink = Sink::new(&file.path, &mut diagnostics);
+    let def = match yaml::parse(&file.text) {
+        Ok(root) => format::decode_file(&mut sink, &root),
+        Err(e) => {
+            sink.error(e.pos, e.code, e.message);
+            FileDef::empty()
+        }
+    };
+    (def, diagnostics)
+}
+
+fn compile_files(
+    files: &[SourceFile],
+    options: &CompileOptions,
+    mut cache: Option<&mut FileCache>,
+) -> Compiled {
     let mut diagnostics = Vec::new();
     let mut namespaces: BTreeMap<String, NsDefs<'_>> = BTreeMap::new();
+    let mut kept: FastMap<String, CachedFile> = FastMap::default();
     for file in files {
-        let mut sink = Sink::new(&file.path, &mut diagnostics);
-        let root = match yaml::parse(&file.text) {
-            Ok(root) => root,
-            Err(e) => {
-                sink.error(e.pos, e.code, e.message);
-                continue;
+        let hit = cache
+            .as_deref_mut()
+            .and_then(|c| c.files.remove(&file.path))
+            .filter(|c| c.text == file.text);
+        let (def, file_diagnostics) = match hit {
+            Some(cached) => {
+                let out = (cached.def.clone(), cached.diagnostics.clone());
+                kept.insert(file.path.clone(), cached);
+                out
+            }
+            None => {
+                let (def, file_diagnostics) = decode_source(file);
+                if cache.is_some() {
+                    let cached = CachedFile {
+                        text: file.text.clone(),
+                        def: def.clone(),
+                        diagnostics: file_diagnostics.clone(),
+                    };
+                    kept.insert(file.path.clone(), cached);
+                }
+                (def, file_diagnostics)
             }
         };
-        let def = format::decode_file(&mut sink, &root);
+        diagnostics.extend(file_diagnostics);
         let ns = namespaces.entry(def.namespace).or_default();
         ns.flags
             .extend(def.flags.into_iter().map(|f| (file.path.as_str(), f)));
         ns.segments
             .extend(def.segments.into_iter().map(|s| (file.path.as_str(), s)));
+    }
+
+    if let Some(cache) = cache {
+        cache.files = kept;
     }
 
     let mut built = Vec::with_capacity(namespaces.len());
@@ -394,5 +460,53 @@ impl Closure<'_, '_> {
             *s = State::Done(set.clone());
         }
         set
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::{CompileOptions, FileCache, compile, compile_cached};
+    use crate::source::from_memory;
+
+    /// A sequence of repository states: compiling with the cache must give what a fresh
+    /// compile gives at every step (edits, an error and its fix, a removed file, a rename).
+    #[test]
+    fn cached_compiles_equal_fresh_compiles() {
+        let a1 = "segments:\n  s: { ids: [u1] }\nflags:\n  a: { rules: [{ segment: s, serve: true }] }\n";
+        let a2 = "segments:\n  s: { ids: [u2] }\nflags:\n  a: { rules: [{ segment: s, serve: true }] }\n";
+        let b = "flags:\n  b: { default: true }\n";
+        let broken = "flags:\n  b: { defualt: true }\n";
+        let other_ns = "namespace: n2\nflags:\n  c: {}\n";
+        let steps: [&[(&str, &str)]; 7] = [
+            &[("a.yaml", a1), ("b.yaml", b)],
+            &[("a.yaml", a2), ("b.yaml", b)],
+            &[("a.yaml", a2), ("b.yaml", broken)],
+            &[("a.yaml", a2), ("b.yaml", b), ("n2.yaml", other_ns)],
+            &[("a.yaml", a2), ("c.yaml", b), ("n2.yaml", other_ns)],
+            &[("a.yaml", a2)],
+            &[("a.yaml", a1), ("b.yaml", b)],
+        ];
+        let options = CompileOptions::default();
+        let mut cache = FileCache::default();
+        for (i, files) in steps.iter().enumerate() {
+            let loaded = from_memory(files.iter().copied());
+            let fresh = compile(&loaded.files, &options);
+            let cached = compile_cached(&loaded.files, &options, &mut cache);
+            assert_eq!(fresh.diagnostics, cached.diagnostics, "step {i}");
+            match (&fresh.snapshot, &cached.snapshot) {
+                (Some(f), Some(c)) => {
+                    assert_eq!(f.revision(), c.revision(), "step {i}");
+                    assert!(crate::diff::flag_changes(Some(f), c).is_empty(), "step {i}");
+                    assert_eq!(f.flag_count(), c.flag_count(), "step {i}");
+                }
+                (None, None) => {}
+                _ => panic!("step {i}: one compile has a snapshot, the other not"),
+            }
+            assert_eq!(
+                cache.files.len(),
+                files.len(),
+                "step {i}: the cache holds the files"
+            );
+        }
     }
 }

@@ -75,14 +75,14 @@ const STRING_OPS: &[&str] = OPERATORS.split_at(8).0;
 /// Regexes are compiled with a size cap so a hostile pattern cannot exhaust memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct FileDef {
     pub namespace: String,
     pub flags: Vec<FlagDef>,
     pub segments: Vec<SegmentDef>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct FlagDef {
     pub key: String,
     pub pos: Pos,
@@ -93,7 +93,7 @@ pub(crate) struct FlagDef {
 }
 
 /// Segment names a rule's `segments` matcher refers to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SegmentRef {
     /// Index into the flag's rules; `None` for a rule that failed to decode (checked only).
     pub rule: Option<usize>,
@@ -101,7 +101,7 @@ pub(crate) struct SegmentRef {
     pub names: Vec<(String, Pos)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SegmentDef {
     pub key: String,
     pub pos: Pos,
@@ -111,12 +111,18 @@ pub(crate) struct SegmentDef {
     pub conditions: Option<(Mode, Vec<Condition>)>,
 }
 
+impl FileDef {
+    pub(crate) fn empty() -> FileDef {
+        FileDef {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            flags: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+}
+
 pub(crate) fn decode_file(sink: &mut Sink<'_>, root: &Node) -> FileDef {
-    let mut def = FileDef {
-        namespace: DEFAULT_NAMESPACE.to_owned(),
-        flags: Vec::new(),
-        segments: Vec::new(),
-    };
+    let mut def = FileDef::empty();
     let Some(mut f) = decode::fields(sink, root, "a flag file") else {
         return def;
     };
@@ -1088,7 +1094,7 @@ fn decode_op(sink: &mut Sink<'_>, op: &str, node: &Node, ignore_case: bool) -> O
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
             {
-                Ok(re) => Op::Matches(re),
+                Ok(re) => Op::Matches(std::sync::Arc::new(re)),
                 Err(e) => {
                     let detail = e.to_string().lines().last().unwrap_or("").trim().to_owned();
                     sink.error(

@@ -31,7 +31,7 @@ pub mod snapshot;
 pub mod source;
 pub mod yaml;
 
-pub use compile::{CompileOptions, Compiled, compile};
+pub use compile::{CompileOptions, Compiled, FileCache, compile, compile_cached};
 pub use context::{AttrValue, Context};
 pub use diag::{Code, Diagnostic, Pos, Severity};
 pub use eval::{EvalError, Evaluation, Reason};
@@ -49,21 +49,26 @@ pub fn load_dir(
 ) -> Result<(Loaded, Compiled), SourceError> {
     let mut loaded = source::read_dir(root)?;
     let diagnostics = std::mem::take(&mut loaded.diagnostics);
-    let compiled = compile_with(&loaded.files, diagnostics, options);
+    let compiled = compile_with(&loaded.files, diagnostics, options, None);
     Ok((loaded, compiled))
 }
 
-/// Compiles what a source read; its read problems join the diagnostics (and block a snapshot).
-pub fn compile_loaded(loaded: Loaded, options: &CompileOptions) -> Compiled {
-    compile_with(&loaded.files, loaded.diagnostics, options)
+/// Compiles what a source read, reusing `cache` for unchanged files; its read problems join
+/// the diagnostics (and block a snapshot).
+pub fn compile_loaded(loaded: Loaded, options: &CompileOptions, cache: &mut FileCache) -> Compiled {
+    compile_with(&loaded.files, loaded.diagnostics, options, Some(cache))
 }
 
 fn compile_with(
     files: &[SourceFile],
     read_problems: Vec<Diagnostic>,
     options: &CompileOptions,
+    cache: Option<&mut FileCache>,
 ) -> Compiled {
-    let mut compiled = compile(files, options);
+    let mut compiled = match cache {
+        Some(cache) => compile_cached(files, options, cache),
+        None => compile(files, options),
+    };
     if !read_problems.is_empty() {
         compiled.diagnostics.extend(read_problems);
         compiled.diagnostics.sort();

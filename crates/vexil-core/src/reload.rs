@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::compile::CompileOptions;
+use crate::compile::{CompileOptions, FileCache};
 use crate::diag::{Diagnostic, Severity};
 use crate::diff::flag_changes;
 use crate::live::{Attempt, AttemptResult, Live};
@@ -81,6 +81,7 @@ impl Reloader {
             options,
             known: None,
             failures: 0,
+            cache: FileCache::default(),
         };
         // Watch before the first read, so that nothing changed during it is missed.
         let wake_tx = tx.clone();
@@ -155,6 +156,8 @@ struct Worker {
     known: Option<String>,
     /// Consecutive source errors, for back-off.
     failures: u32,
+    /// The last read's files, decoded: only changed files are parsed again.
+    cache: FileCache,
 }
 
 impl Worker {
@@ -234,7 +237,7 @@ impl Worker {
     }
 
     /// Compiles a revision and serves it if it is valid and new.
-    fn apply(&self, fetched: Fetched) -> AttemptResult {
+    fn apply(&mut self, fetched: Fetched) -> AttemptResult {
         let current = self.live.snapshot();
         if current.as_ref().map(|s| s.revision()) == Some(fetched.revision.as_str()) {
             return AttemptResult::Unchanged;
@@ -248,7 +251,7 @@ impl Worker {
                 )
             }),
         };
-        let compiled = crate::compile_loaded(fetched.loaded, &options);
+        let compiled = crate::compile_loaded(fetched.loaded, &options, &mut self.cache);
         match compiled.snapshot {
             None => AttemptResult::Invalid {
                 diagnostics: compiled.diagnostics,

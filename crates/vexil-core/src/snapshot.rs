@@ -253,7 +253,8 @@ pub enum Op {
     StartsWith(Box<str>),
     EndsWith(Box<str>),
     Contains(Box<str>),
-    Matches(regex::Regex),
+    /// Shared: a `Regex` clone would get a cache pool of its own (kilobytes per copy).
+    Matches(std::sync::Arc<regex::Regex>),
     Number(Cmp, f64),
     Semver(Cmp, semver::Version),
     /// Seconds since the Unix epoch.
