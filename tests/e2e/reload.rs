@@ -31,11 +31,17 @@ fn flags_yaml(flags: &[(&str, &str)]) -> String {
     out
 }
 
+/// Writes a file whole (a temporary file renamed over it), so that a watcher never reads it
+/// half-written; in-place writes are tested on purpose where they matter.
 fn write(path: &Path, text: &str) {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(path, text).unwrap();
+    let parent = path.parent().unwrap();
+    std::fs::create_dir_all(parent).unwrap();
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The value `key` evaluates to now (`None`: no snapshot, or no such flag).
@@ -245,10 +251,10 @@ fn directory_burst_of_1000_changes_ends_in_the_final_state() {
         // Half of them through a rename, half in place, across two files.
         let text = flags_yaml(&[("a", &i.to_string())]);
         if i % 2 == 0 {
-            write(&root.join("a.yaml.new"), &text);
-            std::fs::rename(root.join("a.yaml.new"), root.join("a.yaml")).unwrap();
-        } else {
             write(&root.join("a.yaml"), &text);
+        } else {
+            // In place: a read may see a half-written file, but the final state must win.
+            std::fs::write(root.join("a.yaml"), &text).unwrap();
         }
         write(&root.join("b.yaml"), &flags_yaml(&[("b", &i.to_string())]));
     }
@@ -298,6 +304,60 @@ fn starting_invalid_fails_unless_told_to_wait() {
     assert!(reloader.live().snapshot().is_none());
     write(&root.join("a.yaml"), &flags_yaml(&[("a", "ok")]));
     wait_value(reloader.live(), "a", Some("ok"));
+}
+
+#[test]
+fn start_empty_waits_for_a_directory_that_does_not_exist_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("not-mounted-yet");
+    let reloader = Reloader::start(
+        Box::new(DirSource::new(&root, dir_options())),
+        ReloadOptions {
+            start_empty: true,
+            ..ReloadOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(reloader.live().snapshot().is_none());
+    assert!(matches!(
+        reloader.live().status().last_attempt.unwrap().result,
+        AttemptResult::SourceError { .. }
+    ));
+    // The mount appears: found by the quick poll of a missing root, then watched.
+    let staging = tmp.path().join("staging");
+    write(&staging.join("a.yaml"), &flags_yaml(&[("a", "mounted")]));
+    std::fs::rename(&staging, &root).unwrap();
+    wait_value(reloader.live(), "a", Some("mounted"));
+    write(&root.join("a.yaml"), &flags_yaml(&[("a", "watched")]));
+    wait_value(reloader.live(), "a", Some("watched"));
+}
+
+#[test]
+fn a_bad_file_next_to_unchanged_ones_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write(&root.join("a.yaml"), &flags_yaml(&[("a", "1")]));
+    let reloader = start_dir(root);
+    let live = reloader.live();
+    let good = revision(live);
+    // A binary file is not read, so the content hash of the files read is unchanged.
+    std::fs::write(root.join("b.yaml"), b"\x00\x01").unwrap();
+    wait_for("the bad file to be reported", || {
+        live.status().consecutive_failures == 1
+    });
+    let Some(AttemptResult::Invalid { diagnostics }) = live.status().last_attempt.map(|a| a.result)
+    else {
+        panic!("expected an invalid attempt")
+    };
+    assert_eq!(
+        (diagnostics[0].file.as_str(), diagnostics[0].code.as_str()),
+        ("b.yaml", "binary-file")
+    );
+    assert_eq!(revision(live), good);
+    std::fs::remove_file(root.join("b.yaml")).unwrap();
+    wait_for("the failure to clear", || {
+        live.status().consecutive_failures == 0
+    });
 }
 
 // ---- local git ----
@@ -454,6 +514,38 @@ fn git_invalid_commit_then_fix_and_a_commit_that_changes_no_flag() {
 }
 
 #[test]
+fn git_ref_moved_back_to_the_served_commit_clears_the_failure() {
+    let repo = Repo::new();
+    let good = repo.commit_flags(&flags_yaml(&[("a", "good")]), "good");
+    let reloader = start_git(&repo, "main");
+    let live = reloader.live();
+    let bad = repo.commit_flags("flags: [\n", "broken");
+    wait_for("the invalid commit", || {
+        live.status().consecutive_failures == 1
+    });
+    // Still invalid on every later poll: the state stays, and is not counted again.
+    std::thread::sleep(Duration::from_millis(100));
+    let status = live.status();
+    assert_eq!(status.counts.invalid, 1);
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(
+        status.last_attempt.unwrap().revision.as_deref(),
+        Some(bad.as_str())
+    );
+
+    // The usual fix: reset the branch to the good commit.
+    git(&repo.path, &["update-ref", "refs/heads/main", &good]);
+    wait_for("the failure to clear", || {
+        live.status().consecutive_failures == 0
+    });
+    let status = live.status();
+    let last = status.last_attempt.unwrap();
+    assert_eq!(last.revision.as_deref(), Some(good.as_str()));
+    assert_eq!(last.result, AttemptResult::Unchanged);
+    assert_eq!(revision(live), good);
+}
+
+#[test]
 fn git_tag_and_missing_flags_dir() {
     let repo = Repo::new();
     let first = repo.commit_flags(&flags_yaml(&[("a", "v1")]), "v1");
@@ -580,17 +672,16 @@ fn remote_fetches_follows_force_pushes_and_survives_outages() {
     assert!(message.contains("`main` is not on file://"), "{message}");
     assert_eq!(value(live, "a").as_deref(), Some("3"));
 
-    // The branch is back, and meanwhile the cache was damaged: it is cloned again.
+    // The cache loses its object store, then the branch comes back with a new commit: the
+    // cache is cloned again (by the next poll or the reload, whichever comes first).
+    std::fs::remove_dir_all(cache_repo.join("objects")).unwrap();
     git(&origin.path, &["checkout", "-q", "-b", "main"]);
     let fourth = origin.commit_flags(&flags_yaml(&[("a", "4")]), "four");
-    std::fs::remove_dir_all(cache_repo.join("objects")).unwrap();
-    let attempt = reloader.reload().unwrap();
-    assert!(
-        matches!(attempt.result, AttemptResult::Swapped { changes: 1 }),
-        "{attempt:?}"
-    );
+    reloader.reload().unwrap();
+    wait_value(live, "a", Some("4"));
     assert_eq!(revision(live), fourth);
-    assert_eq!(value(live, "a").as_deref(), Some("4"));
+    assert!(cache_repo.join("objects").is_dir());
+    assert_eq!(live.status().consecutive_failures, 0);
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod decode;
 pub mod diag;
 pub mod diff;
 pub mod eval;
+pub mod export;
 mod format;
 pub mod live;
 pub mod reload;

@@ -87,12 +87,14 @@ pub struct Status {
 }
 
 type Subscriber = Box<dyn FnMut(&Arc<ChangeEvent>) -> bool + Send>;
+type Observer = Box<dyn Fn(&Attempt, Option<&Arc<Snapshot>>) + Send + Sync>;
 
 /// The shared handle: the current snapshot, the status, and change subscribers.
 pub struct Live {
     current: ArcSwapOption<Snapshot>,
     status: Mutex<Status>,
     subscribers: Mutex<Vec<Subscriber>>,
+    observers: Mutex<Vec<Observer>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -122,6 +124,7 @@ impl Live {
                 ..Status::default()
             }),
             subscribers: Mutex::new(Vec::new()),
+            observers: Mutex::new(Vec::new()),
         }
     }
 
@@ -145,6 +148,25 @@ impl Live {
         lock(&self.subscribers).push(Box::new(f));
     }
 
+    /// Calls `f` after every reload attempt (swaps included: then with the new snapshot, which
+    /// is already served), from the reloader thread, before change events are published.
+    /// For servers that derive per-snapshot state (metrics tables, serialised bodies), logs and
+    /// health. `f` must be quick.
+    pub fn observe(&self, f: impl Fn(&Attempt, Option<&Arc<Snapshot>>) + Send + Sync + 'static) {
+        lock(&self.observers).push(Box::new(f));
+    }
+
+    fn notify(&self, attempt: &Attempt, snapshot: Option<&Arc<Snapshot>>) {
+        // Called without the lock held, so an observer may itself observe or subscribe.
+        let observers = std::mem::take(&mut *lock(&self.observers));
+        for f in &observers {
+            f(attempt, snapshot);
+        }
+        let mut list = lock(&self.observers);
+        let added = std::mem::replace(&mut *list, observers);
+        list.extend(added);
+    }
+
     /// Change events through a channel; the subscription ends when the receiver is dropped.
     pub fn subscribe_channel(&self) -> std::sync::mpsc::Receiver<Arc<ChangeEvent>> {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -159,6 +181,11 @@ impl Live {
         let revision = snapshot.revision().to_owned();
         let count = changes.len();
         let now = SystemTime::now();
+        let attempt = Attempt {
+            at: now,
+            revision: Some(revision.clone()),
+            result: AttemptResult::Swapped { changes: count },
+        };
         {
             let mut status = lock(&self.status);
             status.serving = Some(Serving {
@@ -169,15 +196,9 @@ impl Live {
             });
             status.counts.swaps += 1;
             status.consecutive_failures = 0;
-            record(
-                &mut status,
-                Attempt {
-                    at: now,
-                    revision: Some(revision.clone()),
-                    result: AttemptResult::Swapped { changes: count },
-                },
-            );
+            record(&mut status, attempt.clone());
         }
+        self.notify(&attempt, Some(&snapshot));
         if changes.is_empty() {
             return;
         }
@@ -187,7 +208,12 @@ impl Live {
             changes,
             snapshot,
         });
-        lock(&self.subscribers).retain_mut(|f| f(&event));
+        // Called without the lock held, so a subscriber may itself subscribe.
+        let mut subscribers = std::mem::take(&mut *lock(&self.subscribers));
+        subscribers.retain_mut(|f| f(&event));
+        let mut list = lock(&self.subscribers);
+        let added = std::mem::replace(&mut *list, subscribers);
+        list.extend(added);
     }
 
     pub(crate) fn record_attempt(&self, revision: Option<String>, result: AttemptResult) {
@@ -204,33 +230,46 @@ impl Live {
         };
         if attempt.is_failure() {
             status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        } else if !still_invalid(&status, &attempt) {
+        } else {
             status.consecutive_failures = 0;
         }
-        record(&mut status, attempt);
+        record(&mut status, attempt.clone());
+        drop(status);
+        self.notify(&attempt, None);
     }
-}
 
-/// An unchanged read after an invalid revision: the source still holds that revision.
-fn still_invalid(status: &Status, attempt: &Attempt) -> bool {
-    attempt.result == AttemptResult::Unchanged
-        && matches!(
-            status.last_attempt.as_ref().map(|a| &a.result),
-            Some(AttemptResult::Invalid { .. })
-        )
+    /// The source still holds `revision`, which was found invalid before: that stays the state
+    /// (not a success, not a new failure to count).
+    pub(crate) fn still_invalid(&self, revision: &str, diagnostics: &[Diagnostic]) {
+        let mut status = lock(&self.status);
+        status.counts.attempts += 1;
+        status.consecutive_failures = status.consecutive_failures.max(1);
+        let now = SystemTime::now();
+        match status.last_attempt.as_mut() {
+            Some(last)
+                if last.revision.as_deref() == Some(revision)
+                    && matches!(last.result, AttemptResult::Invalid { .. }) =>
+            {
+                last.at = now;
+            }
+            _ => {
+                // Something else (a source error) came between: show the invalid revision again.
+                status.last_attempt = Some(Attempt {
+                    at: now,
+                    revision: Some(revision.to_owned()),
+                    result: AttemptResult::Invalid {
+                        diagnostics: diagnostics.to_vec(),
+                    },
+                });
+            }
+        }
+    }
 }
 
 fn record(status: &mut Status, attempt: Attempt) {
     status.counts.attempts += 1;
     if attempt.is_failure() {
         status.last_error = Some(attempt.clone());
-    }
-    if still_invalid(status, &attempt) {
-        // Keep the invalid revision and its diagnostics visible; note when it was seen.
-        if let Some(last) = status.last_attempt.as_mut() {
-            last.at = attempt.at;
-        }
-        return;
     }
     status.last_attempt = Some(attempt);
 }

@@ -20,6 +20,8 @@ use crate::source::{Fetched, Source, SourceError};
 
 /// Under a constant stream of events, read at the latest this long after the first.
 const MAX_BURST_DELAY: Duration = Duration::from_secs(2);
+/// How long dropping a `Reloader` waits for a read in progress.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default)]
 pub struct ReloadOptions {
@@ -80,6 +82,7 @@ impl Reloader {
             live: Arc::clone(&live),
             options,
             known: None,
+            known_invalid: None,
             failures: 0,
             cache: FileCache::default(),
         };
@@ -142,10 +145,32 @@ impl Drop for Reloader {
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
         if let Some(thread) = self.thread.take() {
-            // A read in progress finishes first (a fetch may take a while).
-            let _ = thread.join();
+            // A read in progress finishes first; a fetch hanging on the network is left to
+            // finish on its own (detached) rather than hang the caller's shutdown.
+            let deadline = after(Instant::now(), STOP_WAIT);
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
+}
+
+fn attempt_now(revision: Option<String>, result: AttemptResult) -> Attempt {
+    Attempt {
+        at: std::time::SystemTime::now(),
+        revision,
+        result,
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing (a "never" interval).
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 struct Worker {
@@ -154,6 +179,8 @@ struct Worker {
     options: ReloadOptions,
     /// The revision read last (served or not).
     known: Option<String>,
+    /// The diagnostics of `known` when it was invalid.
+    known_invalid: Option<Vec<Diagnostic>>,
     /// Consecutive source errors, for back-off.
     failures: u32,
     /// The last read's files, decoded: only changed files are parsed again.
@@ -162,13 +189,13 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, rx: &Receiver<Msg>) {
-        let mut next_poll = Instant::now() + self.source.next_poll(self.failures);
+        let mut next_poll = after(Instant::now(), self.source.next_poll(self.failures));
         // First and last wake-up of the current burst.
         let mut burst: Option<(Instant, Instant)> = None;
         loop {
             let deadline = match burst {
                 Some((first, last)) => {
-                    (last + self.source.quiet_period()).min(first + MAX_BURST_DELAY)
+                    after(last, self.source.quiet_period()).min(after(first, MAX_BURST_DELAY))
                 }
                 None => next_poll,
             };
@@ -200,12 +227,12 @@ impl Worker {
             for reply in repliers {
                 let _ = reply.send(attempt.clone());
             }
-            next_poll = Instant::now() + self.source.next_poll(self.failures);
+            next_poll = after(Instant::now(), self.source.next_poll(self.failures));
         }
     }
 
     fn reload(&mut self, force: bool) -> Attempt {
-        let attempt = match self.source.read(self.known.as_deref(), force) {
+        let (revision, result) = match self.source.read(self.known.as_deref(), force) {
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
                 (
@@ -217,29 +244,40 @@ impl Worker {
             }
             Ok(None) => {
                 self.failures = 0;
+                if let (Some(revision), Some(diagnostics)) = (&self.known, &self.known_invalid) {
+                    self.live.still_invalid(revision, diagnostics);
+                    let result = AttemptResult::Invalid {
+                        diagnostics: diagnostics.clone(),
+                    };
+                    return attempt_now(Some(revision.clone()), result);
+                }
                 (self.known.clone(), AttemptResult::Unchanged)
             }
             Ok(Some(fetched)) => {
                 self.failures = 0;
                 self.known = Some(fetched.revision.clone());
-                (Some(fetched.revision.clone()), self.apply(fetched))
+                let revision = Some(fetched.revision.clone());
+                let result = self.apply(fetched);
+                self.known_invalid = match &result {
+                    AttemptResult::Invalid { diagnostics } => Some(diagnostics.clone()),
+                    _ => None,
+                };
+                (revision, result)
             }
         };
-        let (revision, result) = attempt;
         if !matches!(result, AttemptResult::Swapped { .. }) {
             self.live.record_attempt(revision.clone(), result.clone());
         }
-        Attempt {
-            at: std::time::SystemTime::now(),
-            revision,
-            result,
-        }
+        attempt_now(revision, result)
     }
 
     /// Compiles a revision and serves it if it is valid and new.
     fn apply(&mut self, fetched: Fetched) -> AttemptResult {
         let current = self.live.snapshot();
-        if current.as_ref().map(|s| s.revision()) == Some(fetched.revision.as_str()) {
+        // The revision served, read again (a forced reload, a ref moved back): nothing to do,
+        // unless reading met problems (which the content hash does not cover).
+        let served = current.as_ref().map(|s| s.revision()) == Some(fetched.revision.as_str());
+        if served && fetched.loaded.diagnostics.is_empty() {
             return AttemptResult::Unchanged;
         }
         let options = CompileOptions {

@@ -289,6 +289,11 @@ impl Namespace {
         self.flag_index.get(key).and_then(|&i| self.flags.get(i))
     }
 
+    /// The position of a flag in `flags` (stable for the life of the snapshot).
+    pub fn flag_position(&self, key: &str) -> Option<usize> {
+        self.flag_index.get(key).copied()
+    }
+
     pub fn segment(&self, index: usize) -> Option<&Segment> {
         self.segments.get(index)
     }
@@ -317,6 +322,11 @@ impl Snapshot {
         self.namespace_index
             .get(name)
             .and_then(|&i| self.namespaces.get(i))
+    }
+
+    /// The position of a namespace in `namespaces()` (stable for the life of the snapshot).
+    pub fn namespace_position(&self, name: &str) -> Option<usize> {
+        self.namespace_index.get(name).copied()
     }
 
     pub fn flag(&self, namespace: &str, key: &str) -> Option<&Flag> {

@@ -12,6 +12,9 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use super::{Fetched, Source, SourceError, Wake, read_dir};
 
+/// How often a missing or unwatchable root is looked at.
+const FAILING_POLL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct DirOptions {
     /// Wait for this long without events before reading (coalesces bursts and half-written saves).
@@ -97,30 +100,58 @@ impl Source for DirSource {
 
     fn watch(&mut self, wake: Wake) -> Result<(), SourceError> {
         self.wake = Some(wake);
-        self.start_watch()
+        // A root that does not exist yet (a ConfigMap not mounted yet) is watched once it does:
+        // `read` retries, and polls quickly meanwhile.
+        if self.start_watch().is_err() {
+            self.watcher = None;
+        }
+        Ok(())
     }
 
     fn quiet_period(&self) -> Duration {
         self.options.quiet_period
     }
 
-    fn next_poll(&self, _failures: u32) -> Duration {
+    fn next_poll(&self, failures: u32) -> Duration {
+        if failures > 0 || (self.wake.is_some() && self.watcher.is_none()) {
+            // The root is missing or unwatchable: look again soon.
+            return self.options.rescan_interval.min(FAILING_POLL);
+        }
         self.options.rescan_interval
     }
 
     fn read(&mut self, known: Option<&str>, force: bool) -> Result<Option<Fetched>, SourceError> {
-        let loaded = read_dir(&self.root)?;
-        // A root that was removed and made again (or a watch that failed) is watched anew.
-        if self.wake.is_some() && (self.watcher.is_none() || self.watched != file_id(&self.root)) {
-            self.start_watch()?;
+        // A root that was removed and made again (or a watch that failed) is watched anew,
+        // before reading, so that no change after the read goes unnoticed.
+        let stale = self.watcher.is_none() || self.watched != file_id(&self.root);
+        if self.wake.is_some() && stale && self.start_watch().is_err() {
+            self.watcher = None;
         }
-        let revision = crate::compile::revision(&loaded.files);
-        // Read problems are not part of the content hash: never call such a read unchanged.
-        if !force && loaded.diagnostics.is_empty() && known == Some(revision.as_str()) {
+        let loaded = read_dir(&self.root)?;
+        let revision = revision_of(&loaded);
+        if !force && known == Some(revision.as_str()) {
             return Ok(None);
         }
         Ok(Some(Fetched { revision, loaded }))
     }
+}
+
+/// The content hash of the files read; problems met while reading (a binary file, a symlink
+/// out of the root) are part of the state, so they change it too.
+fn revision_of(loaded: &super::Loaded) -> String {
+    if loaded.diagnostics.is_empty() {
+        return crate::compile::revision(&loaded.files);
+    }
+    let mut with_problems = loaded.files.clone();
+    with_problems.push(super::SourceFile {
+        path: "\0read-problems".into(),
+        text: loaded
+            .diagnostics
+            .iter()
+            .map(|d| format!("{d}\n"))
+            .collect(),
+    });
+    crate::compile::revision(&with_problems)
 }
 
 type FileId = (u64, u64);

@@ -36,6 +36,10 @@ pub struct RemoteOptions {
     pub interval: Duration,
     /// The longest wait between attempts while the remote keeps failing.
     pub max_backoff: Duration,
+    /// A fetch still transferring after this long is abandoned (and retried later). libgit2
+    /// offers no connect timeout without `unsafe` settings, so a remote that never answers
+    /// the connection is bounded only by the operating system's TCP timeout.
+    pub fetch_timeout: Duration,
     pub credentials: Credentials,
 }
 
@@ -47,6 +51,7 @@ impl RemoteOptions {
             cache_dir: cache_dir.into(),
             interval: Duration::from_secs(30),
             max_backoff: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(120),
             credentials: Credentials::default(),
         }
     }
@@ -174,6 +179,7 @@ impl RemoteSource {
         let url = self.url.clone();
         let reference = self.options.reference.clone();
         let credentials = self.options.credentials.clone();
+        let deadline = std::time::Instant::now() + self.options.fetch_timeout;
         let shown = redact(&url);
         let repo = self.open_cache()?;
         let mut remote = repo
@@ -181,7 +187,7 @@ impl RemoteSource {
             .map_err(SourceError::git(format!("invalid remote {shown}")))?;
         let mut options = FetchOptions::new();
         options
-            .remote_callbacks(callbacks(credentials))
+            .remote_callbacks(callbacks(credentials, deadline))
             .prune(FetchPrune::On)
             .download_tags(AutotagOption::None);
         remote
@@ -320,8 +326,11 @@ fn looks_like_commit_id(s: &str) -> bool {
     (7..=40).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn callbacks(credentials: Credentials) -> RemoteCallbacks<'static> {
+fn callbacks(credentials: Credentials, deadline: std::time::Instant) -> RemoteCallbacks<'static> {
     let mut callbacks = RemoteCallbacks::new();
+    // Returning false from a progress callback aborts the transfer.
+    callbacks.transfer_progress(move |_| std::time::Instant::now() < deadline);
+    callbacks.sideband_progress(move |_| std::time::Instant::now() < deadline);
     let mut attempts = 0u32;
     callbacks.credentials(move |_url, username_from_url, allowed| {
         // libgit2 asks again after a rejection; give up instead of looping.

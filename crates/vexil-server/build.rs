@@ -1,0 +1,22 @@
+//! Generates the vexil.v1 gRPC code from proto/ with protox (no system protoc needed), and
+//! writes the descriptor set that server reflection serves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let file = proto_root.join("vexil/v1/vexil.proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    let descriptors = protox::compile([&file], [&proto_root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("vexil_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Conversions between the vexil.v1 messages and the core's types.
+
+use std::time::SystemTime;
+
+use prost_types::value::Kind;
+use tonic::Status;
+use vexil_core::diff::FlagRef;
+use vexil_core::eval::Reason;
+use vexil_core::snapshot::{FlagType, Value};
+use vexil_core::{AttemptResult, AttrValue, Context, Diagnostic, Severity};
+
+use crate::proto;
+
+/// Bounds on what a request may carry.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// The most flags one EvaluateBatch may name.
+    pub max_batch: usize,
+    /// How deeply context attributes may nest (lists and objects).
+    pub max_context_depth: usize,
+    /// The most attribute values (nested ones included) one context may carry.
+    pub max_context_values: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_bytes: 1 << 20,
+            max_batch: 1000,
+            max_context_depth: 8,
+            max_context_values: 1000,
+        }
+    }
+}
+
+/// The request context in core form; INVALID_ARGUMENT when it is too deep or too large.
+pub fn context(ctx: Option<proto::Context>, limits: &Limits) -> Result<Context, Status> {
+    let Some(ctx) = ctx else {
+        return Ok(Context::new());
+    };
+    let mut budget = limits.max_context_values;
+    let mut out = Context {
+        targeting_key: (!ctx.targeting_key.is_empty()).then_some(ctx.targeting_key),
+        attributes: Default::default(),
+    };
+    for (name, value) in ctx.attributes {
+        let value = attr(value, 1, limits.max_context_depth, &mut budget)?;
+        out.attributes.insert(name, value);
+    }
+    Ok(out)
+}
+
+fn attr(
+    value: prost_types::Value,
+    depth: usize,
+    max_depth: usize,
+    budget: &mut usize,
+) -> Result<AttrValue, Status> {
+    if depth > max_depth {
+        return Err(Status::invalid_argument(format!(
+            "context attributes nest deeper than {max_depth} levels"
+        )));
+    }
+    *budget = budget.checked_sub(1).ok_or_else(|| {
+        Status::invalid_argument(
+            "context has too many attribute values (the limit is set by --max-context-values)",
+        )
+    })?;
+    Ok(match value.kind {
+        None | Some(Kind::NullValue(_)) => AttrValue::Null,
+        Some(Kind::BoolValue(b)) => AttrValue::Bool(b),
+        Some(Kind::NumberValue(n)) => AttrValue::Number(n),
+        Some(Kind::StringValue(s)) => AttrValue::String(s),
+        Some(Kind::ListValue(list)) => AttrValue::List(
+            list.values
+                .into_iter()
+                .map(|v| attr(v, depth + 1, max_depth, budget))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Kind::StructValue(s)) => AttrValue::Object(
+            s.fields
+                .into_iter()
+                .map(|(k, v)| Ok((k, attr(v, depth + 1, max_depth, budget)?)))
+                .collect::<Result<_, Status>>()?,
+        ),
+    })
+}
+
+pub fn flag_type(t: FlagType) -> proto::FlagType {
+    match t {
+        FlagType::Boolean => proto::FlagType::Boolean,
+        FlagType::String => proto::FlagType::String,
+        FlagType::Integer => proto::FlagType::Integer,
+        FlagType::Float => proto::FlagType::Float,
+        FlagType::Object => proto::FlagType::Object,
+    }
+}
+
+/// The core type a request's `expected_type` names (`None`: any).
+pub fn expected_type(t: i32) -> Result<Option<FlagType>, Status> {
+    Ok(match proto::FlagType::try_from(t) {
+        Ok(proto::FlagType::Unspecified) => None,
+        Ok(proto::FlagType::Boolean) => Some(FlagType::Boolean),
+        Ok(proto::FlagType::String) => Some(FlagType::String),
+        Ok(proto::FlagType::Integer) => Some(FlagType::Integer),
+        Ok(proto::FlagType::Float) => Some(FlagType::Float),
+        Ok(proto::FlagType::Object) => Some(FlagType::Object),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown expected_type {t}"
+            )));
+        }
+    })
+}
+
+/// Whether a flag of type `actual` may be read as `expected`: the same type, or an integer
+/// read as a float.
+pub fn type_fits(actual: FlagType, expected: FlagType) -> bool {
+    actual == expected || (actual == FlagType::Integer && expected == FlagType::Float)
+}
+
+pub fn reason(r: Reason) -> proto::Reason {
+    match r {
+        Reason::Static => proto::Reason::Static,
+        Reason::TargetingMatch => proto::Reason::TargetingMatch,
+        Reason::Split => proto::Reason::Split,
+        Reason::Default => proto::Reason::Default,
+        Reason::Disabled => proto::Reason::Disabled,
+    }
+}
+
+pub fn value(v: &Value) -> proto::Value {
+    use proto::value::Kind as K;
+    let kind = match v {
+        Value::Bool(b) => K::BoolValue(*b),
+        Value::String(s) => K::StringValue(s.to_string()),
+        Value::Integer(i) => K::IntegerValue(*i),
+        Value::Float(f) => K::FloatValue(*f),
+        Value::Object(o) => K::ObjectValue(json_struct(o)),
+    };
+    proto::Value { kind: Some(kind) }
+}
+
+/// A JSON object as a protobuf Struct (anything else becomes an empty Struct).
+pub fn json_struct(v: &serde_json::Value) -> prost_types::Struct {
+    match v {
+        serde_json::Value::Object(map) => prost_types::Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        },
+        _ => prost_types::Struct::default(),
+    }
+}
+
+pub fn json_value(v: &serde_json::Value) -> prost_types::Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(_) => Kind::StructValue(json_struct(v)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn flag_key(r: &FlagRef) -> proto::FlagKey {
+    proto::FlagKey {
+        namespace: r.namespace.to_string(),
+        key: r.key.to_string(),
+    }
+}
+
+pub fn diagnostic(d: &Diagnostic) -> proto::Diagnostic {
+    proto::Diagnostic {
+        file: d.file.clone(),
+        line: d.pos.line,
+        column: d.pos.column,
+        severity: match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+        .into(),
+        code: d.code.as_str().into(),
+        message: d.message.clone(),
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub fn attempt(a: &vexil_core::Attempt) -> proto::ReloadAttempt {
+    use proto::reload_attempt::Result as R;
+    let mut out = proto::ReloadAttempt {
+        at_unix_ms: unix_ms(a.at),
+        revision: a.revision.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    match &a.result {
+        AttemptResult::Swapped { changes } => {
+            out.set_result(R::Swapped);
+            out.changes = u32::try_from(*changes).unwrap_or(u32::MAX);
+        }
+        AttemptResult::Unchanged => out.set_result(R::Unchanged),
+        AttemptResult::Invalid { diagnostics } => {
+            out.set_result(R::Invalid);
+            out.diagnostics = diagnostics.iter().map(diagnostic).collect();
+        }
+        AttemptResult::SourceError { message } => {
+            out.set_result(R::SourceError);
+            out.message.clone_from(message);
+        }
+    }
+    out
+}
+
+pub fn status(s: &vexil_core::Status) -> proto::StatusResponse {
+    let mut out = proto::StatusResponse {
+        source: s.source.clone(),
+        last_attempt: s.last_attempt.as_ref().map(attempt),
+        last_error: s.last_error.as_ref().map(attempt),
+        consecutive_failures: s.consecutive_failures,
+        attempts: s.counts.attempts,
+        swaps: s.counts.swaps,
+        invalid: s.counts.invalid,
+        source_errors: s.counts.source_errors,
+        ..Default::default()
+    };
+    if let Some(serving) = &s.serving {
+        out.revision.clone_from(&serving.revision);
+        out.serving_since_unix_ms = unix_ms(serving.since);
+        out.flags = u32::try_from(serving.flags).unwrap_or(u32::MAX);
+        out.warnings = serving.warnings.iter().map(diagnostic).collect();
+    }
+    out
+}

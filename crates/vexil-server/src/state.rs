@@ -1,0 +1,153 @@
+//! What every front shares: the served snapshot with its per-snapshot tables, the reloader,
+//! metrics, limits, change events and the shutdown signal.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{broadcast, watch};
+use vexil_core::{AttemptResult, ChangeEvent, Live, Reloader, Snapshot};
+
+use crate::convert::Limits;
+use crate::grpc::Definitions;
+use crate::metrics::{EvalCounters, Metrics};
+
+/// A snapshot and what is derived from it once, at swap time (or at first use).
+#[derive(Debug)]
+pub struct Served {
+    pub snapshot: Arc<Snapshot>,
+    pub counters: EvalCounters,
+    /// Flag and segment definitions as messages, built at the first ListFlags/GetFlag.
+    pub definitions: OnceLock<Definitions>,
+}
+
+impl Served {
+    fn new(snapshot: Arc<Snapshot>, previous: Option<&Served>) -> Served {
+        Served {
+            counters: EvalCounters::new(&snapshot, previous.map(|p| &p.counters)),
+            snapshot,
+            definitions: OnceLock::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub limits: Limits,
+    /// How long a Watch stream may stay silent before a heartbeat.
+    pub heartbeat: Duration,
+    /// How long a Reload call waits for the read to finish.
+    pub reload_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            limits: Limits::default(),
+            heartbeat: Duration::from_secs(15),
+            reload_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub live: Arc<Live>,
+    pub reloader: Arc<Reloader>,
+    pub served: ArcSwapOption<Served>,
+    pub metrics: Metrics,
+    pub options: Options,
+    pub events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// True once a snapshot is served (drives health).
+    pub ready: watch::Sender<bool>,
+    /// True once shutdown has begun (ends streams, fails readiness).
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Wires the state to the reloader: every swap builds the per-snapshot tables, every change
+    /// is broadcast to Watch streams, every attempt is logged.
+    pub fn new(reloader: Reloader, options: Options) -> Arc<AppState> {
+        let reloader = Arc::new(reloader);
+        let live = Arc::clone(reloader.live());
+        let (events, _) = broadcast::channel(1024);
+        let state = Arc::new(AppState {
+            live: Arc::clone(&live),
+            reloader,
+            served: ArcSwapOption::empty(),
+            metrics: Metrics::default(),
+            options,
+            events,
+            ready: watch::channel(false).0,
+            shutdown: watch::channel(false).0,
+        });
+        let weak = Arc::downgrade(&state);
+        live.observe(move |attempt, snapshot| {
+            let Some(state) = weak.upgrade() else { return };
+            if let Some(snapshot) = snapshot {
+                state.serve(Arc::clone(snapshot));
+            }
+            log_attempt(attempt);
+        });
+        let weak = Arc::downgrade(&state);
+        live.subscribe(move |event| {
+            let Some(state) = weak.upgrade() else {
+                return false;
+            };
+            // No receivers is fine: nobody is watching right now.
+            let _ = state.events.send(Arc::clone(event));
+            true
+        });
+        // The first snapshot was loaded before the observer existed.
+        if let Some(snapshot) = live.snapshot() {
+            let fresh = Arc::new(Served::new(snapshot, None));
+            state
+                .served
+                .compare_and_swap(&None::<Arc<Served>>, Some(fresh));
+            state.ready.send_replace(true);
+        }
+        state
+    }
+
+    fn serve(&self, snapshot: Arc<Snapshot>) {
+        let previous = self.served.load_full();
+        let served = Served::new(snapshot, previous.as_deref());
+        self.served.store(Some(Arc::new(served)));
+        self.ready.send_replace(true);
+    }
+
+    pub fn served(&self) -> Option<Arc<Served>> {
+        self.served.load_full()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+fn log_attempt(attempt: &vexil_core::Attempt) {
+    let revision = attempt.revision.as_deref().unwrap_or("");
+    match &attempt.result {
+        AttemptResult::Swapped { changes } => {
+            tracing::info!(revision, changes, "serving a new revision");
+        }
+        AttemptResult::Unchanged => tracing::debug!(revision, "source unchanged"),
+        AttemptResult::Invalid { diagnostics } => {
+            let errors: Vec<String> = diagnostics
+                .iter()
+                .filter(|d| d.severity == vexil_core::Severity::Error)
+                .take(20)
+                .map(ToString::to_string)
+                .collect();
+            tracing::warn!(
+                revision,
+                errors = errors.len(),
+                first_errors = ?errors,
+                "invalid revision not served; the last good snapshot keeps serving"
+            );
+        }
+        AttemptResult::SourceError { message } => {
+            tracing::warn!(error = %message, "cannot read the flag source; the last good snapshot keeps serving");
+        }
+    }
+}
