@@ -6,7 +6,9 @@
 //! - `cli`: the `vexil` binary as a user runs it;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
-//! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories.
+//! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories;
+//! - `serve`: `vexil serve` (gRPC with a tonic client, health, reflection, auth, metrics, probes,
+//!   signals) on 127.0.0.1:0.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,4 +23,5 @@ mod invalid;
 mod props;
 mod reload;
 mod schema;
+mod serve;
 mod spec;

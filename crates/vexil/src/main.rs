@@ -3,6 +3,7 @@
 
 mod eval_cmd;
 mod render;
+mod serve_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ enum Command {
     Eval(eval_cmd::Args),
     /// Print the JSON Schema of a flag file (for editors).
     Schema,
+    /// Serve flags over gRPC (vexil.v1, health, reflection) and HTTP (metrics, probes),
+    /// reloading them as the source changes.
+    Serve(Box<serve_cmd::Args>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { path, format } => validate(&path, format),
         Command::Eval(args) => eval_cmd::run(&args),
+        Command::Serve(args) => serve_cmd::run(&args),
         Command::Schema => {
             println!("{}", vexil_core::schema::FLAG_FILE_SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,42 @@ pub use remote::{Credentials, RemoteOptions, RemoteSource};
 /// Called by a watching source when something may have changed.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
+/// Fixed files held in memory (an embedded example repository, tests): read once, never change.
+#[derive(Debug)]
+pub struct MemorySource {
+    name: String,
+    files: Vec<(String, String)>,
+}
+
+impl MemorySource {
+    pub fn new(name: impl Into<String>, files: Vec<(String, String)>) -> MemorySource {
+        MemorySource {
+            name: name.into(),
+            files,
+        }
+    }
+}
+
+impl Source for MemorySource {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn next_poll(&self, _failures: u32) -> Duration {
+        // Nothing can change; the reloader still wakes up now and then.
+        Duration::from_secs(3600)
+    }
+
+    fn read(&mut self, known: Option<&str>, force: bool) -> Result<Option<Fetched>, SourceError> {
+        let loaded = from_memory(self.files.iter().map(|(p, t)| (p.as_str(), t.as_str())));
+        let revision = crate::compile::revision(&loaded.files);
+        if !force && known == Some(revision.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(Fetched { revision, loaded }))
+    }
+}
+
 /// One read of a source: the revision and its files.
 #[derive(Debug)]
 pub struct Fetched {

@@ -1,0 +1,340 @@
+//! `vexil serve`: keeps a snapshot of the flag source current and serves it over gRPC (vexil.v1,
+//! health, reflection) and HTTP (metrics, probes).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use vexil_core::source::{
+    Credentials, DirOptions, DirSource, GitOptions, GitSource, MemorySource, RemoteOptions,
+    RemoteSource,
+};
+use vexil_core::{ReloadOptions, Reloader, Source, StartError};
+use vexil_server::{AppState, Limits, Options, TlsPem, Tokens};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_flags.rs"));
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A flags directory, a local git repository (with --ref), or a git URL (file://, or
+    /// https:// and ssh:// in builds with the `git-https` feature). Default: `./flags` if it
+    /// exists, else the example repository built into this binary.
+    #[arg(env = "VEXIL_SOURCE")]
+    source: Option<String>,
+    /// Serve the committed tree of this branch, tag or commit (a local repository), or this
+    /// ref of a remote (default: the remote's default branch).
+    #[arg(long = "ref", env = "VEXIL_REF")]
+    reference: Option<String>,
+    /// The flags directory inside the source.
+    #[arg(long, env = "VEXIL_FLAGS_DIR", default_value = "")]
+    flags_dir: String,
+    /// gRPC listen address (vexil.v1, grpc.health.v1, reflection; flagd's port).
+    #[arg(long, env = "VEXIL_GRPC_ADDR", default_value = "127.0.0.1:8013")]
+    grpc_addr: SocketAddr,
+    /// HTTP listen address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "VEXIL_HTTP_ADDR", default_value = "127.0.0.1:8014")]
+    http_addr: SocketAddr,
+    /// Where remote repositories are cloned. Default: $XDG_CACHE_HOME/vexil or ~/.cache/vexil.
+    #[arg(long, env = "VEXIL_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// How often a local git ref is read.
+    #[arg(long, env = "VEXIL_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
+    poll_interval: Duration,
+    /// How often a remote is fetched.
+    #[arg(long, env = "VEXIL_FETCH_INTERVAL", default_value = "30s", value_parser = duration)]
+    fetch_interval: Duration,
+    /// Quiet period after a change in a flags directory.
+    #[arg(long, env = "VEXIL_QUIET_PERIOD", default_value = "250ms", value_parser = duration)]
+    quiet_period: Duration,
+    /// Full rescan of a flags directory, as a safety net for missed events.
+    #[arg(long, env = "VEXIL_RESCAN_INTERVAL", default_value = "60s", value_parser = duration)]
+    rescan_interval: Duration,
+    /// Start even if the source is unreadable or invalid, serving nothing (NOT_SERVING, 503 on
+    /// /readyz) until a valid revision arrives.
+    #[arg(long, env = "VEXIL_START_EMPTY")]
+    start_empty: bool,
+    /// A file of bearer tokens (one per line); the variable VEXIL_TOKENS may also hold
+    /// comma-separated tokens. With any token, every RPC but health checks needs one.
+    #[arg(long, env = "VEXIL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "VEXIL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "VEXIL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Heartbeat interval of Watch streams.
+    #[arg(long, env = "VEXIL_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    heartbeat: Duration,
+    /// The most flags one EvaluateBatch may name.
+    #[arg(long, env = "VEXIL_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+    /// The largest request message, in bytes.
+    #[arg(long, env = "VEXIL_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    max_message_bytes: usize,
+    /// How deeply context attributes may nest.
+    #[arg(long, env = "VEXIL_MAX_CONTEXT_DEPTH", default_value_t = 8)]
+    max_context_depth: usize,
+    /// The most attribute values (nested ones included) in one context.
+    #[arg(long, env = "VEXIL_MAX_CONTEXT_VALUES", default_value_t = 1000)]
+    max_context_values: usize,
+    /// Log format.
+    #[arg(long, env = "VEXIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing's syntax: `info`, `vexil_server=debug,info`, ...).
+    #[arg(long, env = "VEXIL_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `250ms`, `30s`, `5m`, `1h`.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 30s, 5m)"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn init_logs(args: &Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid --log filter `{}`", args.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+fn is_url(s: &str) -> bool {
+    s.contains("://") || (s.contains('@') && s.contains(':') && !std::path::Path::new(s).exists())
+}
+
+fn cache_dir(args: &Args) -> PathBuf {
+    if let Some(dir) = &args.cache_dir {
+        return dir.clone();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("vexil")
+}
+
+fn build_source(args: &Args) -> anyhow::Result<Box<dyn Source>> {
+    let source = match &args.source {
+        Some(s) => s.clone(),
+        None if std::path::Path::new("flags").is_dir() => "flags".into(),
+        None => {
+            let files = embedded::EMBEDDED_FLAGS
+                .iter()
+                .map(|(p, t)| ((*p).to_owned(), (*t).to_owned()))
+                .collect();
+            return Ok(Box::new(MemorySource::new(
+                "the example repository built into vexil",
+                files,
+            )));
+        }
+    };
+    if is_url(&source) {
+        let mut options = RemoteOptions::new(cache_dir(args));
+        options.reference.clone_from(&args.reference);
+        options.flags_dir.clone_from(&args.flags_dir);
+        options.interval = args.fetch_interval;
+        options.credentials = Credentials::from_env()?;
+        return Ok(Box::new(RemoteSource::new(source, options)));
+    }
+    let path = PathBuf::from(&source);
+    if let Some(reference) = &args.reference {
+        return Ok(Box::new(GitSource::new(
+            path,
+            GitOptions {
+                reference: reference.clone(),
+                flags_dir: args.flags_dir.clone(),
+                poll_interval: args.poll_interval,
+            },
+        )));
+    }
+    Ok(Box::new(DirSource::new(
+        path.join(&args.flags_dir),
+        DirOptions {
+            quiet_period: args.quiet_period,
+            rescan_interval: args.rescan_interval,
+        },
+    )))
+}
+
+fn tokens(args: &Args) -> anyhow::Result<Tokens> {
+    let mut text = std::env::var("VEXIL_TOKENS").unwrap_or_default();
+    if let Some(file) = &args.token_file {
+        let from_file = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the token file {}", file.display()))?;
+        text.push('\n');
+        text.push_str(&from_file);
+    }
+    Ok(Tokens::parse(&text))
+}
+
+fn tls(args: &Args) -> anyhow::Result<Option<TlsPem>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    Ok(Some(TlsPem {
+        cert: read(cert)?,
+        key: read(key)?,
+    }))
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    init_logs(args)?;
+    let tokens = tokens(args)?;
+    let tls = tls(args)?;
+    let source = build_source(args)?;
+    let source_name = source.describe();
+    let reloader = match Reloader::start(
+        source,
+        ReloadOptions {
+            start_empty: args.start_empty,
+            today: None,
+        },
+    ) {
+        Ok(reloader) => reloader,
+        Err(StartError::Invalid { diagnostics, .. }) => {
+            eprintln!(
+                "error: the flags in {source_name} are invalid; not starting (use --start-empty to wait for a fix)"
+            );
+            for d in &diagnostics {
+                eprintln!("  {d}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let options = Options {
+        limits: Limits {
+            max_message_bytes: args.max_message_bytes,
+            max_batch: args.max_batch,
+            max_context_depth: args.max_context_depth,
+            max_context_values: args.max_context_values,
+        },
+        heartbeat: args.heartbeat,
+        ..Options::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vexil-server")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (gRPC)", args.grpc_addr))?;
+        let http = tokio::net::TcpListener::bind(args.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (HTTP)", args.http_addr))?;
+        let state = AppState::new(reloader, options);
+        let revision = state
+            .served()
+            .map_or_else(|| "none yet".to_owned(), |s| s.snapshot.revision().to_owned());
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        tracing::info!(
+            source = %source_name,
+            %revision,
+            grpc = %grpc_addr,
+            http = %http_addr,
+            tls = tls.is_some(),
+            tokens = tokens.len(),
+            "vexil serving"
+        );
+        // One plain line on stdout, for scripts and tests that started us on port 0.
+        println!("vexil: serving {source_name} (revision {revision}); gRPC on {grpc_addr}, HTTP on {http_addr}");
+        let shutdown = signals(Arc::clone(&state))?;
+        vexil_server::serve(state, tokens, tls, grpc, http, shutdown).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM and SIGINT end the server (the future resolves); SIGHUP reloads.
+#[cfg(unix)]
+fn signals(state: Arc<AppState>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            state.reloader.trigger();
+        }
+    });
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn signals(_state: Arc<AppState>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(super::duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(super::duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(super::duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(super::duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(super::duration("5 parsecs").is_err());
+        assert!(super::duration("-1s").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert!(super::is_url("file:///srv/flags"));
+        assert!(super::is_url("https://github.com/acme/flags.git"));
+        assert!(super::is_url("git@github.com:acme/flags.git"));
+        assert!(!super::is_url("flags"));
+        assert!(!super::is_url("/srv/flags"));
+    }
+}
