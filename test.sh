@@ -30,3 +30,4 @@ cargo run --quiet --locked -p vexil -- validate flags
 echo "== benchmarks compile and their setup assertions hold (one quick pass, no timing)"
 cargo bench --locked -p vexil-core --bench core -- --test
 cargo bench --locked -p vexil-core --bench reload -- --test
+cargo bench --locked -p vexil-server --bench load -- --test

@@ -155,16 +155,30 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let mut builder = tonic::transport::Server::builder();
+    // Batch and list responses are several kilobytes: HTTP/2's default 64 KiB connection
+    // window would stall many concurrent streams on flow control.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_connection_window_size(Some(1 << 20))
+        .initial_stream_window_size(Some(256 << 10));
     if let Some(pem) = tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(pem.cert, pem.key)))
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
-    let grpc_server = builder.add_routes(routes).serve_with_incoming_shutdown(
+    // Accepted sockets get TCP_NODELAY (the builder's setting only covers sockets it binds):
+    // without it, small responses wait for the peer's delayed ACK (about 40 ms).
+    let incoming = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::TcpListenerStream::new(grpc),
-        stopped(stop_rx.clone()),
+        |conn| {
+            conn.and_then(|stream| {
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+        },
     );
+    let grpc_server = builder
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let http_server = axum::serve(http, http::router(Arc::clone(&state)))
         .with_graceful_shutdown(stopped(stop_rx));
     let (g, h) = tokio::join!(grpc_server, http_server);

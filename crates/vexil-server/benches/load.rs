@@ -1,0 +1,293 @@
+//! Loopback load generator: `cargo bench -p vexil-server --bench load` (`-- --test`: a quick
+//! check). The server and the load generator share this process and the machine's cores.
+//!
+//! 1. unary Evaluate of a targeted flag (a segment of two conditions and a 50 % rollout);
+//! 2. EvaluateBatch of all 100 flags of a namespace;
+//! 3. unary Evaluate while the snapshot is swapped every 50 ms.
+//!
+//! Every response's status and value is checked; each run is bounded in time and in count, and
+//! only 127.0.0.1 is used.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vexil_core::source::{Fetched, from_memory};
+use vexil_core::{ReloadOptions, Reloader, Source, SourceError};
+use vexil_server::proto::flag_service_client::FlagServiceClient;
+use vexil_server::proto::{self, value::Kind};
+use vexil_server::{AppState, Options, Tokens};
+
+#[path = "../../vexil-core/benches/common/corpus.rs"]
+mod corpus;
+
+/// Concurrent requests in flight (default 32; `VEXIL_LOAD_CONCURRENCY`), spread over HTTP/2
+/// connections (default 2; `VEXIL_LOAD_CONNECTIONS`).
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+/// At most this many requests per run (the time bound usually ends it first).
+const MAX_REQUESTS: u64 = 5_000_000;
+
+const TARGETED: &str = "segments:\n  target:\n    all:\n      - { attr: country, in: [DE, FR, IT] }\n      - { attr: plan, equals: pro }\nflags:\n  targeted:\n    rules:\n      - segment: target\n        rollout: 50\n";
+
+/// The generated 100 flags, plus `targeted`, plus `generation` whose value is the number of
+/// swaps so far (so a reader can tell the snapshots apart).
+#[derive(Debug)]
+struct Flags {
+    generation: Arc<AtomicU64>,
+}
+
+impl Source for Flags {
+    fn describe(&self) -> String {
+        "bench flags".into()
+    }
+
+    fn next_poll(&self, _failures: u32) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn read(&mut self, known: Option<&str>, _force: bool) -> Result<Option<Fetched>, SourceError> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let revision = format!("gen-{generation}");
+        if known == Some(revision.as_str()) {
+            return Ok(None);
+        }
+        let mut files = corpus::generated_repository(100, 1);
+        files.push(("targeted.yaml".into(), TARGETED.into()));
+        files.push((
+            "ns2/generation.yaml".into(),
+            format!("namespace: meta\nflags:\n  generation:\n    type: integer\n    variants: {{ g: {generation} }}\n    default: g\n"),
+        ));
+        Ok(Some(Fetched {
+            revision,
+            loaded: from_memory(files),
+        }))
+    }
+}
+
+fn text(s: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.into())),
+    }
+}
+
+fn context() -> Option<proto::Context> {
+    Some(proto::Context {
+        // Picked so that the 50 % rollout includes it (checked by the first response).
+        targeting_key: "user-1".into(),
+        attributes: [("country", text("FR")), ("plan", text("pro")), ("seats", prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(12.0)),
+        })]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    })
+}
+
+#[derive(Debug, Default)]
+struct RunResult {
+    requests: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+    elapsed: Duration,
+}
+
+/// Runs `CONCURRENCY` loops of `call` for `duration`; each call returns whether the answer was right.
+async fn run<F, Fut>(channels: &[Channel], duration: Duration, call: F) -> RunResult
+where
+    F: Fn(FlagServiceClient<Channel>) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..setting("VEXIL_LOAD_CONCURRENCY", 32))
+        .map(|i| {
+            let client = FlagServiceClient::new(channels[i % channels.len()].clone());
+            let call = call.clone();
+            let issued = Arc::clone(&issued);
+            tokio::spawn(async move {
+                let mut out = RunResult::default();
+                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS {
+                    let t = Instant::now();
+                    let ok = call(client.clone()).await;
+                    out.latencies_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    out.requests += 1;
+                    out.errors += u64::from(!ok);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut total = RunResult::default();
+    for t in tasks {
+        let r = t.await.unwrap();
+        total.requests += r.requests;
+        total.errors += r.errors;
+        total.latencies_us.extend(r.latencies_us);
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+fn report(name: &str, r: &mut RunResult, per_request: u64) {
+    r.latencies_us.sort_unstable();
+    let pick = |q: f64| {
+        let n = r.latencies_us.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+        f64::from(r.latencies_us[rank - 1]) / 1000.0
+    };
+    let rate = r.requests as f64 / r.elapsed.as_secs_f64();
+    println!(
+        "  {name}: {} requests in {:.2} s = {:.0} req/s ({:.0} flag evaluations/s); p50 {:.2} ms, p99 {:.2} ms; errors {}",
+        r.requests,
+        r.elapsed.as_secs_f64(),
+        rate,
+        rate * per_request as f64,
+        pick(0.5),
+        pick(0.99),
+        r.errors
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let seconds = setting("VEXIL_LOAD_SECONDS", 10);
+    let duration = if quick { Duration::from_millis(300) } else { Duration::from_secs(seconds as u64) };
+    // The server runs on its own runtime, as in production; the load generator on another, as
+    // if it were a separate process (both share the machine's cores).
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("server")
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("load")
+        .build()
+        .unwrap();
+    let server_handle = server_runtime.handle().clone();
+    runtime.block_on(async move {
+        let generation = Arc::new(AtomicU64::new(0));
+        let reloader = Reloader::start(
+            Box::new(Flags { generation: Arc::clone(&generation) }),
+            ReloadOptions::default(),
+        )
+        .unwrap();
+        let state = AppState::new(reloader, Options::default());
+        // Bound on the server's runtime, so that their IO is driven there.
+        let (grpc, http) = server_handle
+            .spawn(async {
+                let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                (grpc, http)
+            })
+            .await
+            .unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = server_handle.spawn(vexil_server::serve(
+            Arc::clone(&state),
+            Tokens::default(),
+            None,
+            grpc,
+            http,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut channels = Vec::new();
+        let connections = setting("VEXIL_LOAD_CONNECTIONS", 2);
+        let concurrency = setting("VEXIL_LOAD_CONCURRENCY", 32);
+        for _ in 0..connections {
+            channels.push(
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .tcp_nodelay(true)
+                    .initial_connection_window_size(Some(1 << 20))
+                    .initial_stream_window_size(Some(256 << 10))
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        println!("load benchmark: {concurrency} concurrent requests over {connections} connections, {duration:?} per run");
+
+        let unary = |mut client: FlagServiceClient<Channel>| async move {
+            let r = client
+                .evaluate(proto::EvaluateRequest {
+                    flag: "targeted".into(),
+                    context: context(),
+                    ..Default::default()
+                })
+                .await;
+            matches!(r, Ok(r) if r.get_ref().value.as_ref().and_then(|v| v.kind.clone()) == Some(Kind::BoolValue(true)))
+        };
+        // Warm-up (connections, allocator, caches): not reported.
+        let warm = run(&channels, duration / 5, unary).await;
+        assert_eq!(warm.errors, 0);
+        let mut r = run(&channels, duration, unary).await;
+        report("unary Evaluate", &mut r, 1);
+        assert_eq!(r.errors, 0);
+
+        let batch = |mut client: FlagServiceClient<Channel>| async move {
+            let r = client
+                .evaluate_batch(proto::EvaluateBatchRequest {
+                    context: context(),
+                    ..Default::default()
+                })
+                .await;
+            matches!(r, Ok(r) if r.get_ref().items.len() == 101 && r.get_ref().items.iter().all(|i| i.error == 0))
+        };
+        let mut r = run(&channels, duration, batch).await;
+        report("EvaluateBatch of 101 flags", &mut r, 101);
+        assert_eq!(r.errors, 0);
+
+        // Swaps every 50 ms under load; readers check that the generation never goes backwards.
+        let swapping = Arc::new(AtomicBool::new(true));
+        let swapper = {
+            let state = Arc::clone(&state);
+            let swapping = Arc::clone(&swapping);
+            let generation = Arc::clone(&generation);
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while swapping.load(Ordering::SeqCst) {
+                    generation.fetch_add(1, Ordering::SeqCst);
+                    let attempt = state.reloader.reload().unwrap();
+                    assert!(matches!(attempt.result, vexil_core::AttemptResult::Swapped { .. }), "{attempt:?}");
+                    swaps += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                swaps
+            })
+        };
+        let unary_checked = |mut client: FlagServiceClient<Channel>| async move {
+            let a = client
+                .evaluate(proto::EvaluateRequest {
+                    flag: "targeted".into(),
+                    context: context(),
+                    ..Default::default()
+                })
+                .await;
+            matches!(a, Ok(r) if r.get_ref().value.as_ref().and_then(|v| v.kind.clone()) == Some(Kind::BoolValue(true)) && r.get_ref().revision.starts_with("gen-"))
+        };
+        let mut r = run(&channels, duration, unary_checked).await;
+        swapping.store(false, Ordering::SeqCst);
+        let swaps = swapper.join().unwrap();
+        report(&format!("unary Evaluate during {swaps} swaps (every 50 ms)"), &mut r, 1);
+        assert_eq!(r.errors, 0);
+        assert!(swaps > 0);
+
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    });
+}
