@@ -317,6 +317,7 @@ async fn evaluation_errors_batches_and_definitions() {
         limits: vexil_server::Limits {
             max_batch: 3,
             max_context_depth: 2,
+            max_message_bytes: 4096,
             ..Default::default()
         },
         ..Options::default()
@@ -377,6 +378,12 @@ async fn evaluation_errors_batches_and_definitions() {
     req.context = ctx("u", &[("deep", deep)]);
     let err = client.evaluate(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A request over the message size limit.
+    let mut req = eval_request("a");
+    req.context = ctx("u", &[("big", text(&"x".repeat(10_000)))]);
+    let err = client.evaluate(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
 
     // Targeting: the rule matches on the attribute.
     let mut req = eval_request("beta");
@@ -600,6 +607,64 @@ async fn health_follows_the_first_valid_snapshot_and_reflection_lists_services()
         ]
     );
     server.stop().await;
+}
+
+/// gRPC over TLS with a self-signed certificate made for the test; plaintext is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_only_tls_clients() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let repo = repo_with(&flags_yaml("secure"));
+    let state = AppState::new(
+        git_reloader(repo.path(), false).unwrap(),
+        Options::default(),
+    );
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(vexil_server::serve(
+        state,
+        Tokens::default(),
+        Some(vexil_server::TlsPem {
+            cert: cert_pem.clone().into_bytes(),
+            key: key_pem.into_bytes(),
+        }),
+        grpc_listener,
+        http_listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlagServiceClient::new(channel);
+    assert_eq!(eval_a(&mut client).await, "secure");
+
+    // A plaintext client gets no answer.
+    let plain = Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let err = FlagServiceClient::new(plain)
+            .evaluate(eval_request("a"))
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
 
 /// The binary: serves the example repository, reloads on SIGHUP, drains on SIGTERM.

@@ -32,7 +32,10 @@ mod corpus;
 /// Concurrent requests in flight (default 32; `VEXIL_LOAD_CONCURRENCY`), spread over HTTP/2
 /// connections (default 2; `VEXIL_LOAD_CONNECTIONS`).
 fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 /// At most this many requests per run (the time bound usually ends it first).
 const MAX_REQUESTS: u64 = 5_000_000;
@@ -84,9 +87,16 @@ fn context() -> Option<proto::Context> {
     Some(proto::Context {
         // Picked so that the 50 % rollout includes it (checked by the first response).
         targeting_key: "user-1".into(),
-        attributes: [("country", text("FR")), ("plan", text("pro")), ("seats", prost_types::Value {
-            kind: Some(prost_types::value::Kind::NumberValue(12.0)),
-        })]
+        attributes: [
+            ("country", text("FR")),
+            ("plan", text("pro")),
+            (
+                "seats",
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(12.0)),
+                },
+            ),
+        ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect(),
@@ -117,10 +127,13 @@ where
             let issued = Arc::clone(&issued);
             tokio::spawn(async move {
                 let mut out = RunResult::default();
-                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS {
+                while Instant::now() < deadline
+                    && issued.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+                {
                     let t = Instant::now();
                     let ok = call(client.clone()).await;
-                    out.latencies_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    out.latencies_us
+                        .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                     out.requests += 1;
                     out.errors += u64::from(!ok);
                 }
@@ -162,7 +175,11 @@ fn report(name: &str, r: &mut RunResult, per_request: u64) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
     let seconds = setting("VEXIL_LOAD_SECONDS", 10);
-    let duration = if quick { Duration::from_millis(300) } else { Duration::from_secs(seconds as u64) };
+    let duration = if quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(seconds as u64)
+    };
     // The server runs on its own runtime, as in production; the load generator on another, as
     // if it were a separate process (both share the machine's cores).
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
