@@ -500,6 +500,32 @@ async fn tokens_guard_every_rpc_but_health() {
     );
     let err = client.reload(proto::ReloadRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client.status(proto::StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .watch(proto::WatchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    let list = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let err = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([list]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("vexil_grpc_unauthenticated_total 6"),
+        "{metrics}"
+    );
 
     let mut health = HealthClient::new(channel.clone());
     let reply = health
@@ -609,6 +635,73 @@ async fn health_follows_the_first_valid_snapshot_and_reflection_lists_services()
     server.stop().await;
 }
 
+/// Watch sends heartbeats when nothing changes, and only events of its namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_heartbeats_and_namespace_filter() {
+    let repo = repo_with(&flags_yaml("one"));
+    let options = Options {
+        heartbeat: Duration::from_millis(100),
+        ..Options::default()
+    };
+    let server = TestServer::start(
+        git_reloader(repo.path(), false).unwrap(),
+        Tokens::default(),
+        options,
+    )
+    .await;
+    let mut client = server.client().await;
+    let mut other = client
+        .watch(proto::WatchRequest {
+            namespace: "other".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let current = other.message().await.unwrap().unwrap();
+    assert_eq!(current.kind(), Kind::Current);
+    let beat = tokio::time::timeout(PATIENCE, other.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (beat.kind(), beat.revision.as_str()),
+        (Kind::Heartbeat, current.revision.as_str())
+    );
+    // A change in `default` reaches a watcher of `other` as a new revision without keys;
+    // heartbeats before it carry the old revision, after it the new one.
+    let second = commit(repo.path(), &flags_yaml("two"), "two");
+    let change = loop {
+        let event = tokio::time::timeout(PATIENCE, other.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if event.kind() == Kind::Change {
+            break event;
+        }
+        assert_eq!(
+            (event.kind(), event.revision.as_str()),
+            (Kind::Heartbeat, current.revision.as_str())
+        );
+    };
+    assert_eq!(
+        (change.previous_revision.as_str(), change.revision.as_str()),
+        (current.revision.as_str(), second.as_str())
+    );
+    assert!(change.added.is_empty() && change.changed.is_empty() && change.removed.is_empty());
+    let beat = tokio::time::timeout(PATIENCE, other.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (beat.kind(), beat.revision.as_str()),
+        (Kind::Heartbeat, second.as_str())
+    );
+    server.stop().await;
+}
+
 /// gRPC over TLS with a self-signed certificate made for the test; plaintext is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_only_tls_clients() {
@@ -664,7 +757,11 @@ async fn tls_serves_only_tls_clients() {
         assert_ne!(err.code(), Code::Ok);
     }
     let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 /// The binary: serves the example repository, reloads on SIGHUP, drains on SIGTERM.
@@ -769,4 +866,23 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_token_file_without_tokens_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tokens");
+    std::fs::write(&file, "# no tokens yet\n\n").unwrap();
+    let out = crate::helpers::vexil(&[
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--token-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hold no token"), "{stderr}");
 }

@@ -87,7 +87,7 @@ pub struct Status {
 }
 
 type Subscriber = Box<dyn FnMut(&Arc<ChangeEvent>) -> bool + Send>;
-type Observer = Box<dyn Fn(&Attempt, Option<&Arc<Snapshot>>) + Send + Sync>;
+type Observer = Box<dyn Fn(&Attempt, Option<&Arc<ChangeEvent>>) + Send + Sync>;
 
 /// The shared handle: the current snapshot, the status, and change subscribers.
 pub struct Live {
@@ -148,19 +148,20 @@ impl Live {
         lock(&self.subscribers).push(Box::new(f));
     }
 
-    /// Calls `f` after every reload attempt (swaps included: then with the new snapshot, which
-    /// is already served), from the reloader thread, before change events are published.
-    /// For servers that derive per-snapshot state (metrics tables, serialised bodies), logs and
-    /// health. `f` must be quick.
-    pub fn observe(&self, f: impl Fn(&Attempt, Option<&Arc<Snapshot>>) + Send + Sync + 'static) {
+    /// Calls `f` after every reload attempt, from the reloader thread, before change events
+    /// are published. A swap comes with its event (the new snapshot, already served, and the
+    /// flag changes, which may be empty: unlike subscribers, observers see every swap). For
+    /// servers that derive per-snapshot state (metrics tables, serialised bodies), logs,
+    /// health and streams. `f` must be quick.
+    pub fn observe(&self, f: impl Fn(&Attempt, Option<&Arc<ChangeEvent>>) + Send + Sync + 'static) {
         lock(&self.observers).push(Box::new(f));
     }
 
-    fn notify(&self, attempt: &Attempt, snapshot: Option<&Arc<Snapshot>>) {
+    fn notify(&self, attempt: &Attempt, swap: Option<&Arc<ChangeEvent>>) {
         // Called without the lock held, so an observer may itself observe or subscribe.
         let observers = std::mem::take(&mut *lock(&self.observers));
         for f in &observers {
-            f(attempt, snapshot);
+            f(attempt, swap);
         }
         let mut list = lock(&self.observers);
         let added = std::mem::replace(&mut *list, observers);
@@ -198,16 +199,16 @@ impl Live {
             status.consecutive_failures = 0;
             record(&mut status, attempt.clone());
         }
-        self.notify(&attempt, Some(&snapshot));
-        if changes.is_empty() {
-            return;
-        }
         let event = Arc::new(ChangeEvent {
             old_revision: old.map(|o| o.revision().to_owned()),
             revision,
             changes,
             snapshot,
         });
+        self.notify(&attempt, Some(&event));
+        if event.changes.is_empty() {
+            return;
+        }
         // Called without the lock held, so a subscriber may itself subscribe.
         let mut subscribers = std::mem::take(&mut *lock(&self.subscribers));
         subscribers.retain_mut(|f| f(&event));

@@ -64,7 +64,8 @@ impl Source for Flags {
         if known == Some(revision.as_str()) {
             return Ok(None);
         }
-        let mut files = corpus::generated_repository(100, 1);
+        // 99 generated flags and `targeted`: 100 flags in the default namespace.
+        let mut files = corpus::generated_repository(99, 1);
         files.push(("targeted.yaml".into(), TARGETED.into()));
         files.push((
             "ns2/generation.yaml".into(),
@@ -114,7 +115,7 @@ struct RunResult {
 /// Runs `CONCURRENCY` loops of `call` for `duration`; each call returns whether the answer was right.
 async fn run<F, Fut>(channels: &[Channel], duration: Duration, call: F) -> RunResult
 where
-    F: Fn(FlagServiceClient<Channel>) -> Fut + Send + Sync + 'static + Clone,
+    F: Fn(FlagServiceClient<Channel>, Arc<AtomicU64>) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let deadline = Instant::now() + duration;
@@ -127,11 +128,13 @@ where
             let issued = Arc::clone(&issued);
             tokio::spawn(async move {
                 let mut out = RunResult::default();
+                // Per-loop memory for checks across calls (the newest revision seen).
+                let last = Arc::new(AtomicU64::new(0));
                 while Instant::now() < deadline
                     && issued.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
                 {
                     let t = Instant::now();
-                    let ok = call(client.clone()).await;
+                    let ok = call(client.clone(), Arc::clone(&last)).await;
                     out.latencies_us
                         .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                     out.requests += 1;
@@ -239,7 +242,7 @@ fn main() {
         }
         println!("load benchmark: {concurrency} concurrent requests over {connections} connections, {duration:?} per run");
 
-        let unary = |mut client: FlagServiceClient<Channel>| async move {
+        let unary = |mut client: FlagServiceClient<Channel>, _: Arc<AtomicU64>| async move {
             let r = client
                 .evaluate(proto::EvaluateRequest {
                     flag: "targeted".into(),
@@ -256,20 +259,21 @@ fn main() {
         report("unary Evaluate", &mut r, 1);
         assert_eq!(r.errors, 0);
 
-        let batch = |mut client: FlagServiceClient<Channel>| async move {
+        let batch = |mut client: FlagServiceClient<Channel>, _: Arc<AtomicU64>| async move {
             let r = client
                 .evaluate_batch(proto::EvaluateBatchRequest {
                     context: context(),
                     ..Default::default()
                 })
                 .await;
-            matches!(r, Ok(r) if r.get_ref().items.len() == 101 && r.get_ref().items.iter().all(|i| i.error == 0))
+            matches!(r, Ok(r) if r.get_ref().items.len() == 100 && r.get_ref().items.iter().all(|i| i.error == 0))
         };
         let mut r = run(&channels, duration, batch).await;
-        report("EvaluateBatch of 101 flags", &mut r, 101);
+        report("EvaluateBatch of 100 flags", &mut r, 100);
         assert_eq!(r.errors, 0);
 
-        // Swaps every 50 ms under load; readers check that the generation never goes backwards.
+        // Swaps every 50 ms under load; each reader checks that the revision it is answered from
+        // never goes backwards.
         let swapping = Arc::new(AtomicBool::new(true));
         let swapper = {
             let state = Arc::clone(&state);
@@ -277,17 +281,21 @@ fn main() {
             let generation = Arc::clone(&generation);
             std::thread::spawn(move || {
                 let mut swaps = 0u64;
+                let start = Instant::now();
                 while swapping.load(Ordering::SeqCst) {
                     generation.fetch_add(1, Ordering::SeqCst);
                     let attempt = state.reloader.reload().unwrap();
                     assert!(matches!(attempt.result, vexil_core::AttemptResult::Swapped { .. }), "{attempt:?}");
                     swaps += 1;
-                    std::thread::sleep(Duration::from_millis(50));
+                    // On a 50 ms grid, whatever the reload took.
+                    let next = start + Duration::from_millis(50) * u32::try_from(swaps).unwrap();
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
                 swaps
             })
         };
-        let unary_checked = |mut client: FlagServiceClient<Channel>| async move {
+        // Each loop's client remembers the newest generation it was answered from.
+        let unary_checked = |mut client: FlagServiceClient<Channel>, last: Arc<AtomicU64>| async move {
             let a = client
                 .evaluate(proto::EvaluateRequest {
                     flag: "targeted".into(),
@@ -295,7 +303,12 @@ fn main() {
                     ..Default::default()
                 })
                 .await;
-            matches!(a, Ok(r) if r.get_ref().value.as_ref().and_then(|v| v.kind.clone()) == Some(Kind::BoolValue(true)) && r.get_ref().revision.starts_with("gen-"))
+            let Ok(r) = a else { return false };
+            let r = r.into_inner();
+            let generation: Option<u64> = r.revision.strip_prefix("gen-").and_then(|g| g.parse().ok());
+            let Some(generation) = generation else { return false };
+            let previous = last.fetch_max(generation, Ordering::Relaxed);
+            r.value.and_then(|v| v.kind) == Some(Kind::BoolValue(true)) && generation >= previous
         };
         let mut r = run(&channels, duration, unary_checked).await;
         swapping.store(false, Ordering::SeqCst);

@@ -59,10 +59,11 @@ impl Tokens {
         self.digests.contains(&digest(token))
     }
 
-    /// A tonic interceptor enforcing the tokens.
-    pub fn interceptor(
+    /// A tonic interceptor enforcing the tokens; `on_reject` is called for each refused call.
+    pub fn interceptor<F: Fn() + Clone + Send + Sync>(
         &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + use<> {
+        on_reject: F,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + use<F> {
         let tokens = self.clone();
         move |req: Request<()>| {
             let header = req
@@ -72,6 +73,7 @@ impl Tokens {
             if tokens.accepts(header) {
                 Ok(req)
             } else {
+                on_reject();
                 Err(Status::unauthenticated(
                     "missing or unknown bearer token: send `authorization: Bearer <token>`",
                 ))

@@ -414,7 +414,9 @@ fn current_event(served: &Served) -> proto::WatchEvent {
     }
 }
 
-/// Feeds one Watch stream until the client goes away or the server shuts down.
+/// Feeds one Watch stream until the client goes away or the server shuts down: every swap in
+/// order (as CHANGE, with the keys of the watched namespace), a heartbeat after `heartbeat` of
+/// silence, and CURRENT again if the stream fell too far behind (the client resyncs).
 async fn watch_loop(
     state: Arc<AppState>,
     namespace: String,
@@ -423,51 +425,65 @@ async fn watch_loop(
     tx: tokio::sync::mpsc::Sender<Result<proto::WatchEvent, Status>>,
 ) {
     let mut shutdown = state.shutdown.subscribe();
-    if tx.send(Ok(first)).await.is_err() {
-        return;
-    }
     let heartbeat = state.options.heartbeat;
+    let mut last_revision = first.revision.clone();
+    let mut pending = Some(first);
+    let mut next_beat = tokio::time::Instant::now() + heartbeat;
     loop {
-        let event = tokio::select! {
+        if let Some(event) = pending.take() {
+            // A client that stops reading must not keep shutdown waiting.
+            let sent = tokio::select! {
+                _ = shutdown.wait_for(|down| *down) => return,
+                sent = tx.send(Ok(event)) => sent.is_ok(),
+            };
+            if !sent {
+                return;
+            }
+            next_beat = tokio::time::Instant::now() + heartbeat;
+            continue;
+        }
+        tokio::select! {
             _ = shutdown.wait_for(|down| *down) => return,
             () = tx.closed() => return,
-            received = tokio::time::timeout(heartbeat, events.recv()) => match received {
-                Err(_) => proto::WatchEvent {
+            () = tokio::time::sleep_until(next_beat) => {
+                pending = Some(proto::WatchEvent {
                     kind: proto::watch_event::Kind::Heartbeat.into(),
-                    revision: state.served().map(|s| s.snapshot.revision().to_owned()).unwrap_or_default(),
+                    revision: last_revision.clone(),
                     ..Default::default()
-                },
-                Ok(Ok(change)) => match change_event(&change, &namespace) {
-                    Some(event) => event,
-                    None => continue,
-                },
-                // Too slow to keep up: start over from the current revision (clients resync on CURRENT).
-                Ok(Err(RecvError::Lagged(_))) => match state.served() {
-                    Some(served) => current_event(&served),
-                    None => continue,
-                },
-                Ok(Err(RecvError::Closed)) => return,
+                });
+            }
+            received = events.recv() => match received {
+                // Already reported (the revision read when the stream opened or resynced).
+                Ok(change) if change.revision == last_revision => {}
+                Ok(change) => {
+                    last_revision.clone_from(&change.revision);
+                    pending = Some(change_event(&change, &namespace));
+                }
+                Err(RecvError::Lagged(_)) => {
+                    events = events.resubscribe();
+                    if let Some(served) = state.served() {
+                        let current = current_event(&served);
+                        last_revision.clone_from(&current.revision);
+                        pending = Some(current);
+                    }
+                }
+                Err(RecvError::Closed) => return,
             },
-        };
-        if tx.send(Ok(event)).await.is_err() {
-            return;
         }
     }
 }
 
-fn change_event(change: &vexil_core::ChangeEvent, namespace: &str) -> Option<proto::WatchEvent> {
+fn change_event(change: &vexil_core::ChangeEvent, namespace: &str) -> proto::WatchEvent {
     let keep = |r: &&vexil_core::diff::FlagRef| namespace.is_empty() || *r.namespace == *namespace;
     let pick = |refs: &[vexil_core::diff::FlagRef]| -> Vec<proto::FlagKey> {
         refs.iter().filter(keep).map(convert::flag_key).collect()
     };
-    let event = proto::WatchEvent {
+    proto::WatchEvent {
         kind: proto::watch_event::Kind::Change.into(),
         revision: change.revision.clone(),
         previous_revision: change.old_revision.clone().unwrap_or_default(),
         added: pick(&change.changes.added),
         changed: pick(&change.changes.changed),
         removed: pick(&change.changes.removed),
-    };
-    let empty = event.added.is_empty() && event.changed.is_empty() && event.removed.is_empty();
-    (!empty).then_some(event)
+    }
 }

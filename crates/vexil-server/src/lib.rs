@@ -89,7 +89,8 @@ pub fn grpc_routes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let intercept = tokens.interceptor();
+    let counted = Arc::clone(state);
+    let intercept = tokens.interceptor(move || counted.metrics.unauthenticated());
     Ok(tonic::service::Routes::new(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             api,
@@ -115,27 +116,41 @@ pub async fn serve(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (mut reporter, health) = tonic_health::server::health_reporter();
+    // The health statuses are set before the port serves, so no check sees a default.
+    let health_status = |ready: bool, down: bool| {
+        if ready && !down {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    let initial = health_status(*state.ready.borrow(), state.is_shutting_down());
+    reporter.set_service_status("", initial).await;
+    reporter.set_service_status(SERVICE_NAME, initial).await;
     let routes = grpc_routes(&state, &tokens, health)?;
 
-    // Health follows readiness: NOT_SERVING until the first snapshot, and again on shutdown.
+    // Health follows readiness: NOT_SERVING until the first snapshot, and again on shutdown,
+    // after which the statuses are cleared so that health Watch streams end (graceful shutdown
+    // waits for every stream).
     let health_task = {
         let state = Arc::clone(&state);
         let mut ready = state.ready.subscribe();
         let mut down = state.shutdown.subscribe();
         tokio::spawn(async move {
             loop {
-                let serving = *ready.borrow_and_update() && !*down.borrow_and_update();
-                let status = if serving {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                reporter.set_service_status("", status).await;
-                reporter.set_service_status(SERVICE_NAME, status).await;
                 tokio::select! {
                     r = ready.changed() => if r.is_err() { return },
                     r = down.changed() => if r.is_err() { return },
+                }
+                let shutting_down = *down.borrow_and_update();
+                let status = health_status(*ready.borrow_and_update(), shutting_down);
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status(SERVICE_NAME, status).await;
+                if shutting_down {
+                    reporter.clear_service_status("").await;
+                    reporter.clear_service_status(SERVICE_NAME).await;
+                    return;
                 }
             }
         })
@@ -179,11 +194,30 @@ pub async fn serve(
     let grpc_server = builder
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+    let stop_rx_for_drain = stop_rx.clone();
     let http_server = axum::serve(http, http::router(Arc::clone(&state)))
         .with_graceful_shutdown(stopped(stop_rx));
-    let (g, h) = tokio::join!(grpc_server, http_server);
+    let both = async { tokio::join!(grpc_server, http_server) };
+    // Draining is bounded: a connection that never closes cannot hold the process.
+    let drain_limit = {
+        let timeout = state.options.drain_timeout;
+        let rx = stop_rx_for_drain;
+        async move {
+            stopped(rx).await;
+            tokio::time::sleep(timeout).await;
+        }
+    };
+    let result = tokio::select! {
+        (g, h) = both => {
+            g?;
+            h.map_err(ServeError::Http)?;
+            Ok(())
+        }
+        () = drain_limit => {
+            tracing::warn!("connections still open after the drain timeout: stopping anyway");
+            Ok(())
+        }
+    };
     health_task.abort();
-    g?;
-    h.map_err(ServeError::Http)?;
-    Ok(())
+    result
 }

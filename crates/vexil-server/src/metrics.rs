@@ -29,6 +29,8 @@ fn reason_index(r: Reason) -> usize {
     }
 }
 
+type Row = std::sync::Arc<[AtomicU64; 5]>;
+
 /// Evaluation counts of one snapshot's flags.
 #[derive(Debug, Default)]
 pub struct EvalCounters {
@@ -36,14 +38,15 @@ pub struct EvalCounters {
     offsets: Vec<usize>,
     /// (namespace, flag) of each row.
     keys: Vec<(Box<str>, Box<str>)>,
-    counts: Vec<[AtomicU64; 5]>,
+    /// Shared with the previous snapshot's table for flags both have: requests still answering
+    /// from the old snapshot count into the same cells, so counters never go backwards.
+    counts: Vec<Row>,
 }
 
 impl EvalCounters {
-    /// A table for `snapshot`, carrying the counts of flags that `previous` also had (counters
-    /// stay monotonic across reloads).
+    /// A table for `snapshot`, sharing the rows of flags that `previous` also had.
     pub fn new(snapshot: &Snapshot, previous: Option<&EvalCounters>) -> EvalCounters {
-        let old: std::collections::HashMap<(&str, &str), &[AtomicU64; 5]> = previous
+        let old: std::collections::HashMap<(&str, &str), &Row> = previous
             .map(|p| {
                 p.keys
                     .iter()
@@ -57,8 +60,8 @@ impl EvalCounters {
             table.offsets.push(table.keys.len());
             for flag in &ns.flags {
                 let counts = old.get(&(&*ns.name, &*flag.key)).map_or_else(
-                    || std::array::from_fn(|_| AtomicU64::new(0)),
-                    |c| c.each_ref().map(|n| AtomicU64::new(n.load(Relaxed))),
+                    || Row::new(std::array::from_fn(|_| AtomicU64::new(0))),
+                    |row| Row::clone(row),
                 );
                 table.keys.push((ns.name.clone(), flag.key.clone()));
                 table.counts.push(counts);
@@ -82,7 +85,7 @@ impl EvalCounters {
             "# HELP vexil_evaluations_total Flag evaluations, by namespace, flag and reason.\n# TYPE vexil_evaluations_total counter"
         );
         for ((ns, flag), counts) in self.keys.iter().zip(&self.counts) {
-            for ((_, name), c) in REASONS.iter().zip(counts) {
+            for ((_, name), c) in REASONS.iter().zip(counts.iter()) {
                 let n = c.load(Relaxed);
                 if n > 0 {
                     let _ = writeln!(
@@ -178,6 +181,7 @@ struct MethodStats {
 pub struct Metrics {
     methods: [MethodStats; 7],
     batch_items: AtomicU64,
+    unauthenticated: AtomicU64,
 }
 
 impl Metrics {
@@ -188,6 +192,11 @@ impl Metrics {
                 c.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// A call refused for a missing or unknown token (before it reached a method).
+    pub fn unauthenticated(&self) {
+        self.unauthenticated.fetch_add(1, Relaxed);
     }
 
     pub fn batch_items(&self, n: usize) {
@@ -238,6 +247,11 @@ impl Metrics {
             out,
             "# HELP vexil_batch_evaluations_total Flags evaluated through EvaluateBatch.\n# TYPE vexil_batch_evaluations_total counter\nvexil_batch_evaluations_total {}",
             self.batch_items.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vexil_grpc_unauthenticated_total Calls refused for a missing or unknown bearer token.\n# TYPE vexil_grpc_unauthenticated_total counter\nvexil_grpc_unauthenticated_total {}",
+            self.unauthenticated.load(Relaxed)
         );
         if let Some(counters) = counters {
             counters.write(&mut out);

@@ -38,6 +38,8 @@ pub struct Options {
     pub heartbeat: Duration,
     /// How long a Reload call waits for the read to finish.
     pub reload_timeout: Duration,
+    /// How long shutdown waits for in-flight calls and connections before it stops anyway.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             limits: Limits::default(),
             heartbeat: Duration::from_secs(15),
             reload_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct AppState {
     pub served: ArcSwapOption<Served>,
     pub metrics: Metrics,
     pub options: Options,
+    /// Every swap (with its flag changes, possibly none), for Watch streams.
     pub events: broadcast::Sender<Arc<ChangeEvent>>,
     /// True once a snapshot is served (drives health).
     pub ready: watch::Sender<bool>,
@@ -82,21 +86,15 @@ impl AppState {
             shutdown: watch::channel(false).0,
         });
         let weak = Arc::downgrade(&state);
-        live.observe(move |attempt, snapshot| {
+        live.observe(move |attempt, swap| {
             let Some(state) = weak.upgrade() else { return };
-            if let Some(snapshot) = snapshot {
-                state.serve(Arc::clone(snapshot));
+            if let Some(swap) = swap {
+                state.serve(Arc::clone(&swap.snapshot));
+                // Every swap, in order, after it is served. No receivers is fine: nobody
+                // is watching right now.
+                let _ = state.events.send(Arc::clone(swap));
             }
             log_attempt(attempt);
-        });
-        let weak = Arc::downgrade(&state);
-        live.subscribe(move |event| {
-            let Some(state) = weak.upgrade() else {
-                return false;
-            };
-            // No receivers is fine: nobody is watching right now.
-            let _ = state.events.send(Arc::clone(event));
-            true
         });
         // The first snapshot was loaded before the observer existed.
         if let Some(snapshot) = live.snapshot() {

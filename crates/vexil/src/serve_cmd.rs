@@ -69,6 +69,9 @@ pub struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "VEXIL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// On SIGTERM, how long to wait for in-flight calls and open connections before stopping.
+    #[arg(long, env = "VEXIL_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    drain_timeout: Duration,
     /// Heartbeat interval of Watch streams.
     #[arg(long, env = "VEXIL_HEARTBEAT", default_value = "15s", value_parser = duration)]
     heartbeat: Duration,
@@ -195,14 +198,23 @@ fn build_source(args: &Args) -> anyhow::Result<Box<dyn Source>> {
 }
 
 fn tokens(args: &Args) -> anyhow::Result<Tokens> {
-    let mut text = std::env::var("VEXIL_TOKENS").unwrap_or_default();
+    let from_env = std::env::var("VEXIL_TOKENS").ok();
+    let mut text = from_env.clone().unwrap_or_default();
     if let Some(file) = &args.token_file {
         let from_file = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the token file {}", file.display()))?;
         text.push('\n');
         text.push_str(&from_file);
     }
-    Ok(Tokens::parse(&text))
+    let tokens = Tokens::parse(&text);
+    // Asked for tokens but got none (an empty secret, a file of comments): refuse, rather than
+    // serve without authentication.
+    if tokens.is_empty() && (args.token_file.is_some() || from_env.is_some()) {
+        anyhow::bail!(
+            "--token-file / VEXIL_TOKENS are set but hold no token: refusing to serve without authentication"
+        );
+    }
+    Ok(tokens)
 }
 
 fn tls(args: &Args) -> anyhow::Result<Option<TlsPem>> {
@@ -250,6 +262,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             max_context_values: args.max_context_values,
         },
         heartbeat: args.heartbeat,
+        drain_timeout: args.drain_timeout,
         ..Options::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -279,9 +292,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             tokens = tokens.len(),
             "vexil serving"
         );
-        // One plain line on stdout, for scripts and tests that started us on port 0.
-        println!("vexil: serving {source_name} (revision {revision}); gRPC on {grpc_addr}, HTTP on {http_addr}");
+        if !tokens.is_enabled() && !grpc_addr.ip().is_loopback() {
+            tracing::warn!(%grpc_addr, "no bearer tokens: anyone who reaches this address can call Reload and read every flag definition");
+        }
         let shutdown = signals(Arc::clone(&state))?;
+        // One plain line on stdout (after the signal handlers are in place), for scripts and
+        // tests that started us on port 0. A closed stdout is no reason to stop serving.
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "vexil: serving {source_name} (revision {revision}); gRPC on {grpc_addr}, HTTP on {http_addr}");
+            let _ = out.flush();
+        }
         vexil_server::serve(state, tokens, tls, grpc, http, shutdown).await?;
         tracing::info!("stopped");
         anyhow::Ok(ExitCode::SUCCESS)
