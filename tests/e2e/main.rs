@@ -7,6 +7,7 @@
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
 //! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories;
+//! - `review`: `vexil diff` (golden outputs in tests/review/), flag tests, `--rev`, CI templates;
 //! - `serve`: `vexil serve` (gRPC with a tonic client, health, reflection, auth, metrics, probes,
 //!   signals) on 127.0.0.1:0.
 #![allow(
@@ -22,6 +23,7 @@ mod hostile;
 mod invalid;
 mod props;
 mod reload;
+mod review;
 mod schema;
 mod serve;
 mod spec;

@@ -13,7 +13,10 @@ fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            && !vexil_core::source::is_test_file(&path.file_name().unwrap().to_string_lossy())
+        {
+            // Flag files only: `*.test.yaml` files are flag tests, with a format of their own.
             out.push(path);
         }
     }

@@ -50,6 +50,8 @@ codes! {
     TooManyFiles => "too-many-files",
     GitSymlink => "git-symlink",
     MissingFlagsDir => "missing-flags-dir",
+    UnknownFlag => "unknown-flag",
+    TestFailed => "test-failed",
     YamlSyntax => "yaml-syntax",
     YamlLimit => "yaml-limit",
     DuplicateKey => "duplicate-key",

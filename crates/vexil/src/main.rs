@@ -1,14 +1,15 @@
 //! The `vexil` command line.
 #![forbid(unsafe_code)]
 
+mod check_cmd;
+mod diff_cmd;
 mod eval_cmd;
 mod render;
 mod serve_cmd;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,17 +24,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check flag files and report every problem with file:line:column.
+    /// Check flag files (and run their tests) and report every problem with file:line:column.
     ///
-    /// Exit status: 0 valid (warnings may be shown), 1 invalid, 2 usage or IO error.
-    Validate {
-        /// The flags root.
-        #[arg(default_value = "flags")]
-        path: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
-    },
+    /// Exit status: 0 valid (warnings may be shown), 1 invalid or a test failed, 2 usage or IO
+    /// error.
+    Validate(check_cmd::Args),
+    /// Run the flag tests (`*.test.yaml`) against the compiled flags.
+    ///
+    /// Exit status: 0 all pass, 1 a test failed or the flags are invalid, 2 usage or IO error.
+    Test(check_cmd::Args),
+    /// Show what a change to the flags does: flags added, removed and changed (field by field),
+    /// segments changed and the flags that use them, and who moves.
+    ///
+    /// Exit status: 0, whether or not anything changed; 2 usage or IO error.
+    Diff(diff_cmd::Args),
     /// Evaluate one flag for a context.
     Eval(eval_cmd::Args),
     /// Print the JSON Schema of a flag file (for editors).
@@ -43,20 +47,12 @@ enum Command {
     Serve(Box<serve_cmd::Args>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// Compiler-style, with the source line and a caret.
-    Human,
-    /// A JSON array of {file, line, column, severity, code, message}.
-    Json,
-    /// GitHub Actions workflow annotations.
-    Github,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { path, format } => validate(&path, format),
+        Command::Validate(args) => check_cmd::run(&args, false),
+        Command::Test(args) => check_cmd::run(&args, true),
+        Command::Diff(args) => diff_cmd::run(&args),
         Command::Eval(args) => eval_cmd::run(&args),
         Command::Serve(args) => serve_cmd::run(&args),
         Command::Schema => {
@@ -71,36 +67,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn today() -> jiff::civil::Date {
-    jiff::Timestamp::now()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-}
-
-fn validate(root: &std::path::Path, format: Format) -> anyhow::Result<ExitCode> {
-    let options = vexil_core::CompileOptions {
-        today: Some(today()),
-    };
-    let (loaded, compiled) = vexil_core::load_dir(root, &options)?;
-    let report = render::Report::new(root, &loaded.files, &compiled.diagnostics);
-    let out = match format {
-        Format::Human => report.human(),
-        Format::Json => report.json(),
-        Format::Github => report.github(),
-    };
-    print!("{out}");
-    if format == Format::Human {
-        let flags = compiled
-            .snapshot
-            .as_ref()
-            .map(vexil_core::Snapshot::flag_count);
-        eprintln!("{}", report.summary(loaded.files.len(), flags));
-    }
-    Ok(if compiled.snapshot.is_some() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }

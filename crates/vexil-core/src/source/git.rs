@@ -9,7 +9,7 @@ use std::time::Duration;
 use git2::{ObjectType, Oid, Repository, Tree};
 
 use super::{Fetched, Loaded, MAX_DIR_DEPTH, MAX_FILE_BYTES, MAX_FILES, Source, SourceError};
-use super::{check_bytes, is_flag_file};
+use super::{check_bytes, is_flag_file, is_test_file};
 use crate::diag::{Code, Diagnostic, Pos, Severity};
 
 #[derive(Debug, Clone)]
@@ -163,6 +163,7 @@ pub(super) fn read_commit(
 fn missing_dir(dir: &str, commit: Oid) -> Loaded {
     Loaded {
         files: Vec::new(),
+        tests: Vec::new(),
         diagnostics: vec![Diagnostic {
             file: format!("{dir}/"),
             pos: Pos::START,
@@ -189,6 +190,7 @@ pub fn read_tree(repo: &Repository, tree: &Tree<'_>) -> Result<Loaded, SourceErr
     walk.tree(tree, "", 0)?;
     let mut loaded = walk.loaded;
     loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
+    loaded.tests.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(loaded)
 }
 
@@ -233,7 +235,7 @@ impl TreeWalk<'_> {
                         .map_err(SourceError::git(format!("cannot read tree {path}/")))?;
                     self.tree(&sub, &path, depth + 1)?;
                 }
-                Some(ObjectType::Blob) if is_flag_file(name) => {
+                Some(ObjectType::Blob) if is_flag_file(name) || is_test_file(name) => {
                     if entry.filemode() == i32::from(git2::FileMode::Link) {
                         self.problem(
                             &path,
@@ -242,7 +244,7 @@ impl TreeWalk<'_> {
                                 .into(),
                         );
                     } else {
-                        self.blob(entry.id(), &path)?;
+                        self.blob(entry.id(), &path, is_test_file(name))?;
                     }
                 }
                 // Submodules and other files are not flag files.
@@ -252,7 +254,7 @@ impl TreeWalk<'_> {
         Ok(())
     }
 
-    fn blob(&mut self, id: Oid, path: &str) -> Result<(), SourceError> {
+    fn blob(&mut self, id: Oid, path: &str, is_test: bool) -> Result<(), SourceError> {
         self.count += 1;
         if self.count > MAX_FILES {
             if self.count == MAX_FILES + 1 {
@@ -285,8 +287,40 @@ impl TreeWalk<'_> {
             .map_err(SourceError::git(format!("cannot read {path}")))?;
         if let Some(file) = check_bytes(path, blob.content().to_vec(), &mut self.loaded.diagnostics)
         {
-            self.loaded.files.push(file);
+            if is_test {
+                self.loaded.tests.push(file);
+            } else {
+                self.loaded.files.push(file);
+            }
         }
         Ok(())
     }
+}
+
+/// The flags under `path` (a directory inside a git working tree, or the repository itself) as
+/// committed at `rev`, without checking anything out. Returns the commit id and the files.
+pub fn read_revision(path: &std::path::Path, rev: &str) -> Result<(String, Loaded), SourceError> {
+    let repo = Repository::discover(path).map_err(SourceError::git(format!(
+        "{} is not inside a git repository",
+        path.display()
+    )))?;
+    let base = repo
+        .workdir()
+        .unwrap_or_else(|| repo.path())
+        .canonicalize()
+        .map_err(|source| SourceError::Root {
+            path: path.to_owned(),
+            source,
+        })?;
+    let target = path.canonicalize().map_err(|source| SourceError::Root {
+        path: path.to_owned(),
+        source,
+    })?;
+    let flags_dir = target
+        .strip_prefix(&base)
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default();
+    let commit = resolve(&repo, rev)?;
+    let loaded = read_commit(&repo, commit, &flags_dir)?;
+    Ok((commit.to_string(), loaded))
 }

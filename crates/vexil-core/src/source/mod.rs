@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::diag::{Code, Diagnostic, Pos, Severity};
 
 pub use dir::{DirOptions, DirSource};
-pub use git::{GitOptions, GitSource, read_tree};
+pub use git::{GitOptions, GitSource, read_revision, read_tree};
 pub use remote::{Credentials, RemoteOptions, RemoteSource};
 
 /// Called by a watching source when something may have changed.
@@ -111,6 +111,8 @@ pub struct SourceFile {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub files: Vec<SourceFile>,
+    /// Flag tests (`*.test.yaml`), read with the same rules; never part of a snapshot.
+    pub tests: Vec<SourceFile>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -162,6 +164,12 @@ pub fn is_flag_file(name: &str) -> bool {
         && !lower.ends_with(".test.yaml")
         && !lower.ends_with(".test.yml")
         && !name.starts_with('.')
+}
+
+/// True for a flag test file (`*.test.yaml`, `*.test.yml`), not hidden.
+pub fn is_test_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (lower.ends_with(".test.yaml") || lower.ends_with(".test.yml")) && !name.starts_with('.')
 }
 
 /// True for a path (relative to the flags root, `/`-separated) Vexil reads as a flag file:
@@ -243,14 +251,22 @@ pub fn from_memory<P: AsRef<str>, B: Into<Vec<u8>>>(
 ) -> Loaded {
     let mut loaded = Loaded::default();
     for (path, bytes) in files {
-        if !is_flag_path(path.as_ref()) {
+        let path = path.as_ref();
+        let is_test = is_test_file(path.rsplit('/').next().unwrap_or(path))
+            && path.split('/').all(|p| !p.starts_with('.') || p == ".");
+        if !is_flag_path(path) && !is_test {
             continue;
         }
-        if let Some(f) = check_bytes(path.as_ref(), bytes.into(), &mut loaded.diagnostics) {
-            loaded.files.push(f);
+        if let Some(f) = check_bytes(path, bytes.into(), &mut loaded.diagnostics) {
+            if is_test {
+                loaded.tests.push(f);
+            } else {
+                loaded.files.push(f);
+            }
         }
     }
     loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
+    loaded.tests.sort_by(|a, b| a.path.cmp(&b.path));
     loaded
 }
 
@@ -276,6 +292,7 @@ pub fn read_dir(root: &Path) -> Result<Loaded, SourceError> {
     walk.dir(&canonical_root, "", 0);
     let mut loaded = walk.loaded;
     loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
+    loaded.tests.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(loaded)
 }
 
@@ -349,10 +366,10 @@ impl Walk {
             };
             if target.is_dir() {
                 self.dir(&target, &rel_path, depth + 1);
-            } else if is_flag_file(&name) {
+            } else if is_flag_file(&name) || is_test_file(&name) {
                 // Opening a pipe or a device named *.yaml could block forever: regular files only.
                 if target.is_file() {
-                    self.file(&target, &rel_path);
+                    self.file(&target, &rel_path, is_test_file(&name));
                 } else {
                     self.problem(&rel_path, Code::Io, "not a regular file: refused".into());
                 }
@@ -360,7 +377,7 @@ impl Walk {
         }
     }
 
-    fn file(&mut self, path: &Path, rel: &str) {
+    fn file(&mut self, path: &Path, rel: &str, is_test: bool) {
         self.count += 1;
         if self.count > MAX_FILES {
             if self.count == MAX_FILES + 1 {
@@ -384,7 +401,11 @@ impl Walk {
             ),
             Ok(_) => {
                 if let Some(f) = check_bytes(rel, bytes, &mut self.loaded.diagnostics) {
-                    self.loaded.files.push(f);
+                    if is_test {
+                        self.loaded.tests.push(f);
+                    } else {
+                        self.loaded.files.push(f);
+                    }
                 }
             }
             Err(e) => self.problem(rel, Code::Io, format!("cannot read file: {e}")),
