@@ -397,46 +397,52 @@ fn validate_and_test_read_a_revision_without_checking_it_out() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// The `vexil` command lines of the CI templates (ci/), as a shell would run them.
+/// The `vexil` command lines of the CI templates (ci/), as a shell would run them (a trailing
+/// `|| FAILED=1`, which defers the job's failure, is dropped so that a failure shows here).
 fn template_commands() -> Vec<String> {
     let mut commands = Vec::new();
-    for name in ["github-actions.yml", "gitlab-ci.yml", "pre-commit"] {
+    for name in ["github-actions.yml", "gitlab-ci.yml"] {
         let text = std::fs::read_to_string(repo_root().join("ci").join(name)).unwrap();
         for line in text.lines() {
             let line = line.trim().trim_start_matches("- ").trim();
             if line.starts_with("vexil ") {
-                commands.push(line.to_owned());
+                commands.push(line.trim_end_matches(" || FAILED=1").to_owned());
             }
         }
     }
     commands
 }
 
-#[test]
-fn the_ci_templates_commands_work() {
-    let commands = template_commands();
-    assert!(commands.len() >= 7, "{commands:?}");
-    let repo = repo();
-    std::fs::write(
-        repo.path().join("flags/app.test.yaml"),
-        FLAG_TESTS.replace(
-            "      staff-flag: true\n      rollout",
-            "      staff-flag: false\n      rollout",
-        ),
-    )
-    .unwrap();
+fn path_with_vexil() -> String {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_vexil")).parent().unwrap();
-    let path = format!(
+    format!(
         "{}:{}",
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn the_ci_templates_commands_work() {
+    let commands = template_commands();
+    assert!(commands.len() >= 6, "{commands:?}");
+    // As in a CI job: a clone whose base branch is `origin/main`, on the pull request's branch.
+    let upstream = repo();
+    let work = tempfile::tempdir().unwrap();
+    git(
+        work.path(),
+        &["clone", "-q", upstream.path().to_str().unwrap(), "clone"],
     );
+    let clone = work.path().join("clone");
+    git(&clone, &["checkout", "-q", "feature"]);
+    std::fs::write(clone.join("flags/app.test.yaml"), PASSING_TESTS).unwrap();
     for command in &commands {
         let out = std::process::Command::new("sh")
             .args(["-c", command])
-            .current_dir(repo.path())
-            .env("PATH", &path)
-            .env("VEXIL_BASE", "main")
+            .current_dir(&clone)
+            .env("PATH", path_with_vexil())
+            .env("VEXIL_BASE", "origin/main")
+            .env("GITHUB_STEP_SUMMARY", work.path().join("summary.md"))
             .output()
             .unwrap();
         assert!(
@@ -446,17 +452,259 @@ fn the_ci_templates_commands_work() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let comment = std::fs::read_to_string(repo.path().join("vexil-diff.md")).unwrap();
+    let comment = std::fs::read_to_string(clone.join("vexil-diff.md")).unwrap();
     assert!(
-        comment.starts_with("### Vexil: flag changes from `main` to `working tree`"),
+        comment.starts_with("### Vexil: flag changes from `origin/main` to `working tree`"),
         "{comment}"
     );
-    // The pre-commit hook refuses invalid flags.
+    assert!(comment.contains("`doomed`"), "{comment}");
+    let quality: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(clone.join("gl-code-quality.json")).unwrap())
+            .unwrap();
+    assert_eq!(quality, serde_json::json!([]));
+}
+
+#[test]
+fn codequality_reports_point_at_the_line() {
+    let repo = repo();
+    std::fs::write(
+        repo.path().join("flags/app.yaml"),
+        "flags:\n  x: { rulez: [] }\n",
+    )
+    .unwrap();
+    let out = vexil_in(
+        repo.path(),
+        &["validate", "--format", "codequality", "flags"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report[0]["location"],
+        serde_json::json!({ "path": "flags/app.yaml", "lines": { "begin": 2 } })
+    );
+    assert_eq!(report[0]["check_name"], "vexil-unknown-field");
+}
+
+const PASSING_TESTS: &str = "\
+tests:
+  - name: staff get it
+    key: u1
+    expect:
+      staff-flag: true
+";
+
+#[test]
+fn the_pre_commit_hook_checks_what_is_staged() {
+    let repo = repo();
+    let hook = repo_root().join("ci/pre-commit");
+    let run_hook = || {
+        std::process::Command::new(&hook)
+            .current_dir(repo.path())
+            .env("PATH", path_with_vexil())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(repo.path().join("flags/app.test.yaml"), PASSING_TESTS).unwrap();
+    git(repo.path(), &["add", "-A"]);
+    assert!(run_hook().status.success());
+    // Broken in the working tree only: what would be committed is fine.
     std::fs::write(repo.path().join("flags/app.yaml"), "flags: [\n").unwrap();
-    let hook = std::process::Command::new(repo_root().join("ci/pre-commit"))
-        .current_dir(repo.path())
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert!(!hook.status.success());
+    assert!(run_hook().status.success());
+    // Staged: refused.
+    git(repo.path(), &["add", "-A"]);
+    assert!(!run_hook().status.success());
+    // A failing flag test staged: refused too.
+    std::fs::write(repo.path().join("flags/app.yaml"), HEAD).unwrap();
+    std::fs::write(
+        repo.path().join("flags/app.test.yaml"),
+        PASSING_TESTS.replace("true", "false"),
+    )
+    .unwrap();
+    git(repo.path(), &["add", "-A"]);
+    let out = run_hook();
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("test-failed"), "{}", stdout(&out));
+}
+
+/// More kinds of change, each asserted: a rule added and removed, a default, a variant added and
+/// removed, a salt, a split reordered, a segment through `include`, an unused segment, a flag
+/// off before and after, namespaces added and removed, and a base without flags.
+#[test]
+fn diff_covers_each_kind_of_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README.md"), "no flags yet\n").unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "empty"]);
+    let before = "\
+segments:
+  inner: { ids: [u1] }
+  outer: { include: [inner] }
+  spare: { ids: [z], description: unused }
+flags:
+  rules-flag:
+    rules:
+      - { name: first, ids: [a], serve: true }
+      - { name: second, ids: [b], serve: true }
+  variants-flag:
+    type: string
+    variants: { x: X, y: Y }
+    default: x
+  salty:
+    rules: [{ name: r, rollout: 50, salt: one }]
+  order:
+    type: string
+    variants: { a: A, b: B }
+    default: a
+    rules: [{ name: s, split: { a: 50, b: 50 } }]
+  via-include:
+    rules: [{ segment: outer, serve: true }]
+  off:
+    enabled: false
+    rules: [{ name: r, rollout: 10 }]
+";
+    let after = "\
+segments:
+  inner: { ids: [u1, u2] }
+  outer: { include: [inner] }
+  spare: { ids: [z], description: still unused }
+  unused-new: { ids: [n] }
+flags:
+  rules-flag:
+    default: true
+    rules:
+      - { name: second, ids: [b], serve: true }
+      - { name: third, ids: [c], serve: true }
+  variants-flag:
+    type: string
+    variants: { x: X, z: Z }
+    default: z
+  salty:
+    rules: [{ name: r, rollout: 50, salt: two }]
+  order:
+    type: string
+    variants: { a: A, b: B }
+    default: a
+    rules: [{ name: s, split: { b: 50, a: 50 } }]
+  via-include:
+    rules: [{ segment: outer, serve: true }]
+  off:
+    enabled: false
+    rules: [{ name: r, rollout: 90 }]
+";
+    std::fs::create_dir_all(dir.join("flags")).unwrap();
+    std::fs::write(dir.join("flags/app.yaml"), before).unwrap();
+    std::fs::write(
+        dir.join("flags/old-ns.yaml"),
+        "namespace: old\nflags:\n  gone: {}\n",
+    )
+    .unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "before"]);
+    std::fs::write(dir.join("flags/app.yaml"), after).unwrap();
+    std::fs::remove_file(dir.join("flags/old-ns.yaml")).unwrap();
+    std::fs::write(
+        dir.join("flags/new-ns.yaml"),
+        "namespace: new\nflags:\n  fresh: {}\n",
+    )
+    .unwrap();
+
+    // A base without flags: everything is added (with a warning), not an error.
+    let out = vexil_in(dir, &["diff", "HEAD~1", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("comparing against no flags"));
+
+    let out = vexil_in(dir, &["diff", "HEAD", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ns = |name: &str| {
+        report["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["namespace"] == name)
+            .unwrap_or_else(|| panic!("no namespace {name}: {report}"))
+            .clone()
+    };
+    assert_eq!(ns("new")["added"][0]["flag"], "fresh");
+    assert_eq!(ns("old")["removed"], serde_json::json!(["gone"]));
+    let default = ns("default");
+    let fields = |flag: &str| -> Vec<String> {
+        default["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["flag"] == flag)
+            .unwrap_or_else(|| panic!("{flag} unchanged: {default}"))["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["field"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let change = |flag: &str| {
+        default["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["flag"] == flag)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        fields("rules-flag"),
+        [
+            "default",
+            "rules[1] \"second\".ids",
+            "rules[1] \"second\".name",
+            "rules[2] \"third\".ids",
+            "rules[2] \"third\".name"
+        ]
+    );
+    assert_eq!(
+        fields("variants-flag"),
+        ["default", "variants.y", "variants.z"]
+    );
+    assert_eq!(fields("salty"), ["rules[1] \"r\".salt"]);
+    // A new salt reshuffles everyone: no estimate is made.
+    assert_eq!(change("salty")["audience"], serde_json::json!([]));
+    // Reordering a split moves entities: here every one of them.
+    assert_eq!(fields("order"), ["rules[1] \"s\".split"]);
+    assert!(
+        change("order")["audience"][0]
+            .as_str()
+            .unwrap()
+            .contains(": 100 % of the entities")
+    );
+    // Through `include`: the flag using `outer` is in the blast radius of `inner` (and `outer`'s
+    // members, which include `inner`'s, changed with them).
+    assert_eq!(
+        change("via-include")["via_segments"],
+        serde_json::json!(["inner", "outer"])
+    );
+    let inner = default["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["segment"] == "inner")
+        .unwrap()
+        .clone();
+    assert_eq!(inner["used_by"], serde_json::json!(["via-include"]));
+    // Off before and after: its rules do not matter.
+    assert_eq!(change("off")["behaviour"], false);
+    assert_eq!(change("off")["audience"], serde_json::json!([]));
+    // An unused segment and a description change no answer.
+    for seg in default["segments"].as_array().unwrap() {
+        let expected = seg["segment"] == "inner" || seg["segment"] == "outer";
+        assert_eq!(seg["behaviour"], expected, "{seg}");
+    }
 }

@@ -38,6 +38,8 @@ pub struct SegmentChange {
     pub key: String,
     /// `added`, `removed` or `changed`.
     pub kind: &'static str,
+    /// Whether members change for some flag (not only the description, not unused).
+    pub behaviour: bool,
     pub fields: Vec<FieldChange>,
     /// Flags (of the new snapshot, or the old one for a removed segment) whose rules use it.
     pub used_by: Vec<String>,
@@ -78,7 +80,7 @@ impl Report {
             !ns.added.is_empty()
                 || !ns.removed.is_empty()
                 || ns.changed.iter().any(|c| c.behaviour)
-                || !ns.segments.is_empty()
+                || ns.segments.iter().any(|s| s.behaviour)
         })
     }
 
@@ -103,6 +105,7 @@ impl Report {
                     "segments": ns.segments.iter().map(|s| json!({
                         "segment": s.key,
                         "change": s.kind,
+                        "behaviour": s.behaviour,
                         "fields": s.fields.iter().map(field).collect::<Vec<_>>(),
                         "used_by": s.used_by,
                     })).collect::<Vec<_>>(),
@@ -110,6 +113,34 @@ impl Report {
             })
             .collect();
         json!({ "changes_behaviour": self.changes_behaviour(), "namespaces": namespaces })
+    }
+}
+
+/// The exported definition, with each split as an ordered list of `[variant, weight]`: buckets
+/// are laid out in written order, so reordering a split moves entities.
+fn comparable(ns: &Namespace, flag: &Flag) -> Json {
+    let mut def = flag_definition(ns, flag);
+    if let Some(Json::Array(rules)) = def.get_mut("rules") {
+        for (rule, compiled) in rules.iter_mut().zip(&flag.rules) {
+            if let (Json::Object(r), Outcome::Split { boundaries, .. }) = (rule, &compiled.outcome)
+            {
+                let ordered: Vec<Json> = ranges(flag, boundaries)
+                    .into_iter()
+                    .map(|(variant, start, end)| json!([variant, weight(end - start)]))
+                    .collect();
+                r.insert("split".into(), Json::Array(ordered));
+            }
+        }
+    }
+    def
+}
+
+/// Thousandths of a percent as a JSON number (an integer when whole).
+fn weight(thousandths: u32) -> Json {
+    if thousandths.is_multiple_of(1000) {
+        json!(thousandths / 1000)
+    } else {
+        json!(f64::from(thousandths) / 1000.0)
     }
 }
 
@@ -145,20 +176,29 @@ fn namespace_report(name: &str, old: &Namespace, new: &Namespace) -> NamespaceRe
     for seg in &new.segments {
         let after = segment_definition(seg);
         match old.segments.iter().find(|s| s.key == seg.key) {
-            None => report.segments.push(SegmentChange {
-                key: seg.key.to_string(),
-                kind: "added",
-                fields: Vec::new(),
-                used_by: users(new, &seg.key),
-            }),
+            None => {
+                let used_by = users(new, &seg.key);
+                report.segments.push(SegmentChange {
+                    key: seg.key.to_string(),
+                    kind: "added",
+                    behaviour: !used_by.is_empty(),
+                    fields: Vec::new(),
+                    used_by,
+                });
+            }
             Some(before) => {
                 let fields = object_changes("", &segment_definition(before), &after);
                 if !fields.is_empty() {
+                    let used_by = users(new, &seg.key);
+                    let members = fields
+                        .iter()
+                        .any(|f| f.field != "description" && f.field != "include");
                     report.segments.push(SegmentChange {
                         key: seg.key.to_string(),
                         kind: "changed",
+                        behaviour: members && !used_by.is_empty(),
                         fields,
-                        used_by: users(new, &seg.key),
+                        used_by,
                     });
                 }
             }
@@ -166,28 +206,33 @@ fn namespace_report(name: &str, old: &Namespace, new: &Namespace) -> NamespaceRe
     }
     for seg in &old.segments {
         if !new.segments.iter().any(|s| s.key == seg.key) {
+            let used_by = users(old, &seg.key);
             report.segments.push(SegmentChange {
                 key: seg.key.to_string(),
                 kind: "removed",
+                behaviour: !used_by.is_empty(),
                 fields: Vec::new(),
-                used_by: users(old, &seg.key),
+                used_by,
             });
         }
     }
+    // Segments whose members changed (a description alone changes no answer).
     let changed_segments: Vec<&str> = report
         .segments
         .iter()
-        .filter(|s| s.kind == "changed")
+        .filter(|s| s.kind == "changed" && s.behaviour)
         .map(|s| s.key.as_str())
         .collect();
 
     for flag in &new.flags {
-        let after = flag_definition(new, flag);
         let Some(before_flag) = old.flag(&flag.key) else {
-            report.added.push((flag.key.to_string(), after));
+            report
+                .added
+                .push((flag.key.to_string(), flag_definition(new, flag)));
             continue;
         };
-        let before = flag_definition(old, before_flag);
+        let after = comparable(new, flag);
+        let before = comparable(old, before_flag);
         let fields = flag_fields(&before, &after);
         let via_segments: Vec<String> = changed_segments
             .iter()
@@ -197,13 +242,25 @@ fn namespace_report(name: &str, old: &Namespace, new: &Namespace) -> NamespaceRe
         if fields.is_empty() && via_segments.is_empty() {
             continue;
         }
-        let behaviour = !via_segments.is_empty()
-            || fields
-                .iter()
-                .any(|f| !DESCRIPTIVE.contains(&f.field.as_str()));
+        // A flag off before and after answers its default variant whatever its rules say.
+        let off = !before_flag.enabled && !flag.enabled;
+        let behaviour = if off {
+            fields.iter().any(|f| {
+                f.field == "default" || f.field == "type" || f.field.starts_with("variants.")
+            })
+        } else {
+            !via_segments.is_empty()
+                || fields
+                    .iter()
+                    .any(|f| !DESCRIPTIVE.contains(&f.field.as_str()))
+        };
         report.changed.push(FlagChange {
             key: flag.key.to_string(),
-            audience: audience(&before, &after, before_flag, flag),
+            audience: if off {
+                Vec::new()
+            } else {
+                audience(&before, &after, before_flag, flag)
+            },
             fields,
             via_segments,
             behaviour,
@@ -226,6 +283,7 @@ fn users(ns: &Namespace, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a flag's rules use `segment`, directly or through a segment that includes it.
 fn uses(ns: &Namespace, flag: &str, segment: &str) -> bool {
     let Some(flag) = ns.flag(flag) else {
         return false;
@@ -234,10 +292,32 @@ fn uses(ns: &Namespace, flag: &str, segment: &str) -> bool {
         r.matchers.iter().any(|m| match m {
             crate::snapshot::Matcher::Segments(_, indices) => indices
                 .iter()
-                .any(|&i| ns.segment(i).is_some_and(|s| &*s.key == segment)),
+                .any(|&i| ns.segment(i).is_some_and(|s| reaches(ns, s, segment))),
             _ => false,
         })
     })
+}
+
+/// Whether `from` is `target` or includes it, at any depth (includes have no cycles in a
+/// compiled snapshot; the visited list keeps this total anyway).
+fn reaches(ns: &Namespace, from: &crate::snapshot::Segment, target: &str) -> bool {
+    let mut stack = vec![from];
+    let mut seen: Vec<&str> = Vec::new();
+    while let Some(s) = stack.pop() {
+        if &*s.key == target {
+            return true;
+        }
+        if seen.contains(&&*s.key) {
+            continue;
+        }
+        seen.push(&s.key);
+        for name in &s.include {
+            if let Some(next) = ns.segments.iter().find(|x| x.key == *name) {
+                stack.push(next);
+            }
+        }
+    }
+    false
 }
 
 /// Top-level fields, then rules one by one (by position; named by their name).

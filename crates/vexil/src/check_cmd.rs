@@ -17,6 +17,8 @@ pub enum Format {
     Json,
     /// GitHub Actions workflow annotations.
     Github,
+    /// GitLab Code Quality report (inline on merge requests).
+    Codequality,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +78,7 @@ pub fn run(args: &Args, tests_only: bool) -> anyhow::Result<ExitCode> {
         Format::Human => report.human(),
         Format::Json => report.json(),
         Format::Github => report.github(),
+        Format::Codequality => report.codequality(),
     };
     print!("{out}");
     let failed = tests

@@ -35,6 +35,18 @@ pub struct Args {
     format: Format,
 }
 
+/// The flags at a revision or directory. A base without flags (the pull request that adds
+/// them) or with invalid flags (the one that fixes them) compares as empty, with a warning.
+fn snapshot_or_empty(path: &Path, rev: Option<&str>, label: &str) -> anyhow::Result<Snapshot> {
+    match snapshot(path, rev, label) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            eprintln!("warning: {e:#}; comparing against no flags");
+            Ok(Snapshot::default())
+        }
+    }
+}
+
 fn snapshot(path: &Path, rev: Option<&str>, label: &str) -> anyhow::Result<Snapshot> {
     let loaded = load(path, rev)?;
     let compiled = vexil_core::compile_loaded(
@@ -62,12 +74,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let (old, new) = if base_dir.is_dir() && head_dir.is_none_or(Path::is_dir) {
         let head = head_dir.unwrap_or(&args.path);
         (
-            snapshot(base_dir, None, &args.base)?,
+            snapshot_or_empty(base_dir, None, &args.base)?,
             snapshot(head, None, &head.display().to_string())?,
         )
     } else {
-        let old = snapshot(&args.path, Some(&args.base), &args.base)
+        // The revision must exist; its flags may not (yet).
+        vexil_core::source::read_revision(&args.path, &args.base)
             .with_context(|| format!("base {}", args.base))?;
+        let old = snapshot_or_empty(&args.path, Some(&args.base), &args.base)?;
         let new = match &args.head {
             Some(rev) => snapshot(&args.path, Some(rev), rev)?,
             None => snapshot(&args.path, None, "the working tree")?,

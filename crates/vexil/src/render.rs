@@ -105,6 +105,29 @@ impl<'a> Report<'a> {
         out
     }
 
+    /// GitLab Code Quality (a JSON array), shown inline on merge requests.
+    pub fn codequality(&self) -> String {
+        let items: Vec<serde_json::Value> = self
+            .diagnostics
+            .iter()
+            .map(|d| {
+                let path = self.path(d);
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&(&path, d.pos.line, d.pos.column, d.code.as_str(), &d.message), &mut hasher);
+                serde_json::json!({
+                    "description": format!("{}: {}", d.code, d.message),
+                    "check_name": format!("vexil-{}", d.code),
+                    "fingerprint": format!("{:016x}", std::hash::Hasher::finish(&hasher)),
+                    "severity": match d.severity { Severity::Error => "major", Severity::Warning => "minor" },
+                    "location": { "path": path, "lines": { "begin": d.pos.line } },
+                })
+            })
+            .collect();
+        let mut s = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".into());
+        s.push('\n');
+        s
+    }
+
     pub fn summary(&self, files: usize, flags: Option<usize>) -> String {
         let errors = self
             .diagnostics
