@@ -1,4 +1,4 @@
-//! Generates the vexil.v1 gRPC code from proto/ with protox (no system protoc needed), and
+//! Generates the vexil.v1 and flagd.evaluation.v1/v2 gRPC code from proto/ with protox (no system protoc needed), and
 //! writes the descriptor set that server reflection serves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -6,9 +6,14 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = proto_root.join("vexil/v1/vexil.proto");
+    let files = [
+        "vexil/v1/vexil.proto",
+        "flagd/evaluation/v1/evaluation.proto",
+        "flagd/evaluation/v2/evaluation.proto",
+    ]
+    .map(|f| proto_root.join(f));
     println!("cargo:rerun-if-changed={}", proto_root.display());
-    let descriptors = protox::compile([&file], [&proto_root])?;
+    let descriptors = protox::compile(&files, [&proto_root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out.join("vexil_descriptor.bin"),

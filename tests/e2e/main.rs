@@ -5,6 +5,8 @@
 //! - `hostile`: files built at run time (too large, binary, not UTF-8, symlinks out of the root);
 //! - `cli`: the `vexil` binary as a user runs it;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
+//! - `openfeature`: the real OpenFeature providers (Python flagd and OFREP, Node flagd) against
+//!   `vexil serve`, installed by the tests;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
 //! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories;
 //! - `review`: `vexil diff` (golden outputs in tests/review/), flag tests, `--rev`, CI templates;
@@ -21,6 +23,7 @@ mod cli;
 mod helpers;
 mod hostile;
 mod invalid;
+mod openfeature;
 mod props;
 mod reload;
 mod review;

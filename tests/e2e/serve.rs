@@ -18,15 +18,15 @@ use crate::helpers::git;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
-struct TestServer {
-    grpc: SocketAddr,
-    http: SocketAddr,
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
-    async fn start(reloader: Reloader, tokens: Tokens, options: Options) -> TestServer {
+    pub async fn start(reloader: Reloader, tokens: Tokens, options: Options) -> TestServer {
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
@@ -62,7 +62,7 @@ impl TestServer {
             .unwrap()
     }
 
-    async fn client(&self) -> FlagServiceClient<Channel> {
+    pub async fn client(&self) -> FlagServiceClient<Channel> {
         FlagServiceClient::new(self.channel().await)
     }
 
@@ -71,7 +71,7 @@ impl TestServer {
         http_get(self.http, path).await
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -107,14 +107,14 @@ fn flags_yaml(a: &str) -> String {
     )
 }
 
-fn repo_with(text: &str) -> tempfile::TempDir {
+pub fn repo_with(text: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     git(tmp.path(), &["init", "-q", "-b", "main"]);
     commit(tmp.path(), text, "first");
     tmp
 }
 
-fn commit(repo: &Path, text: &str, message: &str) -> String {
+pub fn commit(repo: &Path, text: &str, message: &str) -> String {
     std::fs::create_dir_all(repo.join("flags")).unwrap();
     std::fs::write(repo.join("flags/a.yaml"), text).unwrap();
     git(repo, &["add", "-A"]);
@@ -122,7 +122,7 @@ fn commit(repo: &Path, text: &str, message: &str) -> String {
     git(repo, &["rev-parse", "HEAD"]).trim().to_owned()
 }
 
-fn git_reloader(repo: &Path, start_empty: bool) -> Result<Reloader, vexil_core::StartError> {
+pub fn git_reloader(repo: &Path, start_empty: bool) -> Result<Reloader, vexil_core::StartError> {
     Reloader::start(
         Box::new(GitSource::new(
             repo,

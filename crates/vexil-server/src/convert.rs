@@ -52,6 +52,89 @@ pub fn context(ctx: Option<proto::Context>, limits: &Limits) -> Result<Context, 
     Ok(out)
 }
 
+/// An OpenFeature context (a Struct whose `targetingKey` is the targeting key) in core form.
+pub fn struct_context(
+    ctx: Option<prost_types::Struct>,
+    limits: &Limits,
+) -> Result<Context, Status> {
+    let Some(ctx) = ctx else {
+        return Ok(Context::new());
+    };
+    let mut budget = limits.max_context_values;
+    let mut out = Context::new();
+    for (name, value) in ctx.fields {
+        if name == "targetingKey" {
+            match value.kind {
+                Some(Kind::StringValue(s)) => out.targeting_key = Some(s),
+                None | Some(Kind::NullValue(_)) => {}
+                _ => return Err(Status::invalid_argument("targetingKey must be a string")),
+            }
+            continue;
+        }
+        let value = attr(value, 1, limits.max_context_depth, &mut budget)?;
+        out.attributes.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// The same from JSON (OFREP); `None` when the context is not an object.
+pub fn json_context(ctx: &serde_json::Value, limits: &Limits) -> Result<Context, String> {
+    let serde_json::Value::Object(map) = ctx else {
+        return Err("the context must be a JSON object".into());
+    };
+    let mut out = Context::new();
+    let mut budget = limits.max_context_values;
+    for (name, value) in map {
+        if name == "targetingKey" {
+            match value {
+                serde_json::Value::String(s) => out.targeting_key = Some(s.clone()),
+                serde_json::Value::Null => {}
+                _ => return Err("targetingKey must be a string".into()),
+            }
+            continue;
+        }
+        json_budget(value, 1, limits.max_context_depth, &mut budget)?;
+        out.attributes
+            .insert(name.clone(), AttrValue::from_json(value));
+    }
+    Ok(out)
+}
+
+fn json_budget(
+    v: &serde_json::Value,
+    depth: usize,
+    max: usize,
+    budget: &mut usize,
+) -> Result<(), String> {
+    if depth > max {
+        return Err(format!("context attributes nest deeper than {max} levels"));
+    }
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| "context has too many attribute values".to_owned())?;
+    match v {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .try_for_each(|i| json_budget(i, depth + 1, max, budget)),
+        serde_json::Value::Object(m) => m
+            .values()
+            .try_for_each(|i| json_budget(i, depth + 1, max, budget)),
+        _ => Ok(()),
+    }
+}
+
+/// OpenFeature's reason for an evaluation: STATIC only when the answer cannot depend on the
+/// context (clients cache those), TARGETING_MATCH for any rule (splits included), DEFAULT,
+/// DISABLED.
+pub fn openfeature_reason(r: Reason) -> &'static str {
+    match r {
+        Reason::Static => "STATIC",
+        Reason::TargetingMatch | Reason::Split => "TARGETING_MATCH",
+        Reason::Default => "DEFAULT",
+        Reason::Disabled => "DISABLED",
+    }
+}
+
 fn attr(
     value: prost_types::Value,
     depth: usize,

@@ -1,5 +1,5 @@
 //! The HTTP port: Prometheus metrics and the probes (`/healthz`: the process answers;
-//! `/readyz`: a snapshot is served and the server is not shutting down).
+//! `/readyz`: a snapshot is served and the server is not shutting down), and OFREP (`ofrep`).
 
 use std::sync::Arc;
 
@@ -11,12 +11,14 @@ use axum::routing::get;
 
 use crate::state::AppState;
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The HTTP port: probes and metrics (never behind tokens), and OFREP (behind them).
+pub fn router(state: Arc<AppState>, tokens: crate::Tokens) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .with_state(Arc::clone(&state))
+        .merge(crate::ofrep::router(state, tokens))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

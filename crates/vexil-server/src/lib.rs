@@ -7,9 +7,11 @@
 
 pub mod auth;
 pub mod convert;
+pub mod flagd;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod ofrep;
 pub mod state;
 
 use std::future::Future;
@@ -91,9 +93,22 @@ pub fn grpc_routes(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let counted = Arc::clone(state);
     let intercept = tokens.interceptor(move || counted.metrics.unauthenticated());
+    let flagd = flagd::FlagdApi::new(Arc::clone(state));
+    let flagd_v2 = flagd::v2::service_server::ServiceServer::new(flagd.clone())
+        .max_decoding_message_size(limits.max_message_bytes);
+    let flagd_v1 = flagd::v1::service_server::ServiceServer::new(flagd)
+        .max_decoding_message_size(limits.max_message_bytes);
     Ok(tonic::service::Routes::new(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             api,
+            intercept.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            flagd_v2,
+            intercept.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            flagd_v1,
             intercept.clone(),
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -195,7 +210,7 @@ pub async fn serve(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let stop_rx_for_drain = stop_rx.clone();
-    let http_server = axum::serve(http, http::router(Arc::clone(&state)))
+    let http_server = axum::serve(http, http::router(Arc::clone(&state), tokens.clone()))
         .with_graceful_shutdown(stopped(stop_rx));
     let both = async { tokio::join!(grpc_server, http_server) };
     // Draining is bounded: a connection that never closes cannot hold the process.

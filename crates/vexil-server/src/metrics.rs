@@ -110,9 +110,13 @@ pub enum Method {
     Watch,
     Reload,
     Status,
+    /// flagd's Resolve* calls (v1 and v2).
+    FlagdResolve,
+    /// OFREP's single and bulk evaluations.
+    OfrepEvaluate,
 }
 
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 9] = [
     "Evaluate",
     "EvaluateBatch",
     "ListFlags",
@@ -120,6 +124,8 @@ const METHODS: [&str; 7] = [
     "Watch",
     "Reload",
     "Status",
+    "flagd.Resolve",
+    "ofrep.Evaluate",
 ];
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -179,7 +185,7 @@ struct MethodStats {
 /// Process-wide request metrics (evaluation counters live with each snapshot).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    methods: [MethodStats; 7],
+    methods: [MethodStats; 9],
     batch_items: AtomicU64,
     unauthenticated: AtomicU64,
 }

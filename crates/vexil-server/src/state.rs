@@ -40,6 +40,8 @@ pub struct Options {
     pub reload_timeout: Duration,
     /// How long shutdown waits for in-flight calls and connections before it stops anyway.
     pub drain_timeout: Duration,
+    /// How long a flagd EventStream may stay silent before a `keep_alive`.
+    pub flagd_keep_alive: Duration,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             heartbeat: Duration::from_secs(15),
             reload_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            flagd_keep_alive: Duration::from_secs(20),
         }
     }
 }
