@@ -104,6 +104,15 @@ fn context() -> Option<proto::Context> {
     })
 }
 
+/// `context()` as an OpenFeature Struct (`targetingKey` plus the attributes).
+fn flagd_context() -> prost_types::Struct {
+    let ctx = context().unwrap_or_default();
+    let mut fields: std::collections::BTreeMap<String, prost_types::Value> =
+        ctx.attributes.into_iter().collect();
+    fields.insert("targetingKey".into(), text(&ctx.targeting_key));
+    prost_types::Struct { fields }
+}
+
 #[derive(Debug, Default)]
 struct RunResult {
     requests: u64,
@@ -115,7 +124,7 @@ struct RunResult {
 /// Runs `CONCURRENCY` loops of `call` for `duration`; each call returns whether the answer was right.
 async fn run<F, Fut>(channels: &[Channel], duration: Duration, call: F) -> RunResult
 where
-    F: Fn(FlagServiceClient<Channel>, Arc<AtomicU64>) -> Fut + Send + Sync + 'static + Clone,
+    F: Fn(Channel, Arc<AtomicU64>) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let deadline = Instant::now() + duration;
@@ -123,7 +132,7 @@ where
     let start = Instant::now();
     let tasks: Vec<_> = (0..setting("VEXIL_LOAD_CONCURRENCY", 32))
         .map(|i| {
-            let client = FlagServiceClient::new(channels[i % channels.len()].clone());
+            let client = channels[i % channels.len()].clone();
             let call = call.clone();
             let issued = Arc::clone(&issued);
             tokio::spawn(async move {
@@ -242,7 +251,8 @@ fn main() {
         }
         println!("load benchmark: {concurrency} concurrent requests over {connections} connections, {duration:?} per run");
 
-        let unary = |mut client: FlagServiceClient<Channel>, _: Arc<AtomicU64>| async move {
+        let unary = |channel: Channel, _: Arc<AtomicU64>| async move {
+            let mut client = FlagServiceClient::new(channel);
             let r = client
                 .evaluate(proto::EvaluateRequest {
                     flag: "targeted".into(),
@@ -258,8 +268,31 @@ fn main() {
         let mut r = run(&channels, duration, unary).await;
         report("unary Evaluate", &mut r, 1);
         assert_eq!(r.errors, 0);
+        let native_rate = r.requests as f64 / r.elapsed.as_secs_f64();
 
-        let batch = |mut client: FlagServiceClient<Channel>, _: Arc<AtomicU64>| async move {
+        // The same flag and context through flagd's API (what OpenFeature flagd providers call).
+        let flagd = |channel: Channel, _: Arc<AtomicU64>| async move {
+            let mut c = vexil_server::flagd::v2::service_client::ServiceClient::new(channel);
+            let r = c
+                .resolve_boolean(vexil_server::flagd::v2::ResolveBooleanRequest {
+                    flag_key: "targeted".into(),
+                    context: Some(flagd_context()),
+                })
+                .await;
+            matches!(r, Ok(r) if r.get_ref().value == Some(true) && r.get_ref().reason == "TARGETING_MATCH")
+        };
+        let mut r = run(&channels, duration, flagd).await;
+        report("flagd ResolveBoolean (same flag and context)", &mut r, 1);
+        assert_eq!(r.errors, 0);
+        let flagd_rate = r.requests as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "  flagd ResolveBoolean / native Evaluate throughput: {:.2} (cost of the compatibility layer: {:.1} %)",
+            flagd_rate / native_rate,
+            (1.0 - flagd_rate / native_rate) * 100.0
+        );
+
+        let batch = |channel: Channel, _: Arc<AtomicU64>| async move {
+            let mut client = FlagServiceClient::new(channel);
             let r = client
                 .evaluate_batch(proto::EvaluateBatchRequest {
                     context: context(),
@@ -295,7 +328,8 @@ fn main() {
             })
         };
         // Each loop's client remembers the newest generation it was answered from.
-        let unary_checked = |mut client: FlagServiceClient<Channel>, last: Arc<AtomicU64>| async move {
+        let unary_checked = |channel: Channel, last: Arc<AtomicU64>| async move {
+            let mut client = FlagServiceClient::new(channel);
             let a = client
                 .evaluate(proto::EvaluateRequest {
                     flag: "targeted".into(),
