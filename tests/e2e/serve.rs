@@ -627,12 +627,39 @@ async fn health_follows_the_first_valid_snapshot_and_reflection_lists_services()
     assert_eq!(
         names,
         [
+            "flagd.evaluation.v1.Service",
+            "flagd.evaluation.v2.Service",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "vexil.v1.FlagService"
         ]
     );
+
+    // Shutdown: a health watcher sees NOT_SERVING, then its stream ends, and the server stops.
+    let mut health_watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: vexil_server::SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = health_watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
     server.stop().await;
+    let mut saw_not_serving = false;
+    loop {
+        match tokio::time::timeout(PATIENCE, health_watch.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(reply)) => saw_not_serving |= reply.status() == ServingStatus::NotServing,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(
+        saw_not_serving,
+        "health turned NOT_SERVING before the stream ended"
+    );
 }
 
 /// Watch sends heartbeats when nothing changes, and only events of its namespace.
@@ -771,6 +798,7 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let flags = crate::helpers::repo_root().join("flags");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
+        // No periodic rescan during the test: a new read attempt can only come from SIGHUP.
         .args([
             "serve",
             flags.to_str().unwrap(),
@@ -778,6 +806,8 @@ async fn the_binary_serves_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--rescan-interval",
+            "1h",
         ])
         .current_dir(tmp.path())
         .env("VEXIL_LOG", "warn")
