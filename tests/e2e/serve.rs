@@ -647,14 +647,11 @@ async fn health_follows_the_first_valid_snapshot_and_reflection_lists_services()
     assert_eq!(first.status(), ServingStatus::Serving);
     server.stop().await;
     let mut saw_not_serving = false;
-    loop {
-        match tokio::time::timeout(PATIENCE, health_watch.message())
-            .await
-            .unwrap()
-        {
-            Ok(Some(reply)) => saw_not_serving |= reply.status() == ServingStatus::NotServing,
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(reply)) = tokio::time::timeout(PATIENCE, health_watch.message())
+        .await
+        .unwrap()
+    {
+        saw_not_serving |= reply.status() == ServingStatus::NotServing;
     }
     assert!(
         saw_not_serving,
