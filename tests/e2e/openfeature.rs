@@ -22,7 +22,7 @@ use crate::serve::{TestServer, commit, git_reloader, repo_with};
 const PATIENCE: Duration = Duration::from_secs(15);
 
 /// Contexts generated per flag.
-const CONTEXTS_PER_FLAG: usize = 40;
+const CONTEXTS_PER_FLAG: usize = 100;
 
 fn run(cmd: &mut std::process::Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -111,7 +111,8 @@ fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
             for item in items {
                 match &item {
                     Json::String(s) => {
-                        values.push(json!(s));
+                        // The operand itself three times: matching values are likely.
+                        values.extend([json!(s), json!(s), json!(s)]);
                         values.push(json!(format!("x{s}")));
                         values.push(json!(format!("{s}x")));
                         values.push(json!(s.to_uppercase()));
@@ -119,7 +120,7 @@ fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
                     }
                     Json::Number(n) => {
                         let f = n.as_f64().unwrap_or(0.0);
-                        values.extend([json!(f), json!(f - 1.0), json!(f + 1.0)]);
+                        values.extend([json!(f), json!(f), json!(f - 1.0), json!(f + 1.0)]);
                     }
                     Json::Bool(b) => values.extend([json!(b), json!(!b)]),
                     _ => {}
@@ -127,7 +128,23 @@ fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
             }
         }
     };
+    let mut rule_groups = Vec::new();
     let mut walk = |def: &Json| {
+        for rule in def
+            .get("rules")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for g in rule
+                .get("groups")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+            {
+                rule_groups.push(g.clone());
+            }
+        }
         for rule in def
             .get("rules")
             .and_then(Json::as_array)
@@ -165,12 +182,58 @@ fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
             walk(&vexil_core::export::segment_definition(s));
         }
     }
-    pool.into_iter()
-        .map(|(k, mut v)| {
-            v.dedup();
-            (k, v)
-        })
-        .collect()
+    // Rule-level `groups` match the `groups` attribute.
+    let groups = pool.entry("groups".to_owned()).or_default();
+    for g in rule_groups {
+        groups.push(json!([g]));
+        groups.push(g);
+    }
+    // Repeated values stay: they weigh the draw towards matching operands.
+    pool.into_iter().collect()
+}
+
+/// Targeting keys the flags name (rule `ids`, segment `ids`).
+fn named_ids(snapshot: &vexil_core::Snapshot) -> Vec<String> {
+    let mut ids = Vec::new();
+    for ns in snapshot.namespaces() {
+        for f in &ns.flags {
+            let def = vexil_core::export::flag_definition(ns, f);
+            for rule in def["rules"].as_array().into_iter().flatten() {
+                for id in rule
+                    .get("ids")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    ids.extend(id.as_str().map(str::to_owned));
+                }
+            }
+        }
+        for s in &ns.segments {
+            ids.extend(s.ids.iter().map(|i| i.to_string()));
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Puts `value` at a dotted path as nested objects (`a.b` -> `{"a": {"b": value}}`).
+fn insert_nested(map: &mut serde_json::Map<String, Json>, path: &str, value: Json) {
+    match path.split_once('.') {
+        None => {
+            map.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = map.entry(head.to_owned()).or_insert_with(|| json!({}));
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            if let Json::Object(inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
 }
 
 /// Whether a flag's answer is random on every call (`percentage_of_time`): two evaluations of
@@ -187,13 +250,8 @@ fn is_random(ns: &vexil_core::Namespace, flag: &vexil_core::Flag) -> bool {
 fn corpus(snapshot: &vexil_core::Snapshot) -> Vec<Json> {
     let pool = candidates(snapshot);
     let mut rng = fastrand::Rng::with_seed(20261121);
-    let ids = [
-        "user-1001",
-        "acct-9001",
-        "user-42",
-        "user-43",
-        "synthetic-probe-1",
-    ];
+    let mut ids = named_ids(snapshot);
+    ids.extend(["user-42", "user-43", "synthetic-probe-1"].map(String::from));
     let mut out = Vec::new();
     for ns in snapshot.namespaces() {
         for flag in ns.flags.iter().filter(|f| !is_random(ns, f)) {
@@ -204,9 +262,16 @@ fn corpus(snapshot: &vexil_core::Snapshot) -> Vec<Json> {
                     _ => json!(format!("user-{}", rng.u32(..100_000))),
                 };
                 let mut attributes = serde_json::Map::new();
+                // Dotted names go both ways: flat keys, and nested objects.
+                let nested = rng.bool();
                 for (attr, values) in &pool {
-                    if rng.u8(..3) == 0 && !values.is_empty() {
-                        attributes.insert(attr.clone(), values[rng.usize(..values.len())].clone());
+                    if rng.bool() && !values.is_empty() {
+                        let value = values[rng.usize(..values.len())].clone();
+                        if nested {
+                            insert_nested(&mut attributes, attr, value);
+                        } else {
+                            attributes.insert(attr.clone(), value);
+                        }
                     }
                 }
                 out.push(json!({
@@ -295,6 +360,30 @@ async fn native(server: &TestServer, corpus: &[Json]) -> Vec<(Json, String, Stri
         out.push((value_json(&r.value.unwrap()), r.variant, reason.to_owned()));
     }
     out
+}
+
+/// The corpus must exercise every reason, and targeting in most flags that have rules:
+/// otherwise agreement would prove little.
+fn coverage(corpus: &[Json], native: &[(Json, String, String)]) {
+    let reasons: std::collections::BTreeSet<&str> =
+        native.iter().map(|(_, _, r)| r.as_str()).collect();
+    assert_eq!(
+        reasons.into_iter().collect::<Vec<_>>(),
+        ["DEFAULT", "DISABLED", "STATIC", "TARGETING_MATCH"]
+    );
+    let mut targeted: std::collections::BTreeMap<&str, bool> = Default::default();
+    for (case, (_, _, reason)) in corpus.iter().zip(native) {
+        if reason != "STATIC" && reason != "DISABLED" {
+            let hit = targeted.entry(case["flag"].as_str().unwrap()).or_default();
+            *hit |= reason == "TARGETING_MATCH";
+        }
+    }
+    let hits = targeted.values().filter(|h| **h).count();
+    assert!(
+        hits * 10 >= targeted.len() * 9,
+        "only {hits} of {} flags with rules were ever targeted by the corpus: {targeted:?}",
+        targeted.len()
+    );
 }
 
 fn same_value(a: &Json, b: &Json) -> bool {
@@ -399,6 +488,7 @@ async fn python_flagd_and_ofrep_providers_agree_with_vexil() {
         .collect();
     assert_eq!(types.len(), 5, "flags/ has every flag type");
     let native = native(&server, &corpus).await;
+    coverage(&corpus, &native);
     let file = write_corpus(&corpus);
     let script = repo_root().join("tests/conformance/openfeature_client.py");
 
@@ -747,7 +837,8 @@ async fn flagd_wire_contract() {
         .into_inner();
     let mut keys: Vec<_> = all.flags.keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["count", "off-flag", "on-flag", "ratio", "targeted"]);
+    // Disabled flags are left out, as flagd does.
+    assert_eq!(keys, ["count", "on-flag", "ratio", "targeted"]);
     assert_eq!(
         all.flags["count"].value,
         Some(v1::any_flag::Value::DoubleValue(10.0))
@@ -788,6 +879,13 @@ async fn flagd_wire_contract() {
             ),
     )
     .unwrap();
+    // A stream opened without a selector hears of every namespace (Node's provider opens its
+    // stream that way even when its calls carry a selector).
+    std::fs::write(
+        repo.path().join("flags/other.yaml"),
+        "namespace: other\nflags:\n  elsewhere: { default: false }\n",
+    )
+    .unwrap();
     git_commit_all(repo.path());
     let change = loop {
         let e = tokio::time::timeout(PATIENCE, stream.message())
@@ -805,7 +903,7 @@ async fn flagd_wire_contract() {
     });
     assert_eq!(
         flags["flags"],
-        json!({ "new-flag": { "type": "write" }, "on-flag": { "type": "update" }, "ratio": { "type": "delete" } })
+        json!({ "new-flag": { "type": "write" }, "on-flag": { "type": "update" }, "ratio": { "type": "delete" }, "elsewhere": { "type": "update" } })
     );
     server.stop().await;
     let mut last = None;
@@ -816,6 +914,60 @@ async fn flagd_wire_contract() {
         last = Some(e.r#type);
     }
     assert_eq!(last.as_deref(), Some("provider_shutdown"));
+}
+
+/// `provider_ready` waits until something can be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagd_ready_waits_for_a_snapshot() {
+    let repo = repo_with("flags: [\n");
+    let server = TestServer::start(
+        git_reloader(repo.path(), true).unwrap(),
+        Tokens::default(),
+        Options::default(),
+    )
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c2 = v2::service_client::ServiceClient::new(channel);
+    let mut stream = c2
+        .event_stream(v2::EventStreamRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let err = c2
+        .resolve_boolean(v2::ResolveBooleanRequest {
+            flag_key: "on-flag".into(),
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    // Nothing while nothing can be served (a ready event would arrive within milliseconds).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.message())
+            .await
+            .is_err()
+    );
+    commit(repo.path(), WIRE_FLAGS, "fixed");
+    let first = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.r#type, "provider_ready");
+    let r = c2
+        .resolve_boolean(v2::ResolveBooleanRequest {
+            flag_key: "on-flag".into(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.value, Some(true));
+    server.stop().await;
 }
 
 fn git_commit_all(repo: &Path) {

@@ -142,7 +142,8 @@ impl FlagdApi {
         let ns = snapshot
             .namespaces()
             .get(ni)
-            .ok_or_else(|| Status::internal("namespace index out of range"))?;
+            // Unreachable on a compiled snapshot (positions come from its own index).
+            .ok_or_else(|| Status::data_loss("the snapshot's namespace index is inconsistent"))?;
         let (fi, flag) = ns
             .flag_position(key)
             .and_then(|i| ns.flags.get(i).map(|f| (i, f)))
@@ -192,19 +193,20 @@ impl FlagdApi {
     }
 }
 
-/// The namespace a `flagd-selector` names (`flagSetId=x`, `source=x` or `x`).
-fn namespace(meta: &MetadataMap) -> String {
+/// The namespace a `flagd-selector` names (`flagSetId=x`, `source=x` or `x`), if any.
+fn selected(meta: &MetadataMap) -> Option<String> {
     let selector = meta
         .get("flagd-selector")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
     let value = selector.split_once('=').map_or(selector, |(_, v)| v).trim();
-    if value.is_empty() {
-        DEFAULT_NAMESPACE.to_owned()
-    } else {
-        value.to_owned()
-    }
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// The namespace a call evaluates in: the selected one, else `default`.
+fn namespace(meta: &MetadataMap) -> String {
+    selected(meta).unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
 }
 
 fn bool_of(v: &Value) -> bool {
@@ -243,70 +245,56 @@ fn object_of(v: &Value) -> Struct {
 /// What an EventStream sends: (type, data).
 type Event = (&'static str, Struct);
 
-/// `data.flags.{key}.type` for a change event of `namespace`.
-fn change_data(change: &vexil_core::ChangeEvent, namespace: &str) -> Option<Struct> {
-    let mut flags = Struct::default();
+/// `data.flags.{key}.type` for a change event, for the stream's namespace (`None`: every
+/// namespace, for streams opened without a selector: Node's provider opens its stream without
+/// one even when its Resolve calls carry one, and an extra eviction is harmless).
+fn change_data(change: &vexil_core::ChangeEvent, namespace: Option<&str>) -> Option<Struct> {
     let lists = [
         (&change.changes.added, "write"),
         (&change.changes.changed, "update"),
         (&change.changes.removed, "delete"),
     ];
-    for (refs, kind) in lists {
-        for r in refs.iter().filter(|r| *r.namespace == *namespace) {
-            let mut entry = Struct::default();
-            entry.fields.insert(
-                "type".into(),
-                PValue {
-                    kind: Some(Kind::StringValue(kind.into())),
-                },
-            );
-            flags.fields.insert(
-                r.key.to_string(),
-                PValue {
-                    kind: Some(Kind::StructValue(entry)),
-                },
-            );
-        }
-    }
-    if flags.fields.is_empty() {
-        return None;
-    }
-    let mut data = Struct::default();
-    data.fields.insert(
-        "flags".into(),
-        PValue {
-            kind: Some(Kind::StructValue(flags)),
-        },
-    );
-    Some(data)
+    let entries: Vec<(String, &'static str)> = lists
+        .into_iter()
+        .flat_map(|(refs, kind)| {
+            refs.iter()
+                .filter(|r| namespace.is_none_or(|ns| *r.namespace == *ns))
+                .map(move |r| (r.key.to_string(), kind))
+        })
+        .collect();
+    (!entries.is_empty()).then(|| flags_data(entries))
 }
 
-/// Every flag of the namespace as updated (after the stream fell behind: clients evict all).
-fn all_updated(state: &AppState, namespace: &str) -> Struct {
+/// The flag keys a stream covers in the snapshot served now.
+fn current_keys(state: &AppState, namespace: Option<&str>) -> std::collections::BTreeSet<String> {
+    let Some(served) = state.served() else {
+        return Default::default();
+    };
+    served
+        .snapshot
+        .namespaces()
+        .iter()
+        .filter(|ns| namespace.is_none_or(|n| *ns.name == *n))
+        .flat_map(|ns| ns.flags.iter().map(|f| f.key.to_string()))
+        .collect()
+}
+
+fn flags_data(entries: impl IntoIterator<Item = (String, &'static str)>) -> Struct {
     let mut flags = Struct::default();
-    if let Some(ns) = state.served().and_then(|s| {
-        s.snapshot.namespace(namespace).map(|n| {
-            n.flags
-                .iter()
-                .map(|f| f.key.to_string())
-                .collect::<Vec<_>>()
-        })
-    }) {
-        for key in ns {
-            let mut entry = Struct::default();
-            entry.fields.insert(
-                "type".into(),
-                PValue {
-                    kind: Some(Kind::StringValue("update".into())),
-                },
-            );
-            flags.fields.insert(
-                key,
-                PValue {
-                    kind: Some(Kind::StructValue(entry)),
-                },
-            );
-        }
+    for (key, kind) in entries {
+        let mut entry = Struct::default();
+        entry.fields.insert(
+            "type".into(),
+            PValue {
+                kind: Some(Kind::StringValue(kind.into())),
+            },
+        );
+        flags.fields.insert(
+            key,
+            PValue {
+                kind: Some(Kind::StructValue(entry)),
+            },
+        );
     }
     let mut data = Struct::default();
     data.fields.insert(
@@ -319,10 +307,23 @@ fn all_updated(state: &AppState, namespace: &str) -> Struct {
 }
 
 /// Feeds one EventStream until the client leaves or the server shuts down.
-async fn event_loop(state: Arc<AppState>, namespace: String, tx: tokio::sync::mpsc::Sender<Event>) {
+async fn event_loop(
+    state: Arc<AppState>,
+    namespace: Option<String>,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
     let mut events = state.events.subscribe();
     let mut shutdown = state.shutdown.subscribe();
+    let mut ready = state.ready.subscribe();
     let keep_alive = state.options.flagd_keep_alive;
+    // Ready only once something can be served (resolutions fail before that).
+    tokio::select! {
+        _ = shutdown.wait_for(|d| *d) => return,
+        () = tx.closed() => return,
+        r = ready.wait_for(|r| *r) => if r.is_err() { return },
+    }
+    // The keys this client may have cached, to name deletions after a resync.
+    let mut known = current_keys(&state, namespace.as_deref());
     let mut pending = Some(("provider_ready", Struct::default()));
     let mut next_beat = tokio::time::Instant::now() + keep_alive;
     loop {
@@ -343,20 +344,33 @@ async fn event_loop(state: Arc<AppState>, namespace: String, tx: tokio::sync::mp
             () = tokio::time::sleep_until(next_beat) => pending = Some(("keep_alive", Struct::default())),
             received = events.recv() => match received {
                 Ok(change) => {
-                    if let Some(data) = change_data(&change, &namespace) {
+                    if let Some(data) = change_data(&change, namespace.as_deref()) {
+                        known = current_keys(&state, namespace.as_deref());
                         pending = Some(("configuration_change", data));
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
+                    // Fell behind: every flag may have changed, and some may be gone.
                     events = events.resubscribe();
-                    pending = Some(("configuration_change", all_updated(&state, &namespace)));
+                    let now = current_keys(&state, namespace.as_deref());
+                    let entries = now
+                        .iter()
+                        .map(|k| (k.clone(), "update"))
+                        .chain(known.difference(&now).map(|k| (k.clone(), "delete")))
+                        .collect::<Vec<_>>();
+                    known = now;
+                    pending = Some(("configuration_change", flags_data(entries)));
                 }
                 Err(RecvError::Closed) => break,
             },
         }
     }
-    // Shutting down (or the event source ended): say so, without waiting on a slow client.
-    let _ = tx.try_send(("provider_shutdown", Struct::default()));
+    // Shutting down: say so, waiting a little for a slow client but not forever.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        tx.send(("provider_shutdown", Struct::default())),
+    )
+    .await;
 }
 
 fn open_stream<T: Send + 'static>(
@@ -365,7 +379,7 @@ fn open_stream<T: Send + 'static>(
     wrap: fn(Event) -> T,
 ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
-    tokio::spawn(event_loop(Arc::clone(state), namespace(meta), tx));
+    tokio::spawn(event_loop(Arc::clone(state), selected(meta), tx));
     Box::pin(tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         move |e| Ok(wrap(e)),
@@ -649,8 +663,10 @@ impl v1::service_server::Service for FlagdApi {
             .namespace(&ns_name)
             .ok_or_else(|| Status::not_found(format!("flag set `{ns_name}` not found")))?;
         let ctx = convert::struct_context(r.context, &self.state.options.limits)?;
+        let start = Instant::now();
         let mut out = v1::ResolveAllResponse::default();
-        for flag in &ns.flags {
+        // As flagd does, disabled flags are left out (the client uses its code default).
+        for flag in ns.flags.iter().filter(|f| f.enabled) {
             let eval = ns.evaluate_flag(flag, &ctx);
             let value = match &eval.variant.value {
                 Value::Bool(b) => v1::any_flag::Value::BoolValue(*b),
@@ -669,6 +685,9 @@ impl v1::service_server::Service for FlagdApi {
                 },
             );
         }
+        self.state
+            .metrics
+            .observe(Method::FlagdResolve, start.elapsed(), tonic::Code::Ok);
         Ok(Response::new(out))
     }
 
