@@ -29,6 +29,14 @@ impl<'n> Fields<'n> {
             .map(|(_, k, _)| k.pos)
     }
 
+    /// A field's value, without marking it as read.
+    pub fn peek(&self, name: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _, _)| *k == name)
+            .map(|(_, _, v)| *v)
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.entries.iter().any(|(k, _, _)| *k == name)
     }

@@ -10,8 +10,8 @@ use std::fmt;
 use crate::bucket::{self, BUCKETS, NumBuf};
 use crate::context::{Attr, AttrValue, Context};
 use crate::snapshot::{
-    BucketBy, Cmp, Condition, Flag, FlagType, Gate, Matcher, Mode, Namespace, Op, Outcome, Rule,
-    Scalar, Snapshot, Value, Variant,
+    BucketBy, Cmp, Condition, Flag, FlagType, Gate, Hashing, Matcher, Mode, Namespace, Op, Outcome,
+    Rule, Scalar, Snapshot, Value, Variant,
 };
 
 /// Why a value was served (OpenFeature's reasons).
@@ -144,7 +144,8 @@ impl Namespace {
                 Outcome::Serve { variant, gate } => match gate {
                     Gate::Always => return answer(*variant, Reason::TargetingMatch, Some(rule)),
                     Gate::Rollout { threshold, bucket } => {
-                        if bucket_of(bucket, ctx).is_some_and(|b| b < *threshold) {
+                        if bucket_of(bucket, ctx, Purpose::Rollout).is_some_and(|b| b < *threshold)
+                        {
                             return answer(*variant, Reason::Split, Some(rule));
                         }
                     }
@@ -155,7 +156,7 @@ impl Namespace {
                     }
                 },
                 Outcome::Split { boundaries, bucket } => {
-                    let Some(b) = bucket_of(bucket, ctx) else {
+                    let Some(b) = bucket_of(bucket, ctx, Purpose::Split) else {
                         continue;
                     };
                     if let Some(&(_, variant)) = boundaries.iter().find(|(bound, _)| b < *bound) {
@@ -213,8 +214,14 @@ fn conditions_hold(mode: Mode, conditions: &[Condition], ctx: &Context) -> bool 
     }
 }
 
+#[derive(Clone, Copy)]
+enum Purpose {
+    Rollout,
+    Split,
+}
+
 /// The bucket of the context for a rollout or split, or `None` without a value to bucket by.
-fn bucket_of(by: &BucketBy, ctx: &Context) -> Option<u32> {
+fn bucket_of(by: &BucketBy, ctx: &Context, purpose: Purpose) -> Option<u32> {
     let text = match &by.attr {
         None => ctx.targeting_key.as_deref()?,
         Some(path) => match ctx.lookup(path)? {
@@ -222,14 +229,22 @@ fn bucket_of(by: &BucketBy, ctx: &Context) -> Option<u32> {
             Attr::Num(n) => {
                 // Only a number needs formatting, on the stack.
                 let mut buf = NumBuf::new();
-                return Some(bucket::bucket(&by.salt, bucket::number_text(n, &mut buf)));
+                return Some(hash(by, bucket::number_text(n, &mut buf), purpose));
             }
             Attr::Bool(true) => "true",
             Attr::Bool(false) => "false",
             Attr::List(_) | Attr::Object => return None,
         },
     };
-    Some(bucket::bucket(&by.salt, text))
+    Some(hash(by, text, purpose))
+}
+
+fn hash(by: &BucketBy, value: &str, purpose: Purpose) -> u32 {
+    match (by.hashing, purpose) {
+        (Hashing::Vexil, _) => bucket::bucket(&by.salt, value),
+        (Hashing::Unleash, Purpose::Rollout) => bucket::unleash_rollout_bucket(&by.salt, value),
+        (Hashing::Unleash, Purpose::Split) => bucket::unleash_split_bucket(&by.salt, value),
+    }
 }
 
 impl Condition {

@@ -134,6 +134,9 @@ fn bucket_json(out: &mut Map<String, Json>, bucket: &BucketBy) {
         out.insert("bucket_by".into(), attr.full.as_ref().into());
     }
     out.insert("salt".into(), bucket.salt.as_ref().into());
+    if bucket.hashing != crate::snapshot::Hashing::Vexil {
+        out.insert("bucketing".into(), bucket.hashing.as_str().into());
+    }
 }
 
 fn conditions_json(conditions: &[Condition]) -> Vec<Json> {

@@ -11,8 +11,8 @@ use crate::decode::{self, Fields};
 use crate::diag::{Code, Pos, Sink};
 use crate::eval::{parse_number, parse_time};
 use crate::snapshot::{
-    AttrPath, BucketBy, Cmp, Condition, FastSet, Flag, FlagType, Gate, Matcher, Mode, Op, Origin,
-    Outcome, Rule, Scalar, Value, Variant,
+    AttrPath, BucketBy, Cmp, Condition, FastSet, Flag, FlagType, Gate, Hashing, Matcher, Mode, Op,
+    Origin, Outcome, Rule, Scalar, Value, Variant,
 };
 use crate::yaml::{Kind, Node};
 
@@ -20,6 +20,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 const FILE_FIELDS: &[&str] = &["namespace", "flags", "segments"];
 const FLAG_FIELDS: &[&str] = &[
+    "bucketing",
     "description",
     "owner",
     "tags",
@@ -44,6 +45,7 @@ const RULE_FIELDS: &[&str] = &[
     "split",
     "bucket_by",
     "salt",
+    "bucketing",
 ];
 const SEGMENT_FIELDS: &[&str] = &["description", "ids", "include", "all", "any"];
 const OPERATORS: &[&str] = &[
@@ -200,6 +202,10 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
         .take("enabled")
         .and_then(|n| decode::boolean(sink, n, "`enabled`"))
         .unwrap_or(true);
+    let bucketing = f
+        .take("bucketing")
+        .and_then(|n| decode_hashing(sink, n))
+        .unwrap_or_default();
     let description = f
         .take("description")
         .and_then(|n| decode::string(sink, n, "`description`"));
@@ -244,6 +250,7 @@ fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagD
                         flag_type,
                         variants: &variants,
                         index: i,
+                        bucketing,
                     };
                     let (rule, refs) = decode_rule(sink, &ctx, item);
                     let Some(rule) = rule else {
@@ -546,6 +553,25 @@ struct RuleCx<'a> {
     flag_type: FlagType,
     variants: &'a [(Variant, Pos)],
     index: usize,
+    /// The flag's `bucketing`, the default of its rules.
+    bucketing: Hashing,
+}
+
+/// `bucketing: vexil | unleash`.
+fn decode_hashing(sink: &mut Sink<'_>, node: &Node) -> Option<Hashing> {
+    let text = decode::string(sink, node, "`bucketing`")?;
+    match text.as_str() {
+        "vexil" => Some(Hashing::Vexil),
+        "unleash" => Some(Hashing::Unleash),
+        other => {
+            sink.error(
+                node.pos,
+                Code::WrongType,
+                format!("`bucketing` is `vexil` (the default, Flipper's crc32) or `unleash` (murmur3, as Unleash SDKs hash), found `{other}`"),
+            );
+            None
+        }
+    }
 }
 
 type SegmentNames = Vec<(usize, Vec<(String, Pos)>)>;
@@ -623,10 +649,19 @@ fn decode_rule(sink: &mut Sink<'_>, cx: &RuleCx<'_>, node: &Node) -> (Option<Rul
     let salt = f
         .take("salt")
         .and_then(|n| decode::string(sink, n, "`salt`"));
+    let bucketing_pos = f.key_pos("bucketing");
+    let hashing = f
+        .take("bucketing")
+        .and_then(|n| decode_hashing(sink, n))
+        .unwrap_or(cx.bucketing);
     let bucket = BucketBy {
         attr: bucket_by.as_deref().map(AttrPath::new),
         salt: salt.as_deref().unwrap_or(cx.flag_key).into(),
+        hashing,
     };
+    if hashing == Hashing::Unleash {
+        check_unleash_precision(sink, &f, bucketing_pos.unwrap_or(node.pos));
+    }
     let outcome = decode_outcome(sink, cx, &mut f, node.pos, bucket);
     f.finish(
         sink,
@@ -662,7 +697,7 @@ fn decode_outcome(
         .into_iter()
         .filter(|g| f.has(g))
         .collect();
-    let bucket_options: Vec<&str> = ["bucket_by", "salt"]
+    let bucket_options: Vec<&str> = ["bucket_by", "salt", "bucketing"]
         .into_iter()
         .filter(|g| f.has(g))
         .collect();
@@ -753,6 +788,38 @@ fn decode_outcome(
         variant: serve,
         gate,
     })
+}
+
+/// Unleash rollouts are whole percentages and its variant weights thousandths: with
+/// `bucketing: unleash`, a rollout must be whole and split weights multiples of 0.1.
+fn check_unleash_precision(sink: &mut Sink<'_>, f: &Fields<'_>, pos: Pos) {
+    let number = |n: &Node| match n.kind {
+        Kind::Int(i) => Some(i as f64),
+        Kind::Float(x) => Some(x),
+        _ => None,
+    };
+    if let Some(p) = f.peek("rollout").and_then(number) {
+        if p.fract() != 0.0 {
+            sink.error(
+                pos,
+                Code::PercentageRange,
+                format!("with `bucketing: unleash` a rollout is a whole percentage (Unleash's rollout is an integer), found {p}"),
+            );
+        }
+    }
+    if let Some(Kind::Map(entries)) = f.peek("split").map(|n| &n.kind) {
+        for (name, weight) in entries {
+            if let Some(w) = number(weight) {
+                if ((w * 10.0).round() - w * 10.0).abs() > 1e-9 {
+                    sink.error(
+                        name.pos,
+                        Code::PercentageRange,
+                        format!("with `bucketing: unleash` split weights are multiples of 0.1 (Unleash weighs variants in thousandths), found {w}"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn percentage(sink: &mut Sink<'_>, node: &Node, what: &str) -> Option<u32> {

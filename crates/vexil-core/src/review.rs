@@ -412,10 +412,19 @@ fn audience(before: &Json, after: &Json, old: &Flag, new: &Flag) -> Vec<String> 
         .unwrap_or(&empty);
     for (i, (x, y)) in rb.iter().zip(ra).enumerate() {
         let name = y.get("name").and_then(Json::as_str).unwrap_or("");
-        let same_match = without(x, &["rollout", "split", "serve", "salt", "bucket_by"])
-            == without(y, &["rollout", "split", "serve", "salt", "bucket_by"]);
-        let same_bucketing =
-            x.get("salt") == y.get("salt") && x.get("bucket_by") == y.get("bucket_by");
+        let outcome_keys = [
+            "rollout",
+            "split",
+            "serve",
+            "salt",
+            "bucket_by",
+            "bucketing",
+        ];
+        let same_match = without(x, &outcome_keys) == without(y, &outcome_keys);
+        // A new salt, attribute or hash reshuffles everyone: no estimate.
+        let same_bucketing = x.get("salt") == y.get("salt")
+            && x.get("bucket_by") == y.get("bucket_by")
+            && x.get("bucketing") == y.get("bucketing");
         if !same_match || !same_bucketing {
             continue;
         }

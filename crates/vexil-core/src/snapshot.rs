@@ -190,6 +190,27 @@ pub struct BucketBy {
     /// `None`: the targeting key.
     pub attr: Option<AttrPath>,
     pub salt: Box<str>,
+    pub hashing: Hashing,
+}
+
+/// How a value is hashed into a bucket (see shared reference bucketing.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hashing {
+    /// crc32 of salt + value, 100,000 buckets: Flipper's `percentage_of_actors`.
+    #[default]
+    Vexil,
+    /// murmur3 of "salt:value" as Unleash SDKs hash (rollouts seed 0, splits seed 86028157), so
+    /// Unleash clients reading the mirror agree exactly.
+    Unleash,
+}
+
+impl Hashing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hashing::Vexil => "vexil",
+            Hashing::Unleash => "unleash",
+        }
+    }
 }
 
 /// An attribute name, split once at compile time.
