@@ -618,6 +618,66 @@ async fn python_provider_caches_static_flags_until_they_change() {
     server.stop().await;
 }
 
+/// The Node provider's cache too, in a namespace chosen by a selector: its EventStream carries
+/// no selector, so Vexil must still name the flag when it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_provider_caches_static_flags_until_they_change() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = node_dir();
+    let text = |v: &str| {
+        format!(
+            "namespace: other\nflags:\n  banner:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n"
+        )
+    };
+    let repo = repo_with(&text("old"));
+    let server = TestServer::start(
+        git_reloader(repo.path(), false).unwrap(),
+        Tokens::default(),
+        Options::default(),
+    )
+    .await;
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("openfeature_client.js"))
+        .args(["cache", &server.grpc.to_string(), "other", "banner"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let patience = Duration::from_secs(60);
+    let first: Json = serde_json::from_str(
+        &tokio::time::timeout(patience, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["first"], json!(["old", "STATIC"]));
+    assert_eq!(first["second"], json!(["old", "CACHED"]));
+    commit(repo.path(), &text("new"), "new banner");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"committed\n").await.unwrap();
+    let second: Json = serde_json::from_str(
+        &tokio::time::timeout(patience, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(second["changed_event"], true, "{second}");
+    assert_eq!(second["third"], json!(["new", "STATIC"]), "{second}");
+    let status = tokio::time::timeout(patience, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    server.stop().await;
+}
+
 // ---- the wire contract, case by case ----
 
 use vexil_server::flagd::{v1, v2};

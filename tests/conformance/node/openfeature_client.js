@@ -37,7 +37,32 @@ async function main() {
   process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
 }
 
-main().catch((e) => {
+// usage: node openfeature_client.js cache HOST:PORT NAMESPACE FLAG
+// STATIC answers are cached (reason CACHED) until a configuration_change names the flag; the
+// test commits a change after the first line and writes a line to stdin.
+async function cache() {
+  const [target, namespace, flag] = process.argv.slice(3);
+  const host = target.slice(0, target.lastIndexOf(':'));
+  const port = Number(target.slice(target.lastIndexOf(':') + 1));
+  const { ProviderEvents } = require('@openfeature/server-sdk');
+  const options = { host, port, resolverType: 'rpc', cache: 'lru', deadlineMs: 5000, selector: `flagSetId=${namespace}` };
+  await OpenFeature.setProviderAndWait(new FlagdProvider(options));
+  const client = OpenFeature.getClient();
+  let changed = false;
+  client.addHandler(ProviderEvents.ConfigurationChanged, (details) => {
+    if ((details?.flagsChanged || []).includes(flag)) changed = true;
+  });
+  const first = await client.getStringDetails(flag, '', {});
+  const second = await client.getStringDetails(flag, '', {});
+  process.stdout.write(JSON.stringify({ first: [first.value, first.reason], second: [second.value, second.reason] }) + '\n');
+  await new Promise((resolve) => process.stdin.once('data', resolve));
+  for (let i = 0; i < 150 && !changed; i++) await new Promise((r) => setTimeout(r, 100));
+  const third = await client.getStringDetails(flag, '', {});
+  await OpenFeature.close();
+  process.stdout.write(JSON.stringify({ changed_event: changed, third: [third.value, third.reason] }) + '\n', () => process.exit(0));
+}
+
+(process.argv[2] === 'cache' ? cache() : main()).catch((e) => {
   console.error(e);
   process.exit(1);
 });
