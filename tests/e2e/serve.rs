@@ -913,3 +913,65 @@ fn a_token_file_without_tokens_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("hold no token"), "{stderr}");
 }
+
+/// Without a source, `vexil serve` serves `./flags` when there is one (the README's run
+/// command, from the repository), else the example repository built into the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_source_uses_flags_or_the_embedded_example() {
+    use tokio::io::AsyncBufReadExt;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let root = crate::helpers::repo_root();
+    for (dir, expected) in [
+        (root.as_path(), "directory flags/"),
+        (elsewhere.path(), "the example repository built into vexil"),
+    ] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir)
+            .env("VEXIL_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(line.contains(&format!("serving {expected} ")), "{line}");
+        let grpc: SocketAddr = line
+            .split("gRPC on ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let channel = Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut req = eval_request("new-checkout");
+        req.namespace = "checkout".into();
+        req.context = ctx("user-43", &[]);
+        let r = FlagServiceClient::new(channel)
+            .evaluate(req)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.value.unwrap().kind,
+            Some(proto::value::Kind::BoolValue(true))
+        );
+        child.kill().await.unwrap();
+    }
+}
