@@ -50,13 +50,52 @@ fn compile_example() -> vexil_core::Snapshot {
     compiled.snapshot.expect("flags/ compiles")
 }
 
-/// Runs the `vexil` binary.
+/// Runs the `vexil` binary from the repository root.
 pub fn vexil(args: &[&str]) -> std::process::Output {
+    vexil_in(&repo_root(), args)
+}
+
+/// Runs the `vexil` binary in `dir`.
+pub fn vexil_in(dir: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
         .args(args)
-        .current_dir(repo_root())
+        .current_dir(dir)
         .output()
         .expect("run vexil")
+}
+
+/// One HTTP/1.1 request over a fresh loopback connection: (status, head, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("receive");
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (code, head.to_owned(), body.to_owned())
 }
 
 /// Runs git in `dir` with a fixed identity and no user or system configuration; returns stdout.

@@ -550,27 +550,16 @@ async fn node_flagd_provider_agrees_with_vexil() {
     server.stop().await;
 }
 
-/// STATIC answers are cached by the Python provider (reason CACHED) and evicted when a commit
-/// changes the flag; the provider sees ready and configuration-changed events.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_provider_caches_static_flags_until_they_change() {
+/// Drives a client program's `cache` mode: it prints its first two answers for a STATIC flag,
+/// the test commits `new_text` and says so on stdin, then it prints what happened. Returns
+/// both lines, after checking the STATIC -> CACHED -> new value sequence they share.
+async fn cache_round_trip(
+    mut command: tokio::process::Command,
+    repo: &Path,
+    new_text: &str,
+) -> (Json, Json) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let python = python();
-    let text = |v: &str| {
-        format!(
-            "flags:\n  banner:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n  other: {{}}\n"
-        )
-    };
-    let repo = repo_with(&text("old"));
-    let server = TestServer::start(
-        git_reloader(repo.path(), false).unwrap(),
-        Tokens::default(),
-        Options::default(),
-    )
-    .await;
-    let mut child = tokio::process::Command::new(python)
-        .arg(repo_root().join("tests/conformance/openfeature_client.py"))
-        .args(["cache", &server.grpc.to_string(), "banner"])
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -579,29 +568,51 @@ async fn python_provider_caches_static_flags_until_they_change() {
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let patience = Duration::from_secs(60);
-    let first: Json = serde_json::from_str(
-        &tokio::time::timeout(patience, lines.next_line())
+    let mut next = async || -> Json {
+        let line = tokio::time::timeout(patience, lines.next_line())
             .await
             .unwrap()
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(first["first"], json!(["old", "STATIC"]));
-    assert_eq!(first["second"], json!(["old", "CACHED"]));
-    commit(repo.path(), &text("new"), "new banner");
+            .unwrap();
+        serde_json::from_str(&line.expect("a line from the client")).unwrap()
+    };
+    let first = next().await;
+    assert_eq!(first["first"], json!(["old", "STATIC"]), "{first}");
+    assert_eq!(first["second"], json!(["old", "CACHED"]), "{first}");
+    commit(repo, new_text, "new banner");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"committed\n").await.unwrap();
-    let second: Json = serde_json::from_str(
-        &tokio::time::timeout(patience, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let second = next().await;
     assert_eq!(second["changed_event"], true, "{second}");
     assert_eq!(second["third"], json!(["new", "STATIC"]), "{second}");
+    let status = tokio::time::timeout(patience, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    (first, second)
+}
+
+/// A STATIC flag `banner` with value `v` (in `namespace`, when given).
+fn banner(namespace: Option<&str>, v: &str) -> String {
+    let ns = namespace
+        .map(|n| format!("namespace: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        "{ns}flags:\n  banner:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n  other: {{}}\n"
+    )
+}
+
+/// STATIC answers are cached by the Python provider (reason CACHED) and evicted when a commit
+/// changes the flag; the provider sees ready and configuration-changed events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_provider_caches_static_flags_until_they_change() {
+    let repo = repo_with(&banner(None, "old"));
+    let server = TestServer::git(repo.path(), Options::default()).await;
+    let mut command = tokio::process::Command::new(python());
+    command
+        .arg(repo_root().join("tests/conformance/openfeature_client.py"))
+        .args(["cache", &server.grpc.to_string(), "banner"]);
+    let (_, second) = cache_round_trip(command, repo.path(), &banner(None, "new")).await;
     let events = second["events"].as_array().unwrap();
     assert_eq!(events[0]["event"], "ready", "{second}");
     assert!(
@@ -610,11 +621,6 @@ async fn python_provider_caches_static_flags_until_they_change() {
             .any(|e| e["event"] == "configuration_changed" && e["flags"] == json!(["banner"])),
         "{second}"
     );
-    let status = tokio::time::timeout(patience, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
     server.stop().await;
 }
 
@@ -622,59 +628,17 @@ async fn python_provider_caches_static_flags_until_they_change() {
 /// no selector, so Vexil must still name the flag when it changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_provider_caches_static_flags_until_they_change() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let dir = node_dir();
-    let text = |v: &str| {
-        format!(
-            "namespace: other\nflags:\n  banner:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n"
-        )
-    };
-    let repo = repo_with(&text("old"));
-    let server = TestServer::start(
-        git_reloader(repo.path(), false).unwrap(),
-        Tokens::default(),
-        Options::default(),
-    )
-    .await;
-    let mut child = tokio::process::Command::new("node")
-        .arg(dir.join("openfeature_client.js"))
-        .args(["cache", &server.grpc.to_string(), "other", "banner"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let patience = Duration::from_secs(60);
-    let first: Json = serde_json::from_str(
-        &tokio::time::timeout(patience, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(first["first"], json!(["old", "STATIC"]));
-    assert_eq!(first["second"], json!(["old", "CACHED"]));
-    commit(repo.path(), &text("new"), "new banner");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"committed\n").await.unwrap();
-    let second: Json = serde_json::from_str(
-        &tokio::time::timeout(patience, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(second["changed_event"], true, "{second}");
-    assert_eq!(second["third"], json!(["new", "STATIC"]), "{second}");
-    let status = tokio::time::timeout(patience, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    let repo = repo_with(&banner(Some("other"), "old"));
+    let server = TestServer::git(repo.path(), Options::default()).await;
+    let mut command = tokio::process::Command::new("node");
+    command.arg(dir.join("openfeature_client.js")).args([
+        "cache",
+        &server.grpc.to_string(),
+        "other",
+        "banner",
+    ]);
+    cache_round_trip(command, repo.path(), &banner(Some("other"), "new")).await;
     server.stop().await;
 }
 
@@ -688,27 +652,7 @@ async fn http_post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (code, head.to_owned(), body.to_owned())
+    crate::helpers::http(addr, "POST", path, headers, body).await
 }
 
 fn ctx_struct(key: &str) -> Option<prost_types::Struct> {
@@ -750,17 +694,8 @@ async fn flagd_wire_contract() {
         flagd_keep_alive: Duration::from_millis(200),
         ..Options::default()
     };
-    let server = TestServer::start(
-        git_reloader(repo.path(), false).unwrap(),
-        Tokens::default(),
-        options,
-    )
-    .await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let server = TestServer::git(repo.path(), options).await;
+    let channel = server.channel().await;
     let mut c2 = v2::service_client::ServiceClient::new(channel.clone());
     let mut c1 = v1::service_client::ServiceClient::new(channel);
 
@@ -986,11 +921,7 @@ async fn flagd_ready_waits_for_a_snapshot() {
         Options::default(),
     )
     .await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut c2 = v2::service_client::ServiceClient::new(channel);
     let mut stream = c2
         .event_stream(v2::EventStreamRequest {})

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::helpers::{git, repo_root};
+use crate::helpers::{git, repo_root, vexil_in};
 
 const BASE: &str = "\
 segments:
@@ -134,14 +134,6 @@ fn repo() -> tempfile::TempDir {
     std::fs::write(dir.join("flags/app.yaml"), HEAD).unwrap();
     git(dir, &["commit", "-q", "-am", "head"]);
     tmp
-}
-
-fn vexil_in(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {

@@ -54,7 +54,17 @@ impl TestServer {
         }
     }
 
-    async fn channel(&self) -> Channel {
+    /// A server on the flags of `repo`'s `main` branch (see `git_reloader`), without tokens.
+    pub async fn git(repo: &Path, options: Options) -> TestServer {
+        TestServer::start(
+            git_reloader(repo, false).unwrap(),
+            Tokens::default(),
+            options,
+        )
+        .await
+    }
+
+    pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()
             .connect()
@@ -83,21 +93,7 @@ impl TestServer {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (code, _, body) = crate::helpers::http(addr, "GET", path, &[], "").await;
     (code, body)
 }
 
@@ -194,12 +190,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_served_watched_and_an_invalid_commit_is_reported() {
     let repo = repo_with(&flags_yaml("one"));
-    let server = TestServer::start(
-        git_reloader(repo.path(), false).unwrap(),
-        Tokens::default(),
-        Options::default(),
-    )
-    .await;
+    let server = TestServer::git(repo.path(), Options::default()).await;
     let mut client = server.client().await;
     let first = client
         .evaluate(eval_request("a"))
@@ -322,12 +313,7 @@ async fn evaluation_errors_batches_and_definitions() {
         },
         ..Options::default()
     };
-    let server = TestServer::start(
-        git_reloader(repo.path(), false).unwrap(),
-        Tokens::default(),
-        options,
-    )
-    .await;
+    let server = TestServer::git(repo.path(), options).await;
     let mut client = server.client().await;
 
     let err = client.evaluate(eval_request("nope")).await.unwrap_err();
@@ -667,12 +653,7 @@ async fn watch_heartbeats_and_namespace_filter() {
         heartbeat: Duration::from_millis(100),
         ..Options::default()
     };
-    let server = TestServer::start(
-        git_reloader(repo.path(), false).unwrap(),
-        Tokens::default(),
-        options,
-    )
-    .await;
+    let server = TestServer::git(repo.path(), options).await;
     let mut client = server.client().await;
     let mut other = client
         .watch(proto::WatchRequest {

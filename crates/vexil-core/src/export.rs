@@ -162,7 +162,7 @@ fn mode_name(mode: Mode) -> &'static str {
 }
 
 /// Thousandths of a percent, as a JSON number (an integer when whole).
-fn percent(thousandths: u32) -> Json {
+pub(crate) fn percent(thousandths: u32) -> Json {
     if thousandths.is_multiple_of(1000) {
         Json::from(thousandths / 1000)
     } else {

@@ -126,22 +126,15 @@ fn comparable(ns: &Namespace, flag: &Flag) -> Json {
             {
                 let ordered: Vec<Json> = ranges(flag, boundaries)
                     .into_iter()
-                    .map(|(variant, start, end)| json!([variant, weight(end - start)]))
+                    .map(|(variant, start, end)| {
+                        json!([variant, crate::export::percent(end - start)])
+                    })
                     .collect();
                 r.insert("split".into(), Json::Array(ordered));
             }
         }
     }
     def
-}
-
-/// Thousandths of a percent as a JSON number (an integer when whole).
-fn weight(thousandths: u32) -> Json {
-    if thousandths.is_multiple_of(1000) {
-        json!(thousandths / 1000)
-    } else {
-        json!(f64::from(thousandths) / 1000.0)
-    }
 }
 
 /// The review of going from `old` to `new`.

@@ -50,13 +50,15 @@ impl Tokens {
 
     /// Whether an `Authorization` header value carries an accepted token.
     pub fn accepts(&self, header: Option<&str>) -> bool {
+        self.accepts_token(header.and_then(bearer))
+    }
+
+    /// Whether a bare token (an `X-API-Key` value, say) is accepted.
+    pub fn accepts_token(&self, token: Option<&str>) -> bool {
         if !self.is_enabled() {
             return true;
         }
-        let Some(token) = header.and_then(bearer) else {
-            return false;
-        };
-        self.digests.contains(&digest(token))
+        token.is_some_and(|t| self.digests.contains(&digest(t.trim())))
     }
 
     /// A tonic interceptor enforcing the tokens; `on_reject` is called for each refused call.
@@ -103,5 +105,10 @@ mod tests {
         assert!(!t.accepts(Some("alpha")));
         assert!(!t.accepts(None));
         assert!(super::Tokens::default().accepts(None));
+        // A bare token, as OFREP's X-API-Key carries it.
+        assert!(t.accepts_token(Some("beta")));
+        assert!(!t.accepts_token(Some("Bearer beta")));
+        assert!(!t.accepts_token(None));
+        assert!(super::Tokens::default().accepts_token(None));
     }
 }

@@ -265,13 +265,12 @@ fn change_data(change: &vexil_core::ChangeEvent, namespace: Option<&str>) -> Opt
     (!entries.is_empty()).then(|| flags_data(entries))
 }
 
-/// The flag keys a stream covers in the snapshot served now.
-fn current_keys(state: &AppState, namespace: Option<&str>) -> std::collections::BTreeSet<String> {
-    let Some(served) = state.served() else {
-        return Default::default();
-    };
-    served
-        .snapshot
+/// The flag keys a stream covers in a snapshot.
+fn keys_of(
+    snapshot: &vexil_core::Snapshot,
+    namespace: Option<&str>,
+) -> std::collections::BTreeSet<String> {
+    snapshot
         .namespaces()
         .iter()
         .filter(|ns| namespace.is_none_or(|n| *ns.name == *n))
@@ -322,8 +321,9 @@ async fn event_loop(
         () = tx.closed() => return,
         r = ready.wait_for(|r| *r) => if r.is_err() { return },
     }
-    // The keys this client may have cached, to name deletions after a resync.
-    let mut known = current_keys(&state, namespace.as_deref());
+    // The snapshot this client last heard of (an `Arc`, not a copy): after falling behind,
+    // the flags gone since are named as deleted.
+    let mut known = state.served().map(|s| Arc::clone(&s.snapshot));
     let mut pending = Some(("provider_ready", Struct::default()));
     let mut next_beat = tokio::time::Instant::now() + keep_alive;
     loop {
@@ -345,20 +345,24 @@ async fn event_loop(
             received = events.recv() => match received {
                 Ok(change) => {
                     if let Some(data) = change_data(&change, namespace.as_deref()) {
-                        known = current_keys(&state, namespace.as_deref());
                         pending = Some(("configuration_change", data));
                     }
+                    known = Some(Arc::clone(&change.snapshot));
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind: every flag may have changed, and some may be gone.
                     events = events.resubscribe();
-                    let now = current_keys(&state, namespace.as_deref());
+                    let current = state.served().map(|s| Arc::clone(&s.snapshot));
+                    let keys = |s: &Option<Arc<vexil_core::Snapshot>>| {
+                        s.as_deref().map(|s| keys_of(s, namespace.as_deref())).unwrap_or_default()
+                    };
+                    let (before, now) = (keys(&known), keys(&current));
                     let entries = now
                         .iter()
                         .map(|k| (k.clone(), "update"))
-                        .chain(known.difference(&now).map(|k| (k.clone(), "delete")))
+                        .chain(before.difference(&now).map(|k| (k.clone(), "delete")))
                         .collect::<Vec<_>>();
-                    known = now;
+                    known = current;
                     pending = Some(("configuration_change", flags_data(entries)));
                 }
                 Err(RecvError::Closed) => break,

@@ -66,11 +66,8 @@ fn authorized(o: &Ofrep, headers: &HeaderMap) -> bool {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let api_key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|k| format!("Bearer {k}"));
-    o.tokens.accepts(bearer) || o.tokens.accepts(api_key.as_deref())
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    o.tokens.accepts(bearer) || o.tokens.accepts_token(api_key)
 }
 
 /// The request's context (an absent body or `context` is an empty context).
