@@ -77,6 +77,8 @@ codes! {
     ExpiredFlag => "expired-flag",
     UnreachableRule => "unreachable-rule",
     UnusedSegment => "unused-segment",
+    MirrorInexact => "mirror-inexact",
+    MirrorOmitted => "mirror-omitted",
 }
 
 impl fmt::Display for Code {

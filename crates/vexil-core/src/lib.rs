@@ -27,6 +27,7 @@ pub mod expect;
 pub mod export;
 mod format;
 pub mod live;
+pub mod mirror;
 pub mod reload;
 pub mod review;
 pub mod schema;

@@ -1,0 +1,337 @@
+//! Boolean flags as Flipper features (the Flipper HTTP API's `GET /features`).
+//!
+//! A Flipper feature is on for an actor if any gate is open: boolean (everyone), actors (by
+//! flipper_id), groups (registered in the client), percentage of actors (crc32 of feature name
+//! and flipper_id, exactly Vexil's default bucketing) and percentage of time. So a flag maps
+//! exactly when it is off by default and each rule that can serve true is one gate; a rule
+//! that serves false before one that serves true, attribute conditions (Flipper 1.x
+//! expressions are not mirrored) and non-boolean flags cannot be said.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value as Json};
+
+use super::{Fidelity, Finding, Mirror, can_serve, is_on, percent_text};
+use crate::snapshot::{
+    BucketBy, Flag, FlagType, Gate, Hashing, Matcher, Mode, Namespace, Origin, Outcome, Rule,
+};
+
+/// A feature's gate values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub key: Box<str>,
+    pub boolean: bool,
+    pub actors: BTreeSet<Box<str>>,
+    pub groups: BTreeSet<Box<str>>,
+    /// Thousandths of a percent.
+    pub percentage_of_actors: u32,
+    /// Thousandths of a percent.
+    pub percentage_of_time: u32,
+}
+
+/// The shapes of `GET /features` a client may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// Gates with `key`, `name` and `value`.
+    Full,
+    /// `exclude_gate_names=true` (Flipper 0.27+): gates without `name`.
+    NoGateNames,
+    /// `exclude_gates=true`: only `key` and `state`.
+    NoGates,
+}
+
+impl Form {
+    pub const ALL: [Form; 3] = [Form::Full, Form::NoGateNames, Form::NoGates];
+}
+
+impl Feature {
+    fn off(key: &str) -> Feature {
+        Feature {
+            key: key.into(),
+            boolean: false,
+            actors: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            percentage_of_actors: 0,
+            percentage_of_time: 0,
+        }
+    }
+
+    /// Flipper's `state`: on, conditional or off.
+    pub fn state(&self) -> &'static str {
+        if self.boolean || self.percentage_of_time >= 100_000 {
+            "on"
+        } else if !self.actors.is_empty()
+            || !self.groups.is_empty()
+            || self.percentage_of_actors > 0
+            || self.percentage_of_time > 0
+        {
+            "conditional"
+        } else {
+            "off"
+        }
+    }
+
+    /// The feature object of the Flipper API, gates in Flipper's order.
+    pub fn to_json(&self, form: Form) -> Json {
+        let mut out = Map::new();
+        out.insert("key".into(), self.key.as_ref().into());
+        out.insert("state".into(), self.state().into());
+        if form == Form::NoGates {
+            return Json::Object(out);
+        }
+        let percentage = |p: u32| {
+            if p == 0 {
+                Json::Null
+            } else {
+                Json::String(percent_text(p))
+            }
+        };
+        let set = |s: &BTreeSet<Box<str>>| Json::from(s.iter().map(|v| &**v).collect::<Vec<_>>());
+        let gates: [(&str, &str, Json); 6] = [
+            (
+                "boolean",
+                "boolean",
+                if self.boolean {
+                    "true".into()
+                } else {
+                    Json::Null
+                },
+            ),
+            // Flipper 1.1+ expressions: never set here, and old clients ignore the key.
+            ("expression", "expression", Json::Null),
+            ("actors", "actor", set(&self.actors)),
+            (
+                "percentage_of_actors",
+                "percentage_of_actors",
+                percentage(self.percentage_of_actors),
+            ),
+            (
+                "percentage_of_time",
+                "percentage_of_time",
+                percentage(self.percentage_of_time),
+            ),
+            ("groups", "group", set(&self.groups)),
+        ];
+        let gates: Vec<Json> = gates
+            .into_iter()
+            .map(|(key, name, value)| {
+                let mut gate = Map::new();
+                gate.insert("key".into(), key.into());
+                if form == Form::Full {
+                    gate.insert("name".into(), name.into());
+                }
+                gate.insert("value".into(), value);
+                Json::Object(gate)
+            })
+            .collect();
+        out.insert("gates".into(), gates.into());
+        Json::Object(out)
+    }
+}
+
+/// A namespace's flags as Flipper features (flag order), with what could not be said exactly.
+#[derive(Debug, Clone, Default)]
+pub struct Export {
+    pub features: Vec<Feature>,
+    pub findings: Vec<Finding>,
+}
+
+pub fn export(ns: &Namespace) -> Export {
+    let mut out = Export::default();
+    for flag in &ns.flags {
+        let mut notes = Vec::new();
+        let finding = |fidelity, (origin, reason): (&Origin, String)| {
+            Finding::new(&ns.name, &flag.key, Mirror::Flipper, fidelity, origin, reason)
+        };
+        match feature(ns, flag, &mut notes) {
+            Ok(f) => {
+                out.features.push(f);
+                out.findings.extend(
+                    notes
+                        .into_iter()
+                        .map(|note| finding(Fidelity::Inexact, note)),
+                );
+            }
+            Err(why) => out.findings.push(finding(Fidelity::Omitted, why)),
+        }
+    }
+    out
+}
+
+type Note<'a> = (&'a Origin, String);
+
+fn feature<'f>(ns: &Namespace, flag: &'f Flag, notes: &mut Vec<Note<'f>>) -> Result<Feature, Note<'f>> {
+    if flag.flag_type != FlagType::Boolean {
+        return Err((
+            &flag.origin,
+            format!(
+                "Flipper features are on or off, and this flag serves {} values",
+                flag.flag_type.as_str()
+            ),
+        ));
+    }
+    let mut f = Feature::off(&flag.key);
+    let default_on = is_on(flag, flag.default);
+    if !flag.enabled || flag.rules.is_empty() {
+        f.boolean = default_on;
+        return Ok(f);
+    }
+    if default_on {
+        if let Some(rule) = flag.rules.iter().find(|r| can_serve(flag, r, false)) {
+            return Err((
+                &rule.origin,
+                format!(
+                    "the default is true and rule `{}` can serve false, but Flipper gates can only switch a feature on",
+                    rule.name
+                ),
+            ));
+        }
+        f.boolean = true;
+        return Ok(f);
+    }
+    let mut blocker: Option<&Rule> = None;
+    for rule in &flag.rules {
+        if can_serve(flag, rule, true) {
+            if let Some(b) = blocker {
+                return Err((
+                    &rule.origin,
+                    format!(
+                        "rule `{}` serves false before rule `{}` serves true, but Flipper gates can only switch a feature on",
+                        b.name, rule.name
+                    ),
+                ));
+            }
+            if open_gate(flag, rule, &mut f, ns, notes)? {
+                // Everyone is in: later rules never decide anything.
+                return Ok(f);
+            }
+        }
+        if can_serve(flag, rule, false) {
+            blocker = Some(rule);
+        }
+    }
+    Ok(f)
+}
+
+/// Opens the gate that says what `rule` (which can serve true) means; true if the feature is
+/// now on for everyone.
+fn open_gate<'f>(
+    flag: &'f Flag,
+    rule: &'f Rule,
+    f: &mut Feature,
+    ns: &Namespace,
+    notes: &mut Vec<Note<'f>>,
+) -> Result<bool, Note<'f>> {
+    let unsayable = |what: &str| {
+        Err((
+            &rule.origin,
+            format!("rule `{}` {what}, which Flipper gates cannot express", rule.name),
+        ))
+    };
+    if !rule.matchers.is_empty() {
+        if !matches!(rule.outcome, Outcome::Serve { gate: Gate::Always, .. }) {
+            return unsayable("restricts a percentage to some entities");
+        }
+        if let [Matcher::Groups(groups)] = rule.matchers.as_slice() {
+            f.groups.extend(groups.iter().cloned());
+            return Ok(false);
+        }
+        let Some(ids) = id_set(ns, &rule.matchers) else {
+            return unsayable(
+                "matches on attribute conditions (Flipper 1.x expressions are not mirrored)",
+            );
+        };
+        f.actors.extend(ids);
+        return Ok(false);
+    }
+    match &rule.outcome {
+        Outcome::Serve { gate, .. } => match gate {
+            Gate::Always => {
+                f.boolean = true;
+                return Ok(true);
+            }
+            Gate::Rollout { threshold, bucket } => {
+                check_bucket(flag, rule, bucket, notes);
+                f.percentage_of_actors = f.percentage_of_actors.max(*threshold);
+            }
+            Gate::PercentageOfTime { threshold } => {
+                if f.percentage_of_time > 0 {
+                    return unsayable("is a second `percentage_of_time` (Flipper has one such gate)");
+                }
+                f.percentage_of_time = *threshold;
+            }
+        },
+        Outcome::Split { boundaries, bucket } => {
+            // Only a split that serves true to the lowest buckets is a percentage of actors.
+            let (mut lower, mut on_below, mut seen_off) = (0, 0, false);
+            for &(upper, variant) in boundaries {
+                if upper > lower {
+                    if !is_on(flag, variant) {
+                        seen_off = true;
+                    } else if seen_off {
+                        return unsayable("splits with `false` before `true`");
+                    } else {
+                        on_below = upper;
+                    }
+                }
+                lower = upper;
+            }
+            check_bucket(flag, rule, bucket, notes);
+            f.percentage_of_actors = f.percentage_of_actors.max(on_below);
+        }
+    }
+    Ok(false)
+}
+
+/// Notes a rollout that does not bucket as Flipper's percentage of actors does.
+fn check_bucket<'f>(flag: &Flag, rule: &'f Rule, bucket: &BucketBy, notes: &mut Vec<Note<'f>>) {
+    let why = if bucket.hashing != Hashing::Vexil {
+        "hashes as Unleash does (`bucketing: unleash`), but Flipper hashes with crc32".to_owned()
+    } else if let Some(attr) = &bucket.attr {
+        format!("buckets by `{}`, but Flipper buckets by the actor's flipper_id", attr.full)
+    } else if *bucket.salt != *flag.key {
+        format!(
+            "salts its buckets with `{}`, but Flipper salts with the feature name",
+            bucket.salt
+        )
+    } else {
+        return;
+    };
+    notes.push((
+        &rule.origin,
+        format!("rule `{}` {why}, so other actors fall in the percentage", rule.name),
+    ));
+}
+
+/// The targeting keys matching every matcher, if all of them are id lists (rule `ids` or
+/// segments made only of ids).
+fn id_set(ns: &Namespace, matchers: &[Matcher]) -> Option<BTreeSet<Box<str>>> {
+    let mut result: Option<BTreeSet<Box<str>>> = None;
+    let mut intersect = |set: BTreeSet<Box<str>>| {
+        result = Some(match result.take() {
+            None => set,
+            Some(r) => r.intersection(&set).cloned().collect(),
+        });
+    };
+    for matcher in matchers {
+        match matcher {
+            Matcher::Ids(ids) => intersect(ids.iter().cloned().collect()),
+            Matcher::Segments(mode, indices) => {
+                let mut sets = Vec::new();
+                for &i in indices {
+                    let segment = ns.segment(i)?;
+                    if !segment.groups.is_empty() {
+                        return None;
+                    }
+                    sets.push(segment.ids.iter().cloned().collect::<BTreeSet<_>>());
+                }
+                match mode {
+                    Mode::Any => intersect(sets.into_iter().flatten().collect()),
+                    Mode::All => sets.into_iter().for_each(&mut intersect),
+                }
+            }
+            Matcher::Conditions(..) | Matcher::Groups(_) => return None,
+        }
+    }
+    result
+}

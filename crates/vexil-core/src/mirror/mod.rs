@@ -1,0 +1,173 @@
+//! Flags in the shapes other flag systems' clients read: the Flipper HTTP API and the Unleash
+//! client API. Those clients evaluate the definitions themselves, so each export is faithful or
+//! flagged: a flag is exported with the exact meaning it has in Vexil, or exported with a
+//! finding that says why the client's answers can differ (`Inexact`), or left out with a
+//! finding that says why (`Omitted`). Nothing is guessed silently.
+//!
+//! Invariant: exports are pure functions of a namespace; the server serialises them once per
+//! snapshot.
+
+pub mod flipper;
+pub mod unleash;
+
+use crate::diag::{Code, Diagnostic, Severity};
+use crate::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
+
+/// A mirror: a wire protocol and the client capabilities it is exported for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mirror {
+    /// The Flipper HTTP API, for Flipper 0.25+ clients (gates: boolean, actors, groups,
+    /// percentage of actors, percentage of time).
+    Flipper,
+    /// The Unleash client API for SDKs that send `Unleash-Client-Spec` (Unleash's engine:
+    /// every operator, strategy variants).
+    Unleash,
+    /// The Unleash client API for SDKs that send no `Unleash-Client-Spec` (ruby-unleash 3.2.5
+    /// and its era: `IN`/`NOT_IN` only, no strategy variants).
+    UnleashLegacy,
+}
+
+impl Mirror {
+    pub const ALL: [Mirror; 3] = [Mirror::Flipper, Mirror::Unleash, Mirror::UnleashLegacy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mirror::Flipper => "flipper",
+            Mirror::Unleash => "unleash",
+            Mirror::UnleashLegacy => "unleash-legacy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mirror> {
+        Mirror::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// How a flag fares in a mirror, when not exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fidelity {
+    /// Exported, but the client can answer differently for some contexts.
+    Inexact,
+    /// Left out of the mirror: its clients see no such flag.
+    Omitted,
+}
+
+impl Fidelity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fidelity::Inexact => "inexact",
+            Fidelity::Omitted => "omitted",
+        }
+    }
+}
+
+/// A flag a mirror cannot carry exactly, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    pub namespace: Box<str>,
+    pub flag: Box<str>,
+    pub mirror: Mirror,
+    pub fidelity: Fidelity,
+    pub reason: String,
+    /// The flag, or the rule at fault.
+    pub file: String,
+    pub pos: crate::diag::Pos,
+}
+
+impl Finding {
+    pub(crate) fn new(
+        namespace: &str,
+        flag: &str,
+        mirror: Mirror,
+        fidelity: Fidelity,
+        origin: &Origin,
+        reason: String,
+    ) -> Finding {
+        Finding {
+            namespace: namespace.into(),
+            flag: flag.into(),
+            mirror,
+            fidelity,
+            reason,
+            file: origin.file.clone(),
+            pos: origin.pos,
+        }
+    }
+
+    /// The finding as a `vexil validate` warning.
+    pub fn to_diagnostic(&self) -> Diagnostic {
+        let (code, what) = match self.fidelity {
+            Fidelity::Inexact => (Code::MirrorInexact, "is exported inexactly to"),
+            Fidelity::Omitted => (Code::MirrorOmitted, "is left out of"),
+        };
+        Diagnostic {
+            file: self.file.clone(),
+            pos: self.pos,
+            severity: Severity::Warning,
+            code,
+            message: format!(
+                "flag `{}` {what} the {} mirror: {}",
+                self.flag,
+                self.mirror.as_str(),
+                self.reason
+            ),
+        }
+    }
+}
+
+/// Every finding of every mirror, for every namespace, sorted.
+pub fn findings(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for ns in snapshot.namespaces() {
+        for &mirror in mirrors {
+            match mirror {
+                Mirror::Flipper => out.extend(flipper::export(ns).findings),
+                Mirror::Unleash => {
+                    out.extend(unleash::export(ns, unleash::Profile::Modern).findings);
+                }
+                Mirror::UnleashLegacy => {
+                    out.extend(unleash::export(ns, unleash::Profile::Legacy).findings);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The percentage a threshold in thousandths stands for, as clients write it ("25", "12.5").
+pub(crate) fn percent_text(thousandths: u32) -> String {
+    let whole = thousandths / 1000;
+    let frac = thousandths % 1000;
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        let digits = format!("{frac:03}");
+        format!("{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+fn is_on(flag: &Flag, variant: usize) -> bool {
+    matches!(flag.variant(variant).value, Value::Bool(true))
+}
+
+/// Whether a rule of a boolean flag can serve `value` to someone.
+pub(crate) fn can_serve(flag: &Flag, rule: &Rule, value: bool) -> bool {
+    match &rule.outcome {
+        Outcome::Serve { variant, gate } => {
+            is_on(flag, *variant) == value
+                && !matches!(gate, Gate::Rollout { threshold: 0, .. } | Gate::PercentageOfTime { threshold: 0 })
+        }
+        Outcome::Split { boundaries, .. } => {
+            let mut lower = 0;
+            boundaries.iter().any(|&(upper, variant)| {
+                let wide = upper > lower;
+                lower = upper;
+                wide && is_on(flag, variant) == value
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

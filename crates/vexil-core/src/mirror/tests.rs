@@ -1,0 +1,141 @@
+//! What each mirror says about small flags. The real clients check the meaning end to end
+//! (tests/e2e/mirrors.rs); these pin the shapes and the findings.
+
+use serde_json::json;
+
+use super::unleash::{self, Profile, Segments};
+use super::{Fidelity, Mirror, flipper};
+use crate::{CompileOptions, SourceFile, Snapshot};
+
+fn snapshot(yaml: &str) -> Snapshot {
+    let files = [SourceFile {
+        path: "f.yaml".into(),
+        text: yaml.into(),
+    }];
+    let compiled = crate::compile(&files, &CompileOptions::default());
+    compiled
+        .snapshot
+        .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics))
+}
+
+/// (flag, mirror, fidelity, reason fragment) of every finding.
+fn findings(yaml: &str) -> Vec<(String, &'static str, &'static str, String)> {
+    super::findings(&snapshot(yaml), &Mirror::ALL)
+        .into_iter()
+        .map(|f| (f.flag.to_string(), f.mirror.as_str(), f.fidelity.as_str(), f.reason))
+        .collect()
+}
+
+#[test]
+fn flipper_gates() {
+    let s = snapshot(
+        r#"
+segments:
+  vips: { ids: [u3] }
+flags:
+  f:
+    rules:
+      - { ids: [u1, u2], serve: true }
+      - { segment: vips, serve: true }
+      - { groups: [admins], serve: true }
+      - { rollout: 12.5 }
+      - { percentage_of_time: 5 }
+"#,
+    );
+    let export = flipper::export(&s.namespaces()[0]);
+    assert!(export.findings.is_empty(), "{:?}", export.findings);
+    assert_eq!(
+        export.features[0].to_json(flipper::Form::Full),
+        json!({"key": "f", "state": "conditional", "gates": [
+            {"key": "boolean", "name": "boolean", "value": null},
+            {"key": "expression", "name": "expression", "value": null},
+            {"key": "actors", "name": "actor", "value": ["u1", "u2", "u3"]},
+            {"key": "percentage_of_actors", "name": "percentage_of_actors", "value": "12.5"},
+            {"key": "percentage_of_time", "name": "percentage_of_time", "value": "5"},
+            {"key": "groups", "name": "group", "value": ["admins"]},
+        ]})
+    );
+    assert_eq!(
+        export.features[0].to_json(flipper::Form::NoGates),
+        json!({"key": "f", "state": "conditional"})
+    );
+}
+
+#[test]
+fn unsayable_flags_are_left_out_with_a_reason() {
+    let got = findings(
+        r#"
+flags:
+  color:
+    type: string
+    variants: { a: a, b: b }
+    default: a
+  off-first:
+    rules:
+      - { ids: [u1], serve: false }
+      - { rollout: 50, bucketing: unleash }
+  attrs:
+    rules:
+      - { when: [{ attr: plan, ends_with: pro }], serve: true }
+  crc:
+    rules:
+      - rollout: 20
+"#,
+    );
+    let has = |flag: &str, mirror: &str, fidelity: &str, fragment: &str| {
+        assert!(
+            got.iter()
+                .any(|(f, m, fi, r)| f == flag && *m == mirror && *fi == fidelity && r.contains(fragment)),
+            "no {fidelity} finding for {flag} in {mirror} about {fragment:?}: {got:#?}"
+        );
+    };
+    has("color", "flipper", "omitted", "serves string values");
+    has("off-first", "flipper", "omitted", "serves false before");
+    has("off-first", "unleash", "omitted", "serves false before");
+    has("attrs", "flipper", "omitted", "attribute conditions");
+    has("attrs", "unleash-legacy", "omitted", "STR_ENDS_WITH");
+    has("crc", "unleash", "inexact", "bucketing: unleash");
+    // Exact where it can be.
+    assert!(!got.iter().any(|(f, m, _, _)| f == "attrs" && *m == "unleash"));
+    assert!(!got.iter().any(|(f, m, _, _)| f == "crc" && *m == "flipper"));
+    assert!(!got.iter().any(|(f, m, _, _)| f == "color" && m.starts_with("unleash")));
+    assert_eq!(Fidelity::Omitted.as_str(), "omitted");
+}
+
+#[test]
+fn unleash_segments_separate_or_inline() {
+    let s = snapshot(
+        r#"
+segments:
+  staff: { all: [{ attr: email, ends_with: "@example.com" }] }
+  either: { any: [{ attr: a, equals: x }, { attr: b, equals: y }] }
+flags:
+  f:
+    rules:
+      - { segment: staff, serve: true }
+      - { segment: either, serve: true }
+"#,
+    );
+    let export = unleash::export(&s.namespaces()[0], Profile::Modern);
+    let separate = export.body(&export.features, Segments::Separate);
+    assert_eq!(separate["segments"][0]["id"], json!(1));
+    let strategies = &separate["features"][0]["strategies"];
+    assert_eq!(strategies.as_array().map(Vec::len), Some(3));
+    assert_eq!(strategies[0]["segments"], json!([1]));
+    assert_eq!(strategies[0]["constraints"], json!([]));
+    assert_eq!(strategies[1]["constraints"][0]["values"], json!(["x"]));
+    let inline = export.body(&export.features, Segments::Inline);
+    assert!(inline.get("segments").is_none());
+    assert_eq!(
+        inline["features"][0]["strategies"][0]["constraints"][0]["operator"],
+        json!("STR_ENDS_WITH")
+    );
+}
+
+#[test]
+fn percent_text() {
+    assert_eq!(super::percent_text(25_000), "25");
+    assert_eq!(super::percent_text(12_500), "12.5");
+    assert_eq!(super::percent_text(125), "0.125");
+    assert_eq!(super::percent_text(0), "0");
+}
