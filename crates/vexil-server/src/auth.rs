@@ -61,6 +61,31 @@ impl Tokens {
         token.is_some_and(|t| self.digests.contains(&digest(t.trim())))
     }
 
+    /// Whether an HTTP request to a mirror carries an accepted token, in any of the forms
+    /// clients can be configured to send: `Authorization: Bearer <token>`, a bare
+    /// `Authorization: <token>` (Unleash SDKs), basic auth with the token as password or user
+    /// (Flipper's adapter), `X-API-Key` or `Flipper-Cloud-Token`.
+    pub fn accepts_http(&self, headers: &axum::http::HeaderMap) -> bool {
+        if !self.is_enabled() {
+            return true;
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(auth) = header("authorization") {
+            if self.accepts(Some(auth)) || self.accepts_token(Some(auth)) {
+                return true;
+            }
+            if let Some(credentials) = basic(auth) {
+                let (user, password) = credentials.split_once(':').unwrap_or((&credentials, ""));
+                if self.accepts_token(Some(password)) || self.accepts_token(Some(user)) {
+                    return true;
+                }
+            }
+        }
+        ["x-api-key", "flipper-cloud-token"]
+            .into_iter()
+            .any(|name| header(name).is_some_and(|t| self.accepts_token(Some(t))))
+    }
+
     /// A tonic interceptor enforcing the tokens; `on_reject` is called for each refused call.
     pub fn interceptor<F: Fn() + Clone + Send + Sync>(
         &self,
@@ -89,6 +114,18 @@ fn bearer(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+fn basic(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -110,5 +147,24 @@ mod tests {
         assert!(!t.accepts_token(Some("Bearer beta")));
         assert!(!t.accepts_token(None));
         assert!(super::Tokens::default().accepts_token(None));
+        // Mirrors: every form a Flipper or Unleash client can be set up to send.
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = axum::http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        assert!(t.accepts_http(&headers(&[("authorization", "alpha")])));
+        assert!(t.accepts_http(&headers(&[("authorization", "Bearer beta")])));
+        // "app:gamma" and "gamma:" in base64.
+        assert!(t.accepts_http(&headers(&[("authorization", "Basic YXBwOmdhbW1h")])));
+        assert!(t.accepts_http(&headers(&[("authorization", "Basic Z2FtbWE6")])));
+        assert!(t.accepts_http(&headers(&[("flipper-cloud-token", "alpha")])));
+        assert!(t.accepts_http(&headers(&[("x-api-key", "beta")])));
+        assert!(!t.accepts_http(&headers(&[("authorization", "Basic YXBwOmRlbHRh")])));
+        assert!(!t.accepts_http(&headers(&[("authorization", "delta")])));
+        assert!(!t.accepts_http(&headers(&[])));
+        assert!(super::Tokens::default().accepts_http(&headers(&[])));
     }
 }

@@ -83,7 +83,7 @@ impl Feature {
             if p == 0 {
                 Json::Null
             } else {
-                Json::String(percent_text(p))
+                Json::String(flipper_percent(p))
             }
         };
         let set = |s: &BTreeSet<Box<str>>| Json::from(s.iter().map(|v| &**v).collect::<Vec<_>>());
@@ -334,4 +334,19 @@ fn id_set(ns: &Namespace, matchers: &[Matcher]) -> Option<BTreeSet<Box<str>>> {
         }
     }
     result
+}
+
+/// A percentage as Flipper reads it: `bucket < value.to_f * 1_000` (Ruby floats). For 731 of
+/// the three-decimal percentages (2.007 among them) that product lands just above the whole
+/// threshold and would let in one more bucket than Vexil does; those are sent half a bucket
+/// lower ("2.0065"), which selects exactly the same buckets.
+pub fn flipper_percent(thousandths: u32) -> String {
+    let text = percent_text(thousandths);
+    let as_ruby = text.parse::<f64>().unwrap_or(0.0) * 1000.0;
+    if as_ruby <= f64::from(thousandths) {
+        return text;
+    }
+    let halves = thousandths * 10 - 5; // ten-thousandths of a percent
+    let digits = format!("{:04}", halves % 10_000);
+    format!("{}.{}", halves / 10_000, digits.trim_end_matches('0'))
 }

@@ -93,7 +93,7 @@ flags:
     has("off-first", "flipper", "omitted", "serves false before");
     has("off-first", "unleash", "omitted", "serves false before");
     has("attrs", "flipper", "omitted", "attribute conditions");
-    has("attrs", "unleash-legacy", "omitted", "STR_ENDS_WITH");
+    has("attrs", "unleash-legacy", "omitted", "reads `plan`");
     has("crc", "unleash", "inexact", "bucketing: unleash");
     // Exact where it can be.
     assert!(!got.iter().any(|(f, m, _, _)| f == "attrs" && *m == "unleash"));
@@ -138,4 +138,19 @@ fn percent_text() {
     assert_eq!(super::percent_text(12_500), "12.5");
     assert_eq!(super::percent_text(125), "0.125");
     assert_eq!(super::percent_text(0), "0");
+}
+
+#[test]
+fn flipper_percentages_select_the_same_buckets() {
+    // Every three-decimal percentage: Flipper's `bucket < value.to_f * 1000` must hold for
+    // exactly the buckets below the threshold.
+    let mut adjusted = 0;
+    for t in 1..=100_000u32 {
+        let text = flipper::flipper_percent(t);
+        let limit = text.parse::<f64>().unwrap() * 1000.0;
+        assert!(limit <= f64::from(t) && limit > f64::from(t - 1), "{t}: {text}");
+        adjusted += usize::from(text != super::percent_text(t));
+    }
+    assert_eq!(adjusted, 731);
+    assert_eq!(flipper::flipper_percent(2_007), "2.0065");
 }

@@ -392,9 +392,11 @@ impl<'a> Cx<'a> {
                 Gate::Always => plain_strategy(Vec::new()),
                 Gate::Rollout { threshold, bucket } => {
                     self.check_bucket(rule, bucket, "rollout");
-                    self.rollout(*threshold, bucket, Vec::new())
+                    self.rollout(rule, *threshold, bucket, Vec::new())?
                 }
-                Gate::PercentageOfTime { threshold } => random_strategy(*threshold, &self.flag.key),
+                Gate::PercentageOfTime { threshold } => {
+                    random_strategy(*threshold, &self.flag.key, self.profile)
+                }
             },
             Outcome::Split { boundaries, bucket } => {
                 let (mut lower, mut on_below, mut seen_off) = (0, 0, false);
@@ -423,7 +425,7 @@ impl<'a> Cx<'a> {
                         rule.name
                     ),
                 ));
-                self.rollout(on_below, bucket, Vec::new())
+                self.rollout(rule, on_below, bucket, Vec::new())?
             }
         })
     }
@@ -458,11 +460,11 @@ impl<'a> Cx<'a> {
                             Gate::Always => plain_strategy(serve),
                             Gate::Rollout { threshold, bucket } => {
                                 self.check_bucket(rule, bucket, "rollout");
-                                self.rollout(*threshold, bucket, serve)
+                                self.rollout(rule, *threshold, bucket, serve)?
                             }
                             Gate::PercentageOfTime { threshold } => Strategy {
                                 variants: serve,
-                                ..random_strategy(*threshold, &flag.key)
+                                ..random_strategy(*threshold, &flag.key, self.profile)
                             },
                         }
                     }
@@ -478,7 +480,7 @@ impl<'a> Cx<'a> {
                                 variants.push(variant_json(flag, variant, weight, &stickiness));
                             }
                         }
-                        self.rollout(100_000, bucket, variants)
+                        self.rollout(rule, 100_000, bucket, variants)?
                     }
                 };
                 feature.strategies.extend(dnf.into_iter().map(|atoms| Strategy {
@@ -491,17 +493,39 @@ impl<'a> Cx<'a> {
         Ok(())
     }
 
-    fn rollout(&self, threshold: u32, bucket: &BucketBy, variants: Vec<Json>) -> Strategy {
-        Strategy {
+    fn rollout(
+        &self,
+        rule: &'a Rule,
+        threshold: u32,
+        bucket: &BucketBy,
+        variants: Vec<Json>,
+    ) -> Result<Strategy, Note<'a>> {
+        let stickiness = stickiness(bucket);
+        let mut rollout = percent_text(threshold);
+        if self.profile == Profile::Legacy {
+            // ruby-unleash 3.2.5 reads only these stickiness fields (others: never on) and
+            // whole percentages (others: never on).
+            if !["userId", "sessionId"].contains(&stickiness.as_str()) {
+                return Err((
+                    &rule.origin,
+                    format!(
+                        "rule `{}` buckets by `{stickiness}`, and clients without Unleash-Client-Spec (ruby-unleash 3.2.5) bucket only by userId or sessionId",
+                        rule.name
+                    ),
+                ));
+            }
+            rollout = threshold.div_ceil(1000).min(100).to_string();
+        }
+        Ok(Strategy {
             name: "flexibleRollout",
             parameters: vec![
-                ("rollout", percent_text(threshold)),
-                ("stickiness", stickiness(bucket)),
+                ("rollout", rollout),
+                ("stickiness", stickiness),
                 ("groupId", bucket.salt.to_string()),
             ],
             atoms: Vec::new(),
             variants,
-        }
+        })
     }
 
     fn check_bucket(&mut self, rule: &'a Rule, bucket: &BucketBy, what: &str) {
@@ -550,6 +574,7 @@ impl<'a> Cx<'a> {
                 vec![vec![Atom::Constraint(Constraint::list("userId", "IN", ids))]]
             }
             Matcher::Groups(groups) => {
+                legacy_field("groups", self.profile)?;
                 let groups = groups.iter().map(ToString::to_string).collect();
                 vec![vec![Atom::Constraint(Constraint::list(
                     "groups", "IN", groups,
@@ -660,6 +685,20 @@ impl From<Constraint> for Atom {
     }
 }
 
+/// The context fields ruby-unleash 3.2.5 can read without raising: it snake-cases a
+/// constraint's field name and fetches any other field from `properties` with no default,
+/// so a context without that property makes `is_enabled?` raise.
+const LEGACY_FIELDS: [&str; 3] = ["userId", "sessionId", "remoteAddress"];
+
+fn legacy_field(name: &str, profile: Profile) -> Result<(), String> {
+    if profile == Profile::Legacy && !LEGACY_FIELDS.contains(&name) {
+        return Err(format!(
+            "reads `{name}`, and clients without Unleash-Client-Spec (ruby-unleash 3.2.5) raise on a context without that property (only userId, sessionId and remoteAddress are safe)"
+        ));
+    }
+    Ok(())
+}
+
 /// The context field an attribute is read from.
 fn context_name(attr: &AttrPath) -> &str {
     if attr.is_targeting_key {
@@ -672,6 +711,7 @@ fn context_name(attr: &AttrPath) -> &str {
 /// One condition in disjunctive normal form (an `in` list with numbers is a disjunction).
 fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>, String> {
     let name = context_name(&c.attr);
+    legacy_field(name, profile)?;
     let modern = |operator: &'static str| -> Result<(), String> {
         if profile == Profile::Legacy {
             Err(format!(
@@ -848,7 +888,20 @@ fn plain_strategy(variants: Vec<Json>) -> Strategy {
     }
 }
 
-fn random_strategy(threshold: u32, flag: &str) -> Strategy {
+/// On for a random share of calls (not sticky).
+fn random_strategy(threshold: u32, flag: &str, profile: Profile) -> Strategy {
+    if profile == Profile::Legacy {
+        // ruby-unleash 3.2.5 has no `random` stickiness; its older strategy does the same.
+        return Strategy {
+            name: "gradualRolloutRandom",
+            parameters: vec![
+                ("percentage", threshold.div_ceil(1000).min(100).to_string()),
+                ("groupId", flag.to_owned()),
+            ],
+            atoms: Vec::new(),
+            variants: Vec::new(),
+        };
+    }
     Strategy {
         name: "flexibleRollout",
         parameters: vec![
