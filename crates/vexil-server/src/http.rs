@@ -18,7 +18,29 @@ pub fn router(state: Arc<AppState>, tokens: crate::Tokens) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Arc::clone(&state))
-        .merge(crate::ofrep::router(state, tokens))
+        .merge(crate::ofrep::router(Arc::clone(&state), tokens.clone()))
+        .merge(crate::flipper::router(Arc::clone(&state), tokens.clone()))
+        .merge(crate::unleash::router(Arc::clone(&state), tokens.clone()))
+        .route(
+            "/mirrors/diagnostics",
+            get(move |headers: axum::http::HeaderMap| mirror_diagnostics(state, tokens, headers)),
+        )
+}
+
+/// Every flag a mirror exports inexactly or leaves out, and why (behind tokens: it names flags).
+async fn mirror_diagnostics(
+    state: Arc<AppState>,
+    tokens: crate::Tokens,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !tokens.accepts_http(&headers) {
+        state.metrics.unauthenticated();
+        return (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response();
+    }
+    match state.served() {
+        Some(served) => served.mirrors.diagnostics.respond(&headers, &[]),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no valid flag snapshot yet\n").into_response(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

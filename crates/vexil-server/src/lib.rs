@@ -8,11 +8,14 @@
 pub mod auth;
 pub mod convert;
 pub mod flagd;
+pub mod flipper;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod mirrors;
 pub mod ofrep;
 pub mod state;
+pub mod unleash;
 
 use std::future::Future;
 use std::sync::Arc;

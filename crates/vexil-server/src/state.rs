@@ -11,6 +11,7 @@ use vexil_core::{AttemptResult, ChangeEvent, Live, Reloader, Snapshot};
 use crate::convert::Limits;
 use crate::grpc::Definitions;
 use crate::metrics::{EvalCounters, Metrics};
+use crate::mirrors::Tables;
 
 /// A snapshot and what is derived from it once, at swap time (or at first use).
 #[derive(Debug)]
@@ -19,12 +20,15 @@ pub struct Served {
     pub counters: EvalCounters,
     /// Flag and segment definitions as messages, built at the first ListFlags/GetFlag.
     pub definitions: OnceLock<Definitions>,
+    /// The Flipper and Unleash mirrors' bodies and ETags, built at swap time.
+    pub mirrors: Tables,
 }
 
 impl Served {
     fn new(snapshot: Arc<Snapshot>, previous: Option<&Served>) -> Served {
         Served {
             counters: EvalCounters::new(&snapshot, previous.map(|p| &p.counters)),
+            mirrors: Tables::build(&snapshot),
             snapshot,
             definitions: OnceLock::new(),
         }
@@ -42,6 +46,10 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// How long a flagd EventStream may stay silent before a `keep_alive`.
     pub flagd_keep_alive: Duration,
+    /// Where the flags come from, as read-only fronts tell clients that try to write.
+    pub source: String,
+    /// Sent to Flipper clients as `poll-interval` (seconds; their poller only slows down).
+    pub flipper_poll_interval: Duration,
 }
 
 impl Default for Options {
@@ -52,6 +60,8 @@ impl Default for Options {
             reload_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             flagd_keep_alive: Duration::from_secs(20),
+            source: "the flag repository".to_owned(),
+            flipper_poll_interval: Duration::from_secs(10),
         }
     }
 }

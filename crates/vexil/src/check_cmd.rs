@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use vexil_core::expect::TestRun;
+use vexil_core::mirror::Mirror;
 use vexil_core::{CompileOptions, Loaded, Severity, SourceFile};
 
 use crate::render;
@@ -36,6 +37,30 @@ pub struct Args {
     /// Do not run the flag tests (`*.test.yaml`).
     #[arg(long)]
     no_tests: bool,
+    /// Warn about flags these mirrors export inexactly or leave out: `all`, `none`, or a
+    /// comma-separated list of `flipper`, `unleash`, `unleash-legacy`.
+    #[arg(long, default_value = "all", value_parser = mirrors)]
+    mirrors: Mirrors,
+}
+
+/// The mirrors `--mirrors` names.
+#[derive(Debug, Clone)]
+pub struct Mirrors(Vec<Mirror>);
+
+fn mirrors(s: &str) -> Result<Mirrors, String> {
+    match s.trim() {
+        "all" => Ok(Mirrors(Mirror::ALL.to_vec())),
+        "none" | "" => Ok(Mirrors(Vec::new())),
+        list => list
+            .split(',')
+            .map(|m| {
+                Mirror::parse(m.trim()).ok_or_else(|| {
+                    format!("unknown mirror `{m}` (expected flipper, unleash, unleash-legacy, all or none)")
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Mirrors),
+    }
 }
 
 pub fn today() -> jiff::civil::Date {
@@ -70,6 +95,13 @@ pub fn run(args: &Args, tests_only: bool) -> anyhow::Result<ExitCode> {
     };
     if let Some(t) = &tests {
         diagnostics.extend(t.diagnostics.iter().cloned());
+    }
+    if let Some(s) = &snapshot {
+        diagnostics.extend(
+            vexil_core::mirror::findings(s, &args.mirrors.0)
+                .iter()
+                .map(vexil_core::mirror::Finding::to_diagnostic),
+        );
     }
     diagnostics.sort();
     let all_files: Vec<SourceFile> = loaded.files.iter().chain(&loaded.tests).cloned().collect();

@@ -37,7 +37,8 @@ pub struct Args {
     /// gRPC listen address (vexil.v1, grpc.health.v1, reflection; flagd's port).
     #[arg(long, env = "VEXIL_GRPC_ADDR", default_value = "127.0.0.1:8013")]
     grpc_addr: SocketAddr,
-    /// HTTP listen address (/metrics, /healthz, /readyz).
+    /// HTTP listen address (/metrics, /healthz, /readyz, OFREP, the Flipper and Unleash
+    /// mirrors, /mirrors/diagnostics).
     #[arg(long, env = "VEXIL_HTTP_ADDR", default_value = "127.0.0.1:8014")]
     http_addr: SocketAddr,
     /// Where remote repositories are cloned. Default: $XDG_CACHE_HOME/vexil or ~/.cache/vexil.
@@ -87,6 +88,9 @@ pub struct Args {
     /// The most attribute values (nested ones included) in one context.
     #[arg(long, env = "VEXIL_MAX_CONTEXT_VALUES", default_value_t = 1000)]
     max_context_values: usize,
+    /// The `poll-interval` sent to Flipper clients (their poller only ever slows down to it).
+    #[arg(long, env = "VEXIL_FLIPPER_POLL_INTERVAL", default_value = "10s", value_parser = duration)]
+    flipper_poll_interval: Duration,
     /// Log format.
     #[arg(long, env = "VEXIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -263,6 +267,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         },
         heartbeat: args.heartbeat,
         drain_timeout: args.drain_timeout,
+        source: source_name.clone(),
+        flipper_poll_interval: args.flipper_poll_interval,
         ..Options::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,292 @@
+//! A read-only mirror of the Flipper HTTP API at `/flipper/api` (and
+//! `/ns/{namespace}/flipper/api`), for apps using Flipper's HTTP adapter.
+//!
+//! `GET /features` (`keys=`, `exclude_gates=`, `exclude_gate_names=`), `GET /features/{name}`
+//! and `GET /actors/{flipper_id}` (evaluated by Vexil). Every other method answers 405 with
+//! Flipper's error JSON naming where the flags live. Bodies and ETags come from the
+//! per-snapshot tables (`mirrors.rs`); only `keys=` bodies are assembled per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+use vexil_core::mirror::flipper::Form;
+use vexil_core::{DEFAULT_NAMESPACE, FlagType, Value};
+
+use crate::Tokens;
+use crate::mirrors::Body;
+use crate::state::{AppState, Served};
+
+const MORE_INFO: &str = "https://flippercloud.io/docs/api#error-code-reference";
+
+#[derive(Debug, Clone)]
+struct Flipper {
+    state: Arc<AppState>,
+    tokens: Tokens,
+}
+
+pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
+    let mut router = Router::new();
+    for prefix in ["/flipper/api", "/ns/{namespace}/flipper/api"] {
+        router = router
+            .route(&format!("{prefix}/features"), get(features).fallback(refuse))
+            .route(
+                &format!("{prefix}/features/{{*name}}"),
+                get(feature).fallback(refuse),
+            )
+            .route(
+                &format!("{prefix}/actors/{{*flipper_id}}"),
+                get(actor).fallback(refuse),
+            )
+            .route(&format!("{prefix}/{{*rest}}"), any(unknown))
+            .route(&format!("{prefix}/"), any(unknown));
+    }
+    router.with_state(Flipper { state, tokens })
+}
+
+fn error(status: StatusCode, code: u32, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "code": code, "message": message, "more_info": MORE_INFO }).to_string(),
+    )
+        .into_response()
+}
+
+/// The checks every request passes: a token if configured, a snapshot, a known namespace.
+fn prepare(
+    f: &Flipper,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<(Arc<Served>, String), Response> {
+    if !f.tokens.accepts_http(headers) {
+        f.state.metrics.unauthenticated();
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            401,
+            "Missing or unknown token: configure the Flipper HTTP adapter with basic auth (the token as password) or an `Authorization: Bearer <token>` header.",
+        ));
+    }
+    let Some(served) = f.state.served() else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            503,
+            "No valid flag snapshot yet: the flag repository has not been read successfully.",
+        ));
+    };
+    let namespace = params
+        .get("namespace")
+        .map_or(DEFAULT_NAMESPACE, String::as_str)
+        .to_owned();
+    if served.snapshot.namespace(&namespace).is_none() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            404,
+            &format!("Namespace `{namespace}` not found: no flag file declares it."),
+        ));
+    }
+    Ok((served, namespace))
+}
+
+/// Query parameters, in order, empty ones (`?&keys=a`) skipped.
+struct Query {
+    keys: Option<Vec<String>>,
+    exclude_gates: bool,
+    exclude_gate_names: bool,
+}
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Query {
+        let mut q = Query {
+            keys: None,
+            exclude_gates: false,
+            exclude_gate_names: false,
+        };
+        for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match &*name {
+                "keys" => q.keys.get_or_insert_with(Vec::new).extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned),
+                ),
+                // Newer adapters: `keys[]=a&keys[]=b` when a name holds a comma.
+                "keys[]" => q.keys.get_or_insert_with(Vec::new).push(value.into_owned()),
+                "exclude_gates" => q.exclude_gates = value == "true",
+                "exclude_gate_names" => q.exclude_gate_names = value == "true",
+                _ => {}
+            }
+        }
+        q
+    }
+
+    fn form(&self) -> Form {
+        if self.exclude_gates {
+            Form::NoGates
+        } else if self.exclude_gate_names {
+            Form::NoGateNames
+        } else {
+            Form::Full
+        }
+    }
+}
+
+fn form_index(form: Form) -> usize {
+    Form::ALL.iter().position(|f| *f == form).unwrap_or(0)
+}
+
+fn extra(f: &Flipper) -> [(&'static str, HeaderValue); 1] {
+    [(
+        "poll-interval",
+        HeaderValue::from(f.state.options.flipper_poll_interval.as_secs()),
+    )]
+}
+
+async fn features(
+    State(f): State<Flipper>,
+    Path(params): Path<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (served, namespace) = match prepare(&f, &headers, &params) {
+        Ok(x) => x,
+        Err(response) => return response,
+    };
+    let Some(table) = served.mirrors.flipper.get(namespace.as_str()) else {
+        return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
+    };
+    let query = Query::parse(raw.as_deref());
+    let form = form_index(query.form());
+    let Some(keys) = query.keys else {
+        return table
+            .all
+            .get(form)
+            .map_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response(), |b| {
+                b.respond(&headers, &extra(&f))
+            });
+    };
+    // Known features in the order asked, each once; unknown names are dropped, as Flipper does.
+    let mut seen = std::collections::HashSet::new();
+    let mut body = b"{\"features\":[".to_vec();
+    for key in &keys {
+        let Some(bodies) = table.features.get(key.as_str()) else {
+            continue;
+        };
+        if !seen.insert(key.as_str()) {
+            continue;
+        }
+        if body.last() != Some(&b'[') {
+            body.push(b',');
+        }
+        if let Some(b) = bodies.get(form) {
+            body.extend_from_slice(&b.bytes);
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Body::new(body).respond(&headers, &extra(&f))
+}
+
+async fn feature(
+    State(f): State<Flipper>,
+    Path(params): Path<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (served, namespace) = match prepare(&f, &headers, &params) {
+        Ok(x) => x,
+        Err(response) => return response,
+    };
+    let name = params.get("name").map_or("", String::as_str);
+    let form = form_index(Query::parse(raw.as_deref()).form());
+    match served
+        .mirrors
+        .flipper
+        .get(namespace.as_str())
+        .and_then(|t| t.features.get(name))
+        .and_then(|bodies| bodies.get(form))
+    {
+        Some(body) => body.respond(&headers, &extra(&f)),
+        None => error(StatusCode::NOT_FOUND, 1, "Feature not found."),
+    }
+}
+
+/// Vexil's own answers for an actor with no other attributes, for every boolean flag (or
+/// the `keys` asked for; unknown ones are off).
+async fn actor(
+    State(f): State<Flipper>,
+    Path(params): Path<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (served, namespace) = match prepare(&f, &headers, &params) {
+        Ok(x) => x,
+        Err(response) => return response,
+    };
+    let Some(ns) = served.snapshot.namespace(&namespace) else {
+        return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
+    };
+    let id = params.get("flipper_id").map_or("", String::as_str);
+    if id.is_empty() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, 4, "Required parameter flipper_id is missing.");
+    }
+    let ctx = vexil_core::Context::with_key(id);
+    let enabled = |key: &str| {
+        ns.flag(key)
+            .filter(|flag| flag.flag_type == FlagType::Boolean)
+            .is_some_and(|flag| {
+                matches!(ns.evaluate_flag(flag, &ctx).variant.value, Value::Bool(true))
+            })
+    };
+    let mut features = serde_json::Map::new();
+    match Query::parse(raw.as_deref()).keys {
+        Some(keys) => {
+            for key in keys {
+                let on = enabled(&key);
+                features.insert(key, json!({ "enabled": on }));
+            }
+        }
+        None => {
+            for flag in ns.flags.iter().filter(|f| f.flag_type == FlagType::Boolean) {
+                features.insert(flag.key.to_string(), json!({ "enabled": enabled(&flag.key) }));
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "flipper_id": id, "features": features }).to_string(),
+    )
+        .into_response()
+}
+
+/// Any write: 405, saying where the flags live and how to change them.
+async fn refuse(State(f): State<Flipper>, method: Method) -> Response {
+    let message = format!(
+        "This Flipper API is a read-only mirror served by Vexil: {method} is not allowed. The flags are managed in git ({}); to change one, edit its YAML flag file there and merge a pull request, and this server picks up the new commit.",
+        f.state.options.source
+    );
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, 405, &message);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+/// Paths of the API that are not routes: writes (`POST /import`, ...) are refused with 405,
+/// anything else is Flipper's 404 `{}`.
+async fn unknown(state: State<Flipper>, method: Method) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response();
+    }
+    refuse(state, method).await
+}
