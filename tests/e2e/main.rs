@@ -5,6 +5,8 @@
 //! - `hostile`: files built at run time (too large, binary, not UTF-8, symlinks out of the root);
 //! - `cli`: the `vexil` binary as a user runs it;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
+//! - `mirrors`: the Flipper and Unleash mirrors, with the real Python/Ruby clients installed by
+//!   the tests, and their wire contract;
 //! - `openfeature`: the real OpenFeature providers (Python flagd and OFREP, Node flagd) against
 //!   `vexil serve`, installed by the tests;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
@@ -23,6 +25,7 @@ mod cli;
 mod helpers;
 mod hostile;
 mod invalid;
+mod mirrors;
 mod openfeature;
 mod props;
 mod reload;

@@ -24,7 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// Contexts generated per flag.
 const CONTEXTS_PER_FLAG: usize = 100;
 
-fn run(cmd: &mut std::process::Command, what: &str) {
+pub(crate) fn run(cmd: &mut std::process::Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
@@ -35,7 +35,7 @@ fn run(cmd: &mut std::process::Command, what: &str) {
 }
 
 /// The venv's python, with tests/conformance/requirements.txt installed (once per run).
-fn python() -> &'static Path {
+pub(crate) fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let root = repo_root();
@@ -92,7 +92,7 @@ fn node_dir() -> &'static Path {
 
 /// Candidate attribute values, from every condition operand written in the flags (and values
 /// around them), so that the corpus exercises both sides of every condition.
-fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
+pub(crate) fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
     let mut pool: std::collections::BTreeMap<String, Vec<Json>> = Default::default();
     let mut add_condition = |c: &Json| {
         let Json::Object(m) = c else { return };
@@ -193,7 +193,7 @@ fn candidates(snapshot: &vexil_core::Snapshot) -> Vec<(String, Vec<Json>)> {
 }
 
 /// Targeting keys the flags name (rule `ids`, segment `ids`).
-fn named_ids(snapshot: &vexil_core::Snapshot) -> Vec<String> {
+pub(crate) fn named_ids(snapshot: &vexil_core::Snapshot) -> Vec<String> {
     let mut ids = Vec::new();
     for ns in snapshot.namespaces() {
         for f in &ns.flags {
@@ -238,7 +238,7 @@ fn insert_nested(map: &mut serde_json::Map<String, Json>, path: &str, value: Jso
 
 /// Whether a flag's answer is random on every call (`percentage_of_time`): two evaluations of
 /// it cannot be compared.
-fn is_random(ns: &vexil_core::Namespace, flag: &vexil_core::Flag) -> bool {
+pub(crate) fn is_random(ns: &vexil_core::Namespace, flag: &vexil_core::Flag) -> bool {
     let def = vexil_core::export::flag_definition(ns, flag);
     def["rules"]
         .as_array()

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value as Json, json};
 
-use super::{Fidelity, Finding, Mirror, is_on, percent_text};
+use super::{Fidelity, Finding, Mirror, is_on};
 use crate::snapshot::{
     AttrPath, BucketBy, Cmp, Condition, Flag, FlagType, Gate, Hashing, Matcher, Mode, Namespace,
     Op, Origin, Outcome, Rule, Value,
@@ -146,6 +146,8 @@ pub struct Export {
     pub features: Vec<Feature>,
     /// Per namespace segment (by index): its constraints, if it is exported as an Unleash segment.
     segments: Vec<Option<Vec<Constraint>>>,
+    /// Segment keys, by index.
+    names: Vec<Box<str>>,
     pub findings: Vec<Finding>,
 }
 
@@ -188,6 +190,7 @@ impl Export {
                     let constraints = self.segments.get(i)?.as_ref()?;
                     Some(json!({
                         "id": i + 1,
+                        "name": self.names.get(i).map_or("", |n| &**n),
                         "constraints": constraints.iter().map(Constraint::to_json).collect::<Vec<_>>(),
                     }))
                 })
@@ -268,6 +271,7 @@ pub fn export(ns: &Namespace, profile: Profile) -> Export {
                 _ => None,
             })
             .collect(),
+        names: ns.segments.iter().map(|s| s.key.clone()).collect(),
         ..Export::default()
     };
     for flag in &ns.flags {
@@ -319,6 +323,10 @@ impl<'a> Cx<'a> {
         } else {
             self.variants(&mut feature)?;
         }
+        if self.profile == Profile::Modern {
+            self.check_quoting(&feature)?;
+            self.note_times();
+        }
         if feature.strategies.len() > MAX_STRATEGIES {
             return Err((
                 &flag.origin,
@@ -329,6 +337,67 @@ impl<'a> Cx<'a> {
             ));
         }
         Ok(feature)
+    }
+
+    /// Unleash's engine pastes names and values into a rule text and escapes only the quotes
+    /// of values: a quote or backslash in a name or parameter, or a value ending in a
+    /// backslash (or holding `\"`), breaks the whole flag (it is then off for everyone).
+    fn check_quoting(&self, feature: &Feature) -> Result<(), Note<'a>> {
+        let bad_name = |s: &str| s.contains(['"', '\\']);
+        let bad_value = |s: &str| s.ends_with('\\') || s.contains("\\\"");
+        for strategy in &feature.strategies {
+            let constraints = strategy.atoms.iter().flat_map(|a| match a {
+                Atom::Constraint(c) => std::slice::from_ref(c).iter(),
+                Atom::Segment(i) => self
+                    .segments
+                    .get(*i)
+                    .and_then(Option::as_ref)
+                    .map_or([].iter(), |cs| cs.iter()),
+            });
+            let mut names: Vec<&str> = strategy.parameters.iter().map(|(_, v)| v.as_str()).collect();
+            let mut values: Vec<&str> = Vec::new();
+            for c in constraints {
+                names.push(&c.context_name);
+                values.extend(c.values.iter().map(String::as_str));
+            }
+            let bad = names
+                .into_iter()
+                .find(|t| bad_name(t))
+                .or_else(|| values.into_iter().find(|t| bad_value(t)));
+            if let Some(t) = bad {
+                return Err((
+                    &self.flag.origin,
+                    format!("`{t}` holds a quote or backslash where Unleash's engine cannot read one"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Times: Vexil also reads a date alone (midnight UTC) or a time without seconds, which
+    /// Unleash's engine reads as no time at all.
+    fn note_times(&mut self) {
+        let is_time = |c: &Condition| matches!(c.op, Op::Before(_) | Op::After(_));
+        for rule in &self.flag.rules {
+            let uses_time = rule.matchers.iter().any(|m| match m {
+                Matcher::Conditions(_, cs) => cs.iter().any(is_time),
+                Matcher::Segments(_, indices) => indices.iter().any(|&i| {
+                    self.ns
+                        .segment(i)
+                        .is_some_and(|s| s.groups.iter().any(|(_, cs)| cs.iter().any(is_time)))
+                }),
+                Matcher::Ids(_) | Matcher::Groups(_) => false,
+            });
+            if uses_time {
+                self.notes.push((
+                    &rule.origin,
+                    format!(
+                        "rule `{}` compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time",
+                        rule.name
+                    ),
+                ));
+            }
+        }
     }
 
     /// A boolean flag: strategies switch it on; nothing can switch it off again.
@@ -501,7 +570,9 @@ impl<'a> Cx<'a> {
         variants: Vec<Json>,
     ) -> Result<Strategy, Note<'a>> {
         let stickiness = stickiness(bucket);
-        let mut rollout = percent_text(threshold);
+        // SDKs read whole percentages only ("25.5" is never on); a fractional one only comes
+        // with crc32 bucketing, already flagged inexact.
+        let rollout = threshold.saturating_add(500).div_euclid(1000).min(100).to_string();
         if self.profile == Profile::Legacy {
             // ruby-unleash 3.2.5 reads only these stickiness fields (others: never on) and
             // whole percentages (others: never on).
@@ -514,7 +585,6 @@ impl<'a> Cx<'a> {
                     ),
                 ));
             }
-            rollout = threshold.div_ceil(1000).min(100).to_string();
         }
         Ok(Strategy {
             name: "flexibleRollout",
@@ -723,12 +793,6 @@ fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>
         }
     };
     let text = |c: &Condition| c.operand.as_str().map(str::to_owned).unwrap_or_else(|| c.operand.to_string());
-    let single = |operator: &'static str| -> Result<Vec<Vec<Constraint>>, String> {
-        modern(operator)?;
-        Ok(vec![vec![
-            Constraint::single(name, operator, text(c)).case_insensitive(c.ignore_case),
-        ]])
-    };
     match &c.op {
         Op::Equals { negate, .. } | Op::In { negate, .. } => {
             let items: Vec<&Json> = match &c.operand {
@@ -746,22 +810,30 @@ fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>
                 Constraint::single(name, "REGEX", text(c)).case_insensitive(c.ignore_case),
             ]])
         }
-        Op::Number(cmp, _) => single(match cmp {
+        Op::Number(cmp, n) => single_value(c, name, profile, number_text(*n), match cmp {
             Cmp::Eq => "NUM_EQ",
             Cmp::Lt => "NUM_LT",
             Cmp::Lte => "NUM_LTE",
             Cmp::Gt => "NUM_GT",
             Cmp::Gte => "NUM_GTE",
         }),
-        Op::Semver(cmp, _) => single(match cmp {
+        Op::Semver(cmp, v) => single_value(c, name, profile, v.to_string(), match cmp {
             Cmp::Eq => "SEMVER_EQ",
             Cmp::Lt => "SEMVER_LT",
             Cmp::Lte => "SEMVER_LTE",
             Cmp::Gt => "SEMVER_GT",
             Cmp::Gte => "SEMVER_GTE",
         }),
-        Op::Before(_) => single("DATE_BEFORE"),
-        Op::After(_) => single("DATE_AFTER"),
+        Op::Before(_) | Op::After(_) => {
+            let operator = if matches!(c.op, Op::Before(_)) { "DATE_BEFORE" } else { "DATE_AFTER" };
+            let time = unleash_time(&text(c)).ok_or_else(|| {
+                format!(
+                    "compares `{}` with a time more precise than milliseconds, which Unleash's engine cannot read",
+                    c.attr.full
+                )
+            })?;
+            single_value(c, name, profile, time, operator)
+        }
         Op::Present(want) => {
             // Every string contains "": present iff the field has a value.
             modern("STR_CONTAINS")?;
@@ -770,6 +842,46 @@ fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>
             ]])
         }
     }
+}
+
+fn single_value(
+    c: &Condition,
+    name: &str,
+    profile: Profile,
+    value: String,
+    operator: &'static str,
+) -> Result<Vec<Vec<Constraint>>, String> {
+    if profile == Profile::Legacy {
+        return Err(format!(
+            "has a condition `{}` on `{}` that needs {operator}, and clients without Unleash-Client-Spec (ruby-unleash 3.2.5) know only IN and NOT_IN",
+            c.op_name, c.attr.full
+        ));
+    }
+    Ok(vec![vec![Constraint::single(name, operator, value)]])
+}
+
+/// A time as Unleash's rule grammar reads it: `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+fn unleash_time(text: &str) -> Option<String> {
+    let text = text.trim();
+    let ts = match text.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts,
+        Err(_) => text
+            .parse::<jiff::civil::Date>()
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp(),
+    };
+    let nanos = ts.subsec_nanosecond();
+    if nanos % 1_000_000 != 0 {
+        return None;
+    }
+    let base = ts.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    Some(if nanos == 0 {
+        format!("{base}Z")
+    } else {
+        format!("{base}.{:03}Z", nanos / 1_000_000)
+    })
 }
 
 fn list_op(
@@ -803,11 +915,11 @@ fn equality(
     let mut numbers = Vec::new();
     for item in items {
         match item {
-            Json::Number(n) => numbers.push(n.to_string()),
+            Json::Number(n) => numbers.extend(n.as_f64().map(number_text)),
             Json::Bool(b) => texts.extend(casings(if *b { "true" } else { "false" })),
             Json::String(s) => {
-                if crate::eval::parse_number(s).is_some() {
-                    numbers.push(s.trim().to_owned());
+                if let Some(n) = crate::eval::parse_number(s) {
+                    numbers.push(number_text(n));
                 } else if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") {
                     texts.extend(casings(&s.to_ascii_lowercase()));
                 } else {
@@ -827,8 +939,16 @@ fn equality(
             "compares `{name}` ignoring case, which clients without Unleash-Client-Spec (ruby-unleash 3.2.5) cannot"
         ));
     }
+    // IN ignores `caseInsensitive` in Unleash's engine; an anchored regular expression does not.
     let text_constraint = |operator| {
-        Constraint::list(name, operator, texts.clone()).case_insensitive(ignore_case)
+        if ignore_case {
+            let alternatives: Vec<String> = texts.iter().map(|t| regex::escape(t)).collect();
+            Constraint::single(name, "REGEX", format!("^(?:{})$", alternatives.join("|")))
+                .case_insensitive(true)
+                .inverted(operator == "NOT_IN")
+        } else {
+            Constraint::list(name, operator, texts.clone())
+        }
     };
     let number_constraints = numbers
         .iter()
@@ -849,6 +969,11 @@ fn equality(
         dnf.extend(number_constraints.map(|c| vec![c]));
         dnf
     })
+}
+
+/// A number as Unleash's rule grammar reads it (`[+-]?digits(.digits)?(e..)?`: no ".5").
+fn number_text(n: f64) -> String {
+    format!("{n}")
 }
 
 /// Every upper/lower casing of an ASCII word ("true" has 16).
@@ -895,7 +1020,7 @@ fn random_strategy(threshold: u32, flag: &str, profile: Profile) -> Strategy {
         return Strategy {
             name: "gradualRolloutRandom",
             parameters: vec![
-                ("percentage", threshold.div_ceil(1000).min(100).to_string()),
+                ("percentage", threshold.saturating_add(500).div_euclid(1000).min(100).to_string()),
                 ("groupId", flag.to_owned()),
             ],
             atoms: Vec::new(),
@@ -905,7 +1030,7 @@ fn random_strategy(threshold: u32, flag: &str, profile: Profile) -> Strategy {
     Strategy {
         name: "flexibleRollout",
         parameters: vec![
-            ("rollout", percent_text(threshold)),
+            ("rollout", threshold.saturating_add(500).div_euclid(1000).min(100).to_string()),
             ("stickiness", "random".to_owned()),
             ("groupId", flag.to_owned()),
         ],
