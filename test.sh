@@ -6,13 +6,15 @@ cd "$(dirname "$0")"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# The reload tests drive real git repositories with the git command; the OpenFeature
-# conformance tests install real clients into a Python venv and with npm (they do it
+# The reload tests drive real git repositories with the git command; the OpenFeature and
+# Unleash conformance tests install real clients into a Python venv and with npm (they do it
 # themselves, from tests/conformance/), so python3's venv module and Node.js must exist.
 missing=""
 command -v git > /dev/null || missing="$missing git"
 python3 -m venv --help > /dev/null 2>&1 || missing="$missing python3-venv"
 command -v npm > /dev/null || missing="$missing nodejs npm"
+# The mirror conformance tests drive Debian's ruby-unleash 3.2.5 and ruby-flipper 0.25.4.
+ruby -e 'require "unleash"; require "flipper"' > /dev/null 2>&1 || missing="$missing ruby-unleash ruby-flipper"
 if [ -n "$missing" ]; then
     echo "== installing$missing"
     apt-get update -qq && apt-get install -y -qq $missing

@@ -122,7 +122,9 @@ fn text_pool(snapshot: &Snapshot) -> BTreeMap<String, Vec<String>> {
                     texts.extend([format!("{f}"), format!("{f:.1}"), format!("{}", f + 0.5)]);
                 }
                 Json::Bool(b) => texts.extend([b.to_string(), b.to_string().to_uppercase()]),
-                Json::Array(items) => texts.extend(items.iter().filter_map(|i| i.as_str().map(str::to_owned))),
+                Json::Array(items) => {
+                    texts.extend(items.iter().filter_map(|i| i.as_str().map(str::to_owned)))
+                }
                 _ => {}
             }
         }
@@ -140,7 +142,8 @@ fn unleash_contexts(snapshot: &Snapshot, n: usize, seed: u64, legacy: bool) -> V
     ids.push("user-42".into());
     let bucket_attrs = bucket_attrs(snapshot);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let pick = |rng: &mut fastrand::Rng, values: &[String]| values[rng.usize(..values.len())].clone();
+    let pick =
+        |rng: &mut fastrand::Rng, values: &[String]| values[rng.usize(..values.len())].clone();
     (0..n)
         .map(|i| {
             let mut ctx = serde_json::Map::new();
@@ -179,7 +182,10 @@ fn unleash_contexts(snapshot: &Snapshot, n: usize, seed: u64, legacy: bool) -> V
                 }
             }
             for (attr, values) in &pool {
-                if TOP_LEVEL.contains(&attr.as_str()) || attr == "targeting_key" || values.is_empty() {
+                if TOP_LEVEL.contains(&attr.as_str())
+                    || attr == "targeting_key"
+                    || values.is_empty()
+                {
                     continue;
                 }
                 if rng.bool() {
@@ -199,7 +205,11 @@ fn bucket_attrs(snapshot: &Snapshot) -> BTreeSet<String> {
         for f in &ns.flags {
             let def = vexil_core::export::flag_definition(ns, f);
             for rule in def["rules"].as_array().into_iter().flatten() {
-                out.extend(rule.get("bucket_by").and_then(Json::as_str).map(str::to_owned));
+                out.extend(
+                    rule.get("bucket_by")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned),
+                );
             }
         }
     }
@@ -260,7 +270,13 @@ fn write_json(value: &Json) -> tempfile::NamedTempFile {
 }
 
 /// Runs a client script: `program script BASE_URL CASES OUT [extra]`, returns OUT.
-fn run_client(program: &Path, script: &str, base: &str, cases: &Json, extra: Option<&str>) -> Vec<Json> {
+fn run_client(
+    program: &Path,
+    script: &str,
+    base: &str,
+    cases: &Json,
+    extra: Option<&str>,
+) -> Vec<Json> {
     let cases_file = write_json(cases);
     let out_file = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = std::process::Command::new(program);
@@ -290,7 +306,12 @@ fn compare(client: &str, cases: &[(String, Json)], want: &[Json], got: &[Json]) 
         "{client}: {} of {} cases differ, e.g.\n{}",
         mismatches.len(),
         cases.len(),
-        mismatches.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+        mismatches
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     cases.len()
 }
@@ -327,7 +348,12 @@ fn cases_for(flags: &[String], contexts: &[Json]) -> Vec<(String, Json)> {
 /// Every client on every namespace of a repository; returns (client, flags checked, cases).
 async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
     let snapshot = load(&root);
-    let server = TestServer::start(dir_server_reloader(root), Tokens::default(), Options::default()).await;
+    let server = TestServer::start(
+        dir_server_reloader(root),
+        Tokens::default(),
+        Options::default(),
+    )
+    .await;
     let python = python();
     let ruby = Path::new(ruby());
     let mut report = Vec::new();
@@ -337,14 +363,23 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
         let flags = exact(&snapshot, ns, Mirror::Unleash);
         let contexts = unleash_contexts(&snapshot, CONTEXTS_PER_FLAG, 7, false);
         let cases = cases_for(&flags, &contexts);
-        let want: Vec<Json> = cases.iter().map(|(f, c)| expected(ns, f, &vexil_context(c))).collect();
+        let want: Vec<Json> = cases
+            .iter()
+            .map(|(f, c)| expected(ns, f, &vexil_context(c)))
+            .collect();
         let input: Vec<Json> = cases
             .iter()
             .map(|(f, c)| {
                 json!({"flag": f, "context": c, "variant": ns.flag(f).unwrap().flag_type != FlagType::Boolean})
             })
             .collect();
-        let got = run_client(python, "tests/conformance/unleash_client.py", &base(&server, ns, "/api"), &json!(input), None);
+        let got = run_client(
+            python,
+            "tests/conformance/unleash_client.py",
+            &base(&server, ns, "/api"),
+            &json!(input),
+            None,
+        );
         let got: Vec<Json> = cases
             .iter()
             .zip(&got)
@@ -359,12 +394,21 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
         if !flags.is_empty() {
             let contexts = unleash_contexts(&snapshot, CONTEXTS_PER_FLAG, 11, true);
             let cases = cases_for(&flags, &contexts);
-            let want: Vec<Json> = cases.iter().map(|(f, c)| expected(ns, f, &vexil_context(c))).collect();
+            let want: Vec<Json> = cases
+                .iter()
+                .map(|(f, c)| expected(ns, f, &vexil_context(c)))
+                .collect();
             let input: Vec<Json> = cases
                 .iter()
                 .map(|(f, c)| json!({"flag": f, "context": c, "variant": ns.flag(f).unwrap().flag_type != FlagType::Boolean}))
                 .collect();
-            let got = run_client(ruby, "tests/conformance/ruby/unleash_check.rb", &base(&server, ns, "/api"), &json!(input), None);
+            let got = run_client(
+                ruby,
+                "tests/conformance/ruby/unleash_check.rb",
+                &base(&server, ns, "/api"),
+                &json!(input),
+                None,
+            );
             let got: Vec<Json> = cases
                 .iter()
                 .zip(&got)
@@ -379,8 +423,17 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
         let flags = exact(&snapshot, ns, Mirror::Flipper);
         if !flags.is_empty() {
             let (cases, want) = flipper_cases(&snapshot, ns, &flags);
-            let input: Vec<Json> = cases.iter().map(|(f, a)| json!({"flag": f, "actor": a})).collect();
-            let got = run_client(ruby, "tests/conformance/ruby/flipper_check.rb", &base(&server, ns, "/flipper/api"), &json!(input), None);
+            let input: Vec<Json> = cases
+                .iter()
+                .map(|(f, a)| json!({"flag": f, "actor": a}))
+                .collect();
+            let got = run_client(
+                ruby,
+                "tests/conformance/ruby/flipper_check.rb",
+                &base(&server, ns, "/flipper/api"),
+                &json!(input),
+                None,
+            );
             let got: Vec<Json> = got.into_iter().map(|b| json!({ "enabled": b })).collect();
             let n = compare("Flipper 0.25.4", &cases, &want, &got);
             dull.extend(single_answer_flags(ns, &cases, &want));
@@ -398,10 +451,17 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
 }
 
 /// Flipper actors (flipper_id and groups, or none) and Vexil's answers for them.
-fn flipper_cases(snapshot: &Snapshot, ns: &Namespace, flags: &[String]) -> (Vec<(String, Json)>, Vec<Json>) {
+fn flipper_cases(
+    snapshot: &Snapshot,
+    ns: &Namespace,
+    flags: &[String],
+) -> (Vec<(String, Json)>, Vec<Json>) {
     let mut ids = named_ids(snapshot);
     ids.push("User;1".into());
-    let groups: Vec<String> = text_pool(snapshot).get("groups").cloned().unwrap_or_default();
+    let groups: Vec<String> = text_pool(snapshot)
+        .get("groups")
+        .cloned()
+        .unwrap_or_default();
     let mut rng = fastrand::Rng::with_seed(13);
     let mut cases = Vec::new();
     let mut want = Vec::new();
@@ -419,7 +479,9 @@ fn flipper_cases(snapshot: &Snapshot, ns: &Namespace, flags: &[String]) -> (Vec<
                 json!({ "flipper_id": id, "groups": mine })
             };
             let ctx = match actor.get("flipper_id").and_then(Json::as_str) {
-                Some(id) => Context::with_key(id).with("groups", AttrValue::from_json(&actor["groups"])),
+                Some(id) => {
+                    Context::with_key(id).with("groups", AttrValue::from_json(&actor["groups"]))
+                }
                 None => Context::new(),
             };
             want.push(expected(ns, flag, &ctx));
@@ -446,7 +508,11 @@ async fn real_clients_agree_with_vexil_on_the_fixture_repository() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_agree_with_vexil_on_the_example_repository() {
     let report = conformance(repo_root().join("flags")).await;
-    let python: usize = report.iter().filter(|(c, _, _)| c.starts_with("python")).map(|(_, f, _)| f).sum();
+    let python: usize = report
+        .iter()
+        .filter(|(c, _, _)| c.starts_with("python"))
+        .map(|(_, f, _)| f)
+        .sum();
     assert!(python >= 10, "{report:?}");
     for (client, flags, cases) in &report {
         eprintln!("{client}: {flags} flags, {cases} cases agree");
@@ -460,7 +526,16 @@ fn fixture_findings_are_pinned() {
     let snapshot = load(&repo_root().join("tests/mirrors/flags"));
     let got: String = vexil_core::mirror::findings(&snapshot, &Mirror::ALL)
         .iter()
-        .map(|f| format!("{}/{} {} {}: {}\n", f.namespace, f.flag, f.mirror.as_str(), f.fidelity.as_str(), f.reason))
+        .map(|f| {
+            format!(
+                "{}/{} {} {}: {}\n",
+                f.namespace,
+                f.flag,
+                f.mirror.as_str(),
+                f.fidelity.as_str(),
+                f.reason
+            )
+        })
         .collect();
     let path = repo_root().join("tests/mirrors/findings.txt");
     if std::env::var_os("VEXIL_BLESS").is_some() {
@@ -469,5 +544,478 @@ fn fixture_findings_are_pinned() {
     assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), got);
     let omitted = got.lines().filter(|l| l.contains(" omitted: ")).count();
     let inexact = got.lines().filter(|l| l.contains(" inexact: ")).count();
-    assert!(omitted > 10 && inexact > 5, "the fixture exercises both kinds");
+    assert!(
+        omitted > 10 && inexact > 5,
+        "the fixture exercises both kinds"
+    );
+}
+
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn keys(body: &Json) -> Vec<String> {
+    body["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            f.get("key")
+                .or_else(|| f.get("name"))
+                .and_then(Json::as_str)
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn get_json(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Json) {
+    let (code, head, body) = http(addr, "GET", path, headers, "").await;
+    let json = serde_json::from_str(&body).unwrap_or(Json::Null);
+    (code, head, json)
+}
+
+fn fixture_server_options() -> Options {
+    Options {
+        source: "directory tests/mirrors/flags".into(),
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipper_wire_contract() {
+    let root = repo_root().join("tests/mirrors/flags");
+    let snapshot = load(&root);
+    let server = TestServer::start(
+        dir_server_reloader(root),
+        Tokens::default(),
+        fixture_server_options(),
+    )
+    .await;
+    let addr = server.http;
+
+    let (code, head, all) = get_json(addr, "/flipper/api/features", &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "content-type"), Some("application/json"));
+    assert_eq!(header(&head, "poll-interval"), Some("10"));
+    let etag = header(&head, "etag").unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "a strong ETag: {etag}"
+    );
+    // Every boolean flag Flipper can carry, in flag order; the rest are left out.
+    let ns = snapshot.namespace("default").unwrap();
+    let exported: Vec<String> = vexil_core::mirror::flipper::export(ns)
+        .features
+        .iter()
+        .map(|f| f.key.to_string())
+        .collect();
+    assert_eq!(keys(&all), exported);
+    assert!(!exported.contains(&"theme".to_owned()) && exported.contains(&"by-ids".to_owned()));
+    let by_ids = all["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "by-ids")
+        .unwrap();
+    assert_eq!(
+        by_ids,
+        &json!({"key": "by-ids", "state": "conditional", "gates": [
+            {"key": "boolean", "name": "boolean", "value": null},
+            {"key": "expression", "name": "expression", "value": null},
+            {"key": "actors", "name": "actor", "value": ["u-1", "u-7"]},
+            {"key": "percentage_of_actors", "name": "percentage_of_actors", "value": null},
+            {"key": "percentage_of_time", "name": "percentage_of_time", "value": null},
+            {"key": "groups", "name": "group", "value": []}]})
+    );
+    let state_of = |key: &str| {
+        all["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state_of("static-on"), "on");
+    assert_eq!(state_of("static-off"), "off");
+    assert_eq!(state_of("rollout-flipper"), "conditional");
+
+    // Query forms: empty parameters, keys lists, keys[], exclusions.
+    let (_, _, some) = get_json(
+        addr,
+        "/flipper/api/features?&keys=by-groups,nope,by-ids,by-groups",
+        &[],
+    )
+    .await;
+    assert_eq!(keys(&some), ["by-groups", "by-ids"]);
+    let (_, _, none) = get_json(addr, "/flipper/api/features?keys=", &[]).await;
+    assert_eq!(none, json!({"features": []}));
+    let (_, _, bracket) = get_json(
+        addr,
+        "/flipper/api/features?keys[]=static-on&keys%5B%5D=by-ids",
+        &[],
+    )
+    .await;
+    assert_eq!(keys(&bracket), ["static-on", "by-ids"]);
+    let (_, _, bare) = get_json(addr, "/flipper/api/features?exclude_gates=true", &[]).await;
+    assert_eq!(bare["features"][0].as_object().unwrap().len(), 2, "{bare}");
+    // The 1.x adapter: `?&exclude_gate_names=true`, then If-None-Match -> 304 without a body.
+    let (code, head, nameless) =
+        get_json(addr, "/flipper/api/features?&exclude_gate_names=true", &[]).await;
+    assert_eq!(code, 200);
+    assert!(nameless["features"][0]["gates"][0].get("name").is_none());
+    let tag = header(&head, "etag").unwrap().to_owned();
+    assert_ne!(tag, etag, "each body has its own tag");
+    let (code, head, body) = http(
+        addr,
+        "GET",
+        "/flipper/api/features?&exclude_gate_names=true",
+        &[("If-None-Match", &tag)],
+        "",
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (304, ""));
+    assert_eq!(header(&head, "etag"), Some(tag.as_str()));
+
+    // One feature; unknown ones (slashes included) are Flipper's code 1.
+    let (code, _, one) = get_json(addr, "/flipper/api/features/by-ids", &[]).await;
+    assert_eq!((code, &one), (200, by_ids));
+    for path in [
+        "/flipper/api/features/nope",
+        "/flipper/api/features/a%2Fb",
+        "/flipper/api/features/theme",
+    ] {
+        let (code, _, err) = get_json(addr, path, &[]).await;
+        assert_eq!(code, 404, "{path}");
+        assert_eq!(err["code"], 1, "{path}: {err}");
+        assert_eq!(err["message"], "Feature not found.");
+    }
+    // Actors, evaluated by Vexil.
+    let (code, _, actor) = get_json(
+        addr,
+        "/flipper/api/actors/u-1?keys=by-ids,rollout-flipper,nope",
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(actor["flipper_id"], "u-1");
+    assert_eq!(actor["features"]["by-ids"], json!({"enabled": true}));
+    assert_eq!(actor["features"]["nope"], json!({"enabled": false}));
+    let (_, _, actor) = get_json(addr, "/flipper/api/actors/User%3B1", &[]).await;
+    assert_eq!(actor["flipper_id"], "User;1");
+    assert_eq!(actor["features"]["by-ids"], json!({"enabled": false}));
+    assert_eq!(actor["features"]["static-on"], json!({"enabled": true}));
+    assert!(actor["features"].get("theme").is_none(), "booleans only");
+
+    // Writes: 405 with Flipper's error JSON saying where the flags live.
+    for (method, path) in [
+        ("POST", "/flipper/api/features"),
+        ("DELETE", "/flipper/api/features/by-ids"),
+        ("DELETE", "/flipper/api/features/by-ids/clear"),
+        ("POST", "/flipper/api/features/by-ids/boolean"),
+        ("POST", "/flipper/api/features/by-ids/percentage_of_actors"),
+        ("DELETE", "/flipper/api/features/by-ids/actors"),
+        ("POST", "/flipper/api/import"),
+        ("PUT", "/ns/shop/flipper/api/features/checkout-v2"),
+    ] {
+        let (code, head, body) = http(addr, method, path, &[], "{\"name\":\"x\"}").await;
+        assert_eq!(code, 405, "{method} {path}");
+        assert_eq!(header(&head, "content-type"), Some("application/json"));
+        let err: Json = serde_json::from_str(&body).unwrap();
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains("read-only")
+                && message.contains("directory tests/mirrors/flags")
+                && message.contains("pull request"),
+            "{message}"
+        );
+        assert!(err["more_info"].is_string() && err["code"].is_number());
+    }
+    let (code, _, body) = http(addr, "GET", "/flipper/api/nothing-here", &[], "").await;
+    assert_eq!((code, body.as_str()), (404, "{}"));
+
+    // Namespaces by prefix.
+    let (code, _, shop) = get_json(addr, "/ns/shop/flipper/api/features", &[]).await;
+    assert_eq!((code, keys(&shop)), (200, vec!["checkout-v2".to_owned()]));
+    let (code, _, _) = get_json(addr, "/flipper/api/features/checkout-v2", &[]).await;
+    assert_eq!(code, 404, "another namespace's flag");
+    let (code, _, _) = get_json(addr, "/ns/nope/flipper/api/features", &[]).await;
+    assert_eq!(code, 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unleash_wire_contract() {
+    let root = repo_root().join("tests/mirrors/flags");
+    let server = TestServer::start(
+        dir_server_reloader(root),
+        Tokens::default(),
+        fixture_server_options(),
+    )
+    .await;
+    let addr = server.http;
+    let path = "/api/client/features";
+
+    // No Unleash-Client-Spec (ruby-unleash 3.2.5): only what it evaluates exactly, inline.
+    let (code, head, legacy) = get_json(addr, path, &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(legacy["version"], 2);
+    assert!(legacy.get("segments").is_none());
+    assert_eq!(legacy["query"]["inlineSegmentConstraints"], true);
+    let legacy_names = keys(&legacy);
+    assert!(
+        legacy_names.contains(&"by-ids".to_owned()) && !legacy_names.contains(&"theme".to_owned())
+    );
+    let legacy_tag = header(&head, "etag").unwrap().to_owned();
+    // Spec below 4.2.0: everything the engine says exactly, segments inline.
+    let (_, head, inline) = get_json(addr, path, &[("Unleash-Client-Spec", "4.1.0")]).await;
+    assert!(inline.get("segments").is_none());
+    let inline_names = keys(&inline);
+    assert!(inline_names.contains(&"theme".to_owned()) && inline_names.len() > legacy_names.len());
+    let inline_tag = header(&head, "etag").unwrap().to_owned();
+    // 4.2.0 and later: segments separately, referenced by id.
+    let (_, head, separate) = get_json(addr, path, &[("Unleash-Client-Spec", "6.1.0")]).await;
+    let segments = separate["segments"].as_array().unwrap();
+    assert!(!segments.is_empty());
+    let staff = separate["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "staff-only")
+        .unwrap();
+    let id = &staff["strategies"][0]["segments"][0];
+    assert!(
+        segments
+            .iter()
+            .any(|s| &s["id"] == id && s["name"] == "staff"),
+        "{staff}"
+    );
+    let inline_staff = inline["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "staff-only")
+        .unwrap();
+    assert_eq!(
+        inline_staff["strategies"][0]["constraints"][0]["operator"],
+        "STR_ENDS_WITH"
+    );
+    let separate_tag = header(&head, "etag").unwrap().to_owned();
+    assert!(legacy_tag != inline_tag && inline_tag != separate_tag);
+    // ETag and 304 per client kind.
+    let (code, _, body) = http(
+        addr,
+        "GET",
+        path,
+        &[
+            ("Unleash-Client-Spec", "6.1.0"),
+            ("If-None-Match", &separate_tag),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (304, ""));
+    let (code, _, _) = http(addr, "GET", path, &[("If-None-Match", &separate_tag)], "").await;
+    assert_eq!(code, 200, "another client's tag is not this body's");
+
+    // Filters.
+    let (_, _, prefixed) = get_json(
+        addr,
+        "/api/client/features?namePrefix=rollout-",
+        &[("Unleash-Client-Spec", "6.1.0")],
+    )
+    .await;
+    let names = keys(&prefixed);
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n.starts_with("rollout-")),
+        "{names:?}"
+    );
+    assert_eq!(prefixed["segments"], separate["segments"]);
+    let (_, _, other) = get_json(addr, "/api/client/features?project=other", &[]).await;
+    assert_eq!(keys(&other), Vec::<String>::new());
+    let (_, _, default) = get_json(addr, "/api/client/features?project=default", &[]).await;
+    assert_eq!(keys(&default), legacy_names);
+
+    // One feature; unknown and not-for-this-client ones are 404.
+    let (code, _, one) = get_json(addr, "/api/client/features/by-ids", &[]).await;
+    assert_eq!((code, one["name"].as_str()), (200, Some("by-ids")));
+    assert_eq!(
+        one["strategies"][0]["constraints"][0]["values"],
+        json!(["u-1", "u-7"])
+    );
+    assert_eq!(
+        get_json(addr, "/api/client/features/nope", &[]).await.0,
+        404
+    );
+    assert_eq!(
+        get_json(addr, "/api/client/features/theme", &[]).await.0,
+        404
+    );
+    assert_eq!(
+        get_json(
+            addr,
+            "/api/client/features/theme",
+            &[("Unleash-Client-Spec", "5.0.0")]
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Registration and metrics are accepted and dropped; writes are refused.
+    for p in [
+        "/api/client/register",
+        "/api/client/metrics",
+        "/ns/shop/api/client/metrics",
+    ] {
+        let (code, _, body) = http(addr, "POST", p, &[], "{\"appName\":\"x\"}").await;
+        assert_eq!((code, body.as_str()), (202, ""), "{p}");
+    }
+    let (code, _, body) = http(addr, "DELETE", path, &[], "").await;
+    assert_eq!(code, 405);
+    assert!(
+        body.contains("read-only") && body.contains("directory tests/mirrors/flags"),
+        "{body}"
+    );
+
+    // Namespaces by prefix.
+    let (code, _, shop) = get_json(
+        addr,
+        "/ns/shop/api/client/features",
+        &[("Unleash-Client-Spec", "6.1.0")],
+    )
+    .await;
+    assert_eq!(
+        (code, keys(&shop)),
+        (200, vec!["checkout-v2".to_owned(), "currency".to_owned()])
+    );
+    assert_eq!(
+        get_json(addr, "/ns/nope/api/client/features", &[]).await.0,
+        404
+    );
+
+    // The diagnostics endpoint lists what each mirror left out or bent, with places.
+    let (code, _, diagnostics) = get_json(addr, "/mirrors/diagnostics", &[]).await;
+    assert_eq!(code, 200);
+    let findings = diagnostics["findings"].as_array().unwrap();
+    let theme = findings
+        .iter()
+        .find(|f| f["flag"] == "theme" && f["mirror"] == "flipper")
+        .unwrap();
+    assert_eq!(theme["fidelity"], "omitted");
+    assert_eq!(theme["file"], "variants.yaml");
+    assert!(theme["line"].as_u64().unwrap() > 1);
+    assert!(findings.iter().any(|f| f["flag"] == "rollout-flipper"
+        && f["mirror"] == "unleash"
+        && f["fidelity"] == "inexact"));
+    let total = load(&repo_root().join("tests/mirrors/flags")).flag_count();
+    let legacy_summary = &diagnostics["summary"]["unleash-legacy"];
+    assert_eq!(legacy_summary["flags"], total);
+    assert_eq!(
+        legacy_summary["exported"].as_u64().unwrap() as usize,
+        legacy_names.len()
+            + keys(&get_json(addr, "/ns/shop/api/client/features", &[]).await.2).len()
+    );
+    server.stop().await;
+}
+
+/// A commit reaches the next poll (new ETag, new definition); tokens guard both mirrors in
+/// every form their clients send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_follow_commits_behind_tokens() {
+    let repo = repo_with("flags:\n  f:\n    rules: [{ ids: [u-1], serve: true }]\n");
+    let reloader = crate::serve::git_reloader(repo.path(), false).unwrap();
+    let options = Options {
+        source: "git repository /srv/flags at main".into(),
+        ..Options::default()
+    };
+    let server = TestServer::start(reloader, Tokens::parse("s3cret"), options).await;
+    let addr = server.http;
+    let unleash = [
+        ("Authorization", "s3cret"),
+        ("Unleash-Client-Spec", "6.1.0"),
+    ];
+    // "app:s3cret", as Flipper's adapter sends basic auth.
+    let flipper = [("Authorization", "Basic YXBwOnMzY3JldA==")];
+
+    for (path, headers) in [
+        ("/api/client/features", &[][..]),
+        ("/api/client/features", &[("Authorization", "wrong")][..]),
+        (
+            "/flipper/api/features",
+            &[("Authorization", "Basic YXBwOndyb25n")][..],
+        ),
+        ("/mirrors/diagnostics", &[][..]),
+    ] {
+        assert_eq!(
+            http(addr, "GET", path, headers, "").await.0,
+            401,
+            "{path} {headers:?}"
+        );
+    }
+    let (code, head, before) = get_json(addr, "/api/client/features", &unleash).await;
+    assert_eq!(code, 200);
+    let unleash_tag = header(&head, "etag").unwrap().to_owned();
+    let (code, head, flipper_before) = get_json(addr, "/flipper/api/features", &flipper).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        flipper_before["features"][0]["gates"][2]["value"],
+        json!(["u-1"])
+    );
+    let flipper_tag = header(&head, "etag").unwrap().to_owned();
+    assert_eq!(
+        before["features"][0]["strategies"][0]["constraints"][0]["values"],
+        json!(["u-1"])
+    );
+
+    commit(
+        repo.path(),
+        "flags:\n  f:\n    rules: [{ ids: [u-1, u-2], serve: true }]\n",
+        "add u-2",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut with_tag: Vec<(&str, &str)> = unleash.to_vec();
+    with_tag.push(("If-None-Match", &unleash_tag));
+    let after = loop {
+        let (code, head, body) = http(addr, "GET", "/api/client/features", &with_tag, "").await;
+        if code == 200 {
+            assert_ne!(header(&head, "etag"), Some(unleash_tag.as_str()));
+            break serde_json::from_str::<Json>(&body).unwrap();
+        }
+        assert_eq!(code, 304, "the body did not change yet");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never reached the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        after["features"][0]["strategies"][0]["constraints"][0]["values"],
+        json!(["u-1", "u-2"])
+    );
+    let mut with_tag: Vec<(&str, &str)> = flipper.to_vec();
+    with_tag.push(("If-None-Match", &flipper_tag));
+    let (code, _, body) = http(addr, "GET", "/flipper/api/features", &with_tag, "").await;
+    assert_eq!(code, 200, "the Flipper body changed too");
+    assert!(body.contains("\"u-2\""));
+
+    let (code, _, body) = http(
+        addr,
+        "POST",
+        "/flipper/api/features/f/actors",
+        &flipper,
+        "{\"flipper_id\":\"u-3\"}",
+    )
+    .await;
+    assert_eq!(code, 405);
+    assert!(body.contains("git repository /srv/flags at main"), "{body}");
+    server.stop().await;
 }

@@ -131,6 +131,7 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn tokens() {

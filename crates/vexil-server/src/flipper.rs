@@ -34,7 +34,10 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     let mut router = Router::new();
     for prefix in ["/flipper/api", "/ns/{namespace}/flipper/api"] {
         router = router
-            .route(&format!("{prefix}/features"), get(features).fallback(refuse))
+            .route(
+                &format!("{prefix}/features"),
+                get(features).fallback(refuse),
+            )
             .route(
                 &format!("{prefix}/features/{{*name}}"),
                 get(feature).fallback(refuse),
@@ -63,32 +66,32 @@ fn prepare(
     f: &Flipper,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-) -> Result<(Arc<Served>, String), Response> {
+) -> Result<(Arc<Served>, String), Box<Response>> {
     if !f.tokens.accepts_http(headers) {
         f.state.metrics.unauthenticated();
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             401,
             "Missing or unknown token: configure the Flipper HTTP adapter with basic auth (the token as password) or an `Authorization: Bearer <token>` header.",
-        ));
+        )));
     }
     let Some(served) = f.state.served() else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             503,
             "No valid flag snapshot yet: the flag repository has not been read successfully.",
-        ));
+        )));
     };
     let namespace = params
         .get("namespace")
         .map_or(DEFAULT_NAMESPACE, String::as_str)
         .to_owned();
     if served.snapshot.namespace(&namespace).is_none() {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             404,
             &format!("Namespace `{namespace}` not found: no flag file declares it."),
-        ));
+        )));
     }
     Ok((served, namespace))
 }
@@ -156,7 +159,7 @@ async fn features(
 ) -> Response {
     let (served, namespace) = match prepare(&f, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(table) = served.mirrors.flipper.get(namespace.as_str()) else {
         return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
@@ -164,12 +167,10 @@ async fn features(
     let query = Query::parse(raw.as_deref());
     let form = form_index(query.form());
     let Some(keys) = query.keys else {
-        return table
-            .all
-            .get(form)
-            .map_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response(), |b| {
-                b.respond(&headers, &extra(&f))
-            });
+        return table.all.get(form).map_or_else(
+            || StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            |b| b.respond(&headers, &extra(&f)),
+        );
     };
     // Known features in the order asked, each once; unknown names are dropped, as Flipper does.
     let mut seen = std::collections::HashSet::new();
@@ -200,7 +201,7 @@ async fn feature(
 ) -> Response {
     let (served, namespace) = match prepare(&f, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let name = params.get("name").map_or("", String::as_str);
     let form = form_index(Query::parse(raw.as_deref()).form());
@@ -226,21 +227,28 @@ async fn actor(
 ) -> Response {
     let (served, namespace) = match prepare(&f, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(ns) = served.snapshot.namespace(&namespace) else {
         return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
     };
     let id = params.get("flipper_id").map_or("", String::as_str);
     if id.is_empty() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 4, "Required parameter flipper_id is missing.");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            4,
+            "Required parameter flipper_id is missing.",
+        );
     }
     let ctx = vexil_core::Context::with_key(id);
     let enabled = |key: &str| {
         ns.flag(key)
             .filter(|flag| flag.flag_type == FlagType::Boolean)
             .is_some_and(|flag| {
-                matches!(ns.evaluate_flag(flag, &ctx).variant.value, Value::Bool(true))
+                matches!(
+                    ns.evaluate_flag(flag, &ctx).variant.value,
+                    Value::Bool(true)
+                )
             })
     };
     let mut features = serde_json::Map::new();
@@ -253,7 +261,10 @@ async fn actor(
         }
         None => {
             for flag in ns.flags.iter().filter(|f| f.flag_type == FlagType::Boolean) {
-                features.insert(flag.key.to_string(), json!({ "enabled": enabled(&flag.key) }));
+                features.insert(
+                    flag.key.to_string(),
+                    json!({ "enabled": enabled(&flag.key) }),
+                );
             }
         }
     }

@@ -39,7 +39,11 @@ async fn mirror_diagnostics(
     }
     match state.served() {
         Some(served) => served.mirrors.diagnostics.respond(&headers, &[]),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no valid flag snapshot yet\n").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid flag snapshot yet\n",
+        )
+            .into_response(),
     }
 }
 

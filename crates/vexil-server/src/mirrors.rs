@@ -21,13 +21,10 @@ pub struct Body {
 impl Body {
     pub fn new(bytes: Vec<u8>) -> Body {
         let digest = Sha256::digest(&bytes);
-        let hex: String = digest
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         Body {
-            etag: HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\"")),
+            etag: HeaderValue::from_str(&format!("\"{hex}\""))
+                .unwrap_or(HeaderValue::from_static("\"\"")),
             bytes: Bytes::from(bytes),
         }
     }
@@ -42,7 +39,10 @@ impl Body {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
                 self.bytes.clone(),
             )
                 .into_response()
@@ -183,7 +183,12 @@ fn flipper_table(export: &flipper::Export) -> FlipperTable {
     let features = export
         .features
         .iter()
-        .map(|f| (f.key.clone(), flipper::Form::ALL.map(|form| Body::json(&f.to_json(form)))))
+        .map(|f| {
+            (
+                f.key.clone(),
+                flipper::Form::ALL.map(|form| Body::json(&f.to_json(form))),
+            )
+        })
         .collect();
     FlipperTable { all, features }
 }
@@ -199,8 +204,12 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
     });
     let tails = Kind::ALL.map(|kind| {
         let export = export_of(kind);
-        // The whole body without features, cut after the (empty) features array.
-        let empty = serde_json::to_string(&export.body([], kind.profile().1)).unwrap_or_default();
+        // The whole body (all its segments) without features, cut after the empty array.
+        let mut whole = export.body(&export.features, kind.profile().1);
+        if let Some(features) = whole.get_mut("features") {
+            *features = serde_json::Value::Array(Vec::new());
+        }
+        let empty = serde_json::to_string(&whole).unwrap_or_default();
         let marker = "\"features\":[]";
         let tail = empty
             .find(marker)
@@ -260,6 +269,15 @@ fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Va
             })
         })
         .collect();
+    // A flag has one omission finding at most, but may have several inexact ones.
+    let omitted_flags = |mirror: Mirror| {
+        findings
+            .iter()
+            .filter(|f| f.mirror == mirror && f.fidelity == vexil_core::mirror::Fidelity::Omitted)
+            .map(|f| (&f.namespace, &f.flag))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
     let mut summary = serde_json::Map::new();
     for mirror in Mirror::ALL {
         let count = |fidelity| {
@@ -272,6 +290,7 @@ fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Va
             mirror.as_str().into(),
             serde_json::json!({
                 "flags": snapshot.flag_count(),
+                "exported": snapshot.flag_count() - omitted_flags(mirror),
                 "inexact": count(vexil_core::mirror::Fidelity::Inexact),
                 "omitted": count(vexil_core::mirror::Fidelity::Omitted),
             }),

@@ -67,29 +67,29 @@ fn table(
     u: &Unleash,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-) -> Result<(Arc<crate::state::Served>, String), Response> {
+) -> Result<(Arc<crate::state::Served>, String), Box<Response>> {
     if !u.tokens.accepts_http(headers) {
         u.state.metrics.unauthenticated();
-        return Err(message(
+        return Err(Box::new(message(
             StatusCode::UNAUTHORIZED,
             "Missing or unknown token: set the SDK's `Authorization` header to a token this server accepts.",
-        ));
+        )));
     }
     let Some(served) = u.state.served() else {
-        return Err(message(
+        return Err(Box::new(message(
             StatusCode::SERVICE_UNAVAILABLE,
             "No valid flag snapshot yet: the flag repository has not been read successfully.",
-        ));
+        )));
     };
     let namespace = params
         .get("namespace")
         .map_or(DEFAULT_NAMESPACE, String::as_str)
         .to_owned();
     if !served.mirrors.unleash.contains_key(namespace.as_str()) {
-        return Err(message(
+        return Err(Box::new(message(
             StatusCode::NOT_FOUND,
             &format!("Namespace `{namespace}` not found: no flag file declares it."),
-        ));
+        )));
     }
     Ok((served, namespace))
 }
@@ -102,7 +102,7 @@ async fn features(
 ) -> Response {
     let (served, namespace) = match table(&u, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(t) = served.mirrors.unleash.get(namespace.as_str()) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -161,7 +161,7 @@ async fn feature(
 ) -> Response {
     let (served, namespace) = match table(&u, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let name = params.get("name").map_or("", String::as_str);
     let kind = Kind::of(&headers) as usize;
@@ -175,7 +175,9 @@ async fn feature(
         Some(Some(body)) => body.respond(&headers, &[]),
         _ => message(
             StatusCode::NOT_FOUND,
-            &format!("Feature `{name}` not found (or not mirrored to this client; see /mirrors/diagnostics)."),
+            &format!(
+                "Feature `{name}` not found (or not mirrored to this client; see /mirrors/diagnostics)."
+            ),
         ),
     }
 }
@@ -189,7 +191,7 @@ async fn accepted(
     if let Err(response) = table(&u, &headers, &params) {
         // Namespaces and snapshots do not matter here; tokens do.
         if response.status() == StatusCode::UNAUTHORIZED {
-            return response;
+            return *response;
         }
     }
     StatusCode::ACCEPTED.into_response()

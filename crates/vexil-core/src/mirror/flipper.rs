@@ -141,7 +141,14 @@ pub fn export(ns: &Namespace) -> Export {
     for flag in &ns.flags {
         let mut notes = Vec::new();
         let finding = |fidelity, (origin, reason): (&Origin, String)| {
-            Finding::new(&ns.name, &flag.key, Mirror::Flipper, fidelity, origin, reason)
+            Finding::new(
+                &ns.name,
+                &flag.key,
+                Mirror::Flipper,
+                fidelity,
+                origin,
+                reason,
+            )
         };
         match feature(ns, flag, &mut notes) {
             Ok(f) => {
@@ -160,7 +167,11 @@ pub fn export(ns: &Namespace) -> Export {
 
 type Note<'a> = (&'a Origin, String);
 
-fn feature<'f>(ns: &Namespace, flag: &'f Flag, notes: &mut Vec<Note<'f>>) -> Result<Feature, Note<'f>> {
+fn feature<'f>(
+    ns: &Namespace,
+    flag: &'f Flag,
+    notes: &mut Vec<Note<'f>>,
+) -> Result<Feature, Note<'f>> {
     if flag.flag_type != FlagType::Boolean {
         return Err((
             &flag.origin,
@@ -225,11 +236,20 @@ fn open_gate<'f>(
     let unsayable = |what: &str| {
         Err((
             &rule.origin,
-            format!("rule `{}` {what}, which Flipper gates cannot express", rule.name),
+            format!(
+                "rule `{}` {what}, which Flipper gates cannot express",
+                rule.name
+            ),
         ))
     };
     if !rule.matchers.is_empty() {
-        if !matches!(rule.outcome, Outcome::Serve { gate: Gate::Always, .. }) {
+        if !matches!(
+            rule.outcome,
+            Outcome::Serve {
+                gate: Gate::Always,
+                ..
+            }
+        ) {
             return unsayable("restricts a percentage to some entities");
         }
         if let [Matcher::Groups(groups)] = rule.matchers.as_slice() {
@@ -256,7 +276,9 @@ fn open_gate<'f>(
             }
             Gate::PercentageOfTime { threshold } => {
                 if f.percentage_of_time > 0 {
-                    return unsayable("is a second `percentage_of_time` (Flipper has one such gate)");
+                    return unsayable(
+                        "is a second `percentage_of_time` (Flipper has one such gate)",
+                    );
                 }
                 f.percentage_of_time = *threshold;
             }
@@ -288,7 +310,10 @@ fn check_bucket<'f>(flag: &Flag, rule: &'f Rule, bucket: &BucketBy, notes: &mut 
     let why = if bucket.hashing != Hashing::Vexil {
         "hashes as Unleash does (`bucketing: unleash`), but Flipper hashes with crc32".to_owned()
     } else if let Some(attr) = &bucket.attr {
-        format!("buckets by `{}`, but Flipper buckets by the actor's flipper_id", attr.full)
+        format!(
+            "buckets by `{}`, but Flipper buckets by the actor's flipper_id",
+            attr.full
+        )
     } else if *bucket.salt != *flag.key {
         format!(
             "salts its buckets with `{}`, but Flipper salts with the feature name",
@@ -299,7 +324,10 @@ fn check_bucket<'f>(flag: &Flag, rule: &'f Rule, bucket: &BucketBy, notes: &mut 
     };
     notes.push((
         &rule.origin,
-        format!("rule `{}` {why}, so other actors fall in the percentage", rule.name),
+        format!(
+            "rule `{}` {why}, so other actors fall in the percentage",
+            rule.name
+        ),
     ));
 }
 

@@ -156,7 +156,10 @@ pub(crate) fn can_serve(flag: &Flag, rule: &Rule, value: bool) -> bool {
     match &rule.outcome {
         Outcome::Serve { variant, gate } => {
             is_on(flag, *variant) == value
-                && !matches!(gate, Gate::Rollout { threshold: 0, .. } | Gate::PercentageOfTime { threshold: 0 })
+                && !matches!(
+                    gate,
+                    Gate::Rollout { threshold: 0, .. } | Gate::PercentageOfTime { threshold: 0 }
+                )
         }
         Outcome::Split { boundaries, .. } => {
             let mut lower = 0;

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::unleash::{self, Profile, Segments};
 use super::{Fidelity, Mirror, flipper};
-use crate::{CompileOptions, SourceFile, Snapshot};
+use crate::{CompileOptions, Snapshot, SourceFile};
 
 fn snapshot(yaml: &str) -> Snapshot {
     let files = [SourceFile {
@@ -22,7 +22,14 @@ fn snapshot(yaml: &str) -> Snapshot {
 fn findings(yaml: &str) -> Vec<(String, &'static str, &'static str, String)> {
     super::findings(&snapshot(yaml), &Mirror::ALL)
         .into_iter()
-        .map(|f| (f.flag.to_string(), f.mirror.as_str(), f.fidelity.as_str(), f.reason))
+        .map(|f| {
+            (
+                f.flag.to_string(),
+                f.mirror.as_str(),
+                f.fidelity.as_str(),
+                f.reason,
+            )
+        })
         .collect()
 }
 
@@ -84,8 +91,10 @@ flags:
     );
     let has = |flag: &str, mirror: &str, fidelity: &str, fragment: &str| {
         assert!(
-            got.iter()
-                .any(|(f, m, fi, r)| f == flag && *m == mirror && *fi == fidelity && r.contains(fragment)),
+            got.iter().any(|(f, m, fi, r)| f == flag
+                && *m == mirror
+                && *fi == fidelity
+                && r.contains(fragment)),
             "no {fidelity} finding for {flag} in {mirror} about {fragment:?}: {got:#?}"
         );
     };
@@ -96,9 +105,15 @@ flags:
     has("attrs", "unleash-legacy", "omitted", "reads `plan`");
     has("crc", "unleash", "inexact", "bucketing: unleash");
     // Exact where it can be.
-    assert!(!got.iter().any(|(f, m, _, _)| f == "attrs" && *m == "unleash"));
+    assert!(
+        !got.iter()
+            .any(|(f, m, _, _)| f == "attrs" && *m == "unleash")
+    );
     assert!(!got.iter().any(|(f, m, _, _)| f == "crc" && *m == "flipper"));
-    assert!(!got.iter().any(|(f, m, _, _)| f == "color" && m.starts_with("unleash")));
+    assert!(
+        !got.iter()
+            .any(|(f, m, _, _)| f == "color" && m.starts_with("unleash"))
+    );
     assert_eq!(Fidelity::Omitted.as_str(), "omitted");
 }
 
@@ -148,7 +163,10 @@ fn flipper_percentages_select_the_same_buckets() {
     for t in 1..=100_000u32 {
         let text = flipper::flipper_percent(t);
         let limit = text.parse::<f64>().unwrap() * 1000.0;
-        assert!(limit <= f64::from(t) && limit > f64::from(t - 1), "{t}: {text}");
+        assert!(
+            limit <= f64::from(t) && limit > f64::from(t - 1),
+            "{t}: {text}"
+        );
         adjusted += usize::from(text != super::percent_text(t));
     }
     assert_eq!(adjusted, 731);

@@ -162,7 +162,11 @@ pub enum Segments {
 
 impl Export {
     /// The whole `GET /client/features` body for these features.
-    pub fn body<'a>(&self, features: impl IntoIterator<Item = &'a Feature>, mode: Segments) -> Json {
+    pub fn body<'a>(
+        &self,
+        features: impl IntoIterator<Item = &'a Feature>,
+        mode: Segments,
+    ) -> Json {
         let features: Vec<&Feature> = features.into_iter().collect();
         let mut out = Map::new();
         out.insert("version".into(), 2.into());
@@ -283,7 +287,14 @@ pub fn export(ns: &Namespace, profile: Profile) -> Export {
             notes: Vec::new(),
         };
         let finding = |fidelity, (origin, reason): (&Origin, String)| {
-            Finding::new(&ns.name, &flag.key, profile.mirror(), fidelity, origin, reason)
+            Finding::new(
+                &ns.name,
+                &flag.key,
+                profile.mirror(),
+                fidelity,
+                origin,
+                reason,
+            )
         };
         match cx.feature() {
             Ok(f) => {
@@ -354,7 +365,11 @@ impl<'a> Cx<'a> {
                     .and_then(Option::as_ref)
                     .map_or([].iter(), |cs| cs.iter()),
             });
-            let mut names: Vec<&str> = strategy.parameters.iter().map(|(_, v)| v.as_str()).collect();
+            let mut names: Vec<&str> = strategy
+                .parameters
+                .iter()
+                .map(|(_, v)| v.as_str())
+                .collect();
             let mut values: Vec<&str> = Vec::new();
             for c in constraints {
                 names.push(&c.context_name);
@@ -367,7 +382,9 @@ impl<'a> Cx<'a> {
             if let Some(t) = bad {
                 return Err((
                     &self.flag.origin,
-                    format!("`{t}` holds a quote or backslash where Unleash's engine cannot read one"),
+                    format!(
+                        "`{t}` holds a quote or backslash where Unleash's engine cannot read one"
+                    ),
                 ));
             }
         }
@@ -406,11 +423,7 @@ impl<'a> Cx<'a> {
         let default_on = is_on(flag, flag.default);
         if !flag.enabled || flag.rules.is_empty() || default_on {
             if default_on && flag.enabled {
-                if let Some(rule) = flag
-                    .rules
-                    .iter()
-                    .find(|r| super::can_serve(flag, r, false))
-                {
+                if let Some(rule) = flag.rules.iter().find(|r| super::can_serve(flag, r, false)) {
                     return Err((
                         &rule.origin,
                         format!(
@@ -440,10 +453,12 @@ impl<'a> Cx<'a> {
                 }
                 let dnf = self.rule_dnf(rule)?;
                 let template = self.boolean_strategy(rule)?;
-                feature.strategies.extend(dnf.into_iter().map(|atoms| Strategy {
-                    atoms,
-                    ..template.clone()
-                }));
+                feature
+                    .strategies
+                    .extend(dnf.into_iter().map(|atoms| Strategy {
+                        atoms,
+                        ..template.clone()
+                    }));
             }
             if super::can_serve(flag, rule, false) {
                 blocker = Some(rule);
@@ -552,10 +567,12 @@ impl<'a> Cx<'a> {
                         self.rollout(rule, 100_000, bucket, variants)?
                     }
                 };
-                feature.strategies.extend(dnf.into_iter().map(|atoms| Strategy {
-                    atoms,
-                    ..template.clone()
-                }));
+                feature
+                    .strategies
+                    .extend(dnf.into_iter().map(|atoms| Strategy {
+                        atoms,
+                        ..template.clone()
+                    }));
             }
         }
         feature.strategies.push(plain_strategy(vec![default]));
@@ -572,7 +589,11 @@ impl<'a> Cx<'a> {
         let stickiness = stickiness(bucket);
         // SDKs read whole percentages only ("25.5" is never on); a fractional one only comes
         // with crc32 bucketing, already flagged inexact.
-        let rollout = threshold.saturating_add(500).div_euclid(1000).min(100).to_string();
+        let rollout = threshold
+            .saturating_add(500)
+            .div_euclid(1000)
+            .min(100)
+            .to_string();
         if self.profile == Profile::Legacy {
             // ruby-unleash 3.2.5 reads only these stickiness fields (others: never on) and
             // whole percentages (others: never on).
@@ -641,7 +662,9 @@ impl<'a> Cx<'a> {
             Matcher::Ids(ids) => {
                 let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
                 ids.sort_unstable();
-                vec![vec![Atom::Constraint(Constraint::list("userId", "IN", ids))]]
+                vec![vec![Atom::Constraint(Constraint::list(
+                    "userId", "IN", ids,
+                ))]]
             }
             Matcher::Groups(groups) => {
                 legacy_field("groups", self.profile)?;
@@ -792,7 +815,12 @@ fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>
             Ok(())
         }
     };
-    let text = |c: &Condition| c.operand.as_str().map(str::to_owned).unwrap_or_else(|| c.operand.to_string());
+    let text = |c: &Condition| {
+        c.operand
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| c.operand.to_string())
+    };
     match &c.op {
         Op::Equals { negate, .. } | Op::In { negate, .. } => {
             let items: Vec<&Json> = match &c.operand {
@@ -810,22 +838,38 @@ fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>
                 Constraint::single(name, "REGEX", text(c)).case_insensitive(c.ignore_case),
             ]])
         }
-        Op::Number(cmp, n) => single_value(c, name, profile, number_text(*n), match cmp {
-            Cmp::Eq => "NUM_EQ",
-            Cmp::Lt => "NUM_LT",
-            Cmp::Lte => "NUM_LTE",
-            Cmp::Gt => "NUM_GT",
-            Cmp::Gte => "NUM_GTE",
-        }),
-        Op::Semver(cmp, v) => single_value(c, name, profile, v.to_string(), match cmp {
-            Cmp::Eq => "SEMVER_EQ",
-            Cmp::Lt => "SEMVER_LT",
-            Cmp::Lte => "SEMVER_LTE",
-            Cmp::Gt => "SEMVER_GT",
-            Cmp::Gte => "SEMVER_GTE",
-        }),
+        Op::Number(cmp, n) => single_value(
+            c,
+            name,
+            profile,
+            number_text(*n),
+            match cmp {
+                Cmp::Eq => "NUM_EQ",
+                Cmp::Lt => "NUM_LT",
+                Cmp::Lte => "NUM_LTE",
+                Cmp::Gt => "NUM_GT",
+                Cmp::Gte => "NUM_GTE",
+            },
+        ),
+        Op::Semver(cmp, v) => single_value(
+            c,
+            name,
+            profile,
+            v.to_string(),
+            match cmp {
+                Cmp::Eq => "SEMVER_EQ",
+                Cmp::Lt => "SEMVER_LT",
+                Cmp::Lte => "SEMVER_LTE",
+                Cmp::Gt => "SEMVER_GT",
+                Cmp::Gte => "SEMVER_GTE",
+            },
+        ),
         Op::Before(_) | Op::After(_) => {
-            let operator = if matches!(c.op, Op::Before(_)) { "DATE_BEFORE" } else { "DATE_AFTER" };
+            let operator = if matches!(c.op, Op::Before(_)) {
+                "DATE_BEFORE"
+            } else {
+                "DATE_AFTER"
+            };
             let time = unleash_time(&text(c)).ok_or_else(|| {
                 format!(
                     "compares `{}` with a time more precise than milliseconds, which Unleash's engine cannot read",
@@ -1020,7 +1064,14 @@ fn random_strategy(threshold: u32, flag: &str, profile: Profile) -> Strategy {
         return Strategy {
             name: "gradualRolloutRandom",
             parameters: vec![
-                ("percentage", threshold.saturating_add(500).div_euclid(1000).min(100).to_string()),
+                (
+                    "percentage",
+                    threshold
+                        .saturating_add(500)
+                        .div_euclid(1000)
+                        .min(100)
+                        .to_string(),
+                ),
                 ("groupId", flag.to_owned()),
             ],
             atoms: Vec::new(),
@@ -1030,7 +1081,14 @@ fn random_strategy(threshold: u32, flag: &str, profile: Profile) -> Strategy {
     Strategy {
         name: "flexibleRollout",
         parameters: vec![
-            ("rollout", threshold.saturating_add(500).div_euclid(1000).min(100).to_string()),
+            (
+                "rollout",
+                threshold
+                    .saturating_add(500)
+                    .div_euclid(1000)
+                    .min(100)
+                    .to_string(),
+            ),
             ("stickiness", "random".to_owned()),
             ("groupId", flag.to_owned()),
         ],
