@@ -1019,3 +1019,35 @@ async fn mirrors_follow_commits_behind_tokens() {
     assert!(body.contains("git repository /srv/flags at main"), "{body}");
     server.stop().await;
 }
+
+/// `vexil validate` warns about what each mirror leaves out or bends, with file:line:column;
+/// `--mirrors` narrows the warnings; they never fail validation.
+#[test]
+fn validate_warns_about_mirror_findings() {
+    let dir = repo_root().join("tests/mirrors/flags");
+    let dir = dir.to_str().unwrap();
+    let out = crate::helpers::vexil(&["validate", dir]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning[mirror-omitted]: flag `theme` is left out of the flipper mirror: Flipper features are on or off, and this flag serves string values"),
+        "{text}"
+    );
+    assert!(text.contains("warning[mirror-inexact]: flag `rollout-flipper` is exported inexactly to the unleash mirror: rule `1` buckets its rollout with crc32"), "{text}");
+    assert!(text.contains("--> "), "{text}");
+    let out = crate::helpers::vexil(&["validate", "--format", "json", "--mirrors", "flipper", dir]);
+    let diagnostics: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let diagnostics = diagnostics.as_array().unwrap();
+    assert!(!diagnostics.is_empty());
+    for d in diagnostics {
+        let message = d["message"].as_str().unwrap();
+        assert!(message.contains("the flipper mirror"), "{message}");
+        assert!(d["line"].as_u64().unwrap() > 0 && d["file"].as_str().unwrap().ends_with(".yaml"));
+    }
+    let out = crate::helpers::vexil(&["validate", "--mirrors", "none", dir]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("mirror"));
+    let out = crate::helpers::vexil(&["validate", "--mirrors", "flipr", dir]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mirror `flipr`"));
+}

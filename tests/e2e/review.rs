@@ -453,7 +453,15 @@ fn the_ci_templates_commands_work() {
     let quality: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(clone.join("gl-code-quality.json")).unwrap())
             .unwrap();
-    assert_eq!(quality, serde_json::json!([]));
+    // Nothing but notes about the read-only mirrors (warnings, not failures).
+    let quality = quality.as_array().unwrap();
+    assert!(
+        quality.iter().all(|q| q["check_name"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("vexil-mirror-"))
+            && q["severity"] == "minor"),
+        "{quality:?}"
+    );
 }
 
 #[test]
