@@ -1051,3 +1051,70 @@ fn validate_warns_about_mirror_findings() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mirror `flipr`"));
 }
+
+/// Whole bodies are also gzipped once per snapshot, as a representation with its own ETag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_bodies_are_served_gzipped_to_clients_that_accept_it() {
+    use std::io::Read as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = repo_root().join("tests/mirrors/flags");
+    let server = TestServer::start(
+        dir_server_reloader(root),
+        Tokens::default(),
+        fixture_server_options(),
+    )
+    .await;
+    for path in ["/api/client/features", "/flipper/api/features"] {
+        let (_, plain_head, plain) = http(server.http, "GET", path, &[], "").await;
+        assert_eq!(header(&plain_head, "content-encoding"), None);
+        assert_eq!(header(&plain_head, "vary"), Some("accept-encoding"));
+        let plain_tag = header(&plain_head, "etag").unwrap().to_owned();
+        // Raw bytes: the body is binary.
+        let mut stream = tokio::net::TcpStream::connect(server.http).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&response[..split]).to_string();
+        assert_eq!(header(&head, "content-encoding"), Some("gzip"), "{path}");
+        let gz_tag = header(&head, "etag").unwrap().to_owned();
+        assert_ne!(
+            gz_tag, plain_tag,
+            "another representation, another strong tag"
+        );
+        let mut unzipped = String::new();
+        flate2::read::GzDecoder::new(&response[split + 4..])
+            .read_to_string(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain, "{path}");
+        assert!(
+            response.len() < plain.len() / 3,
+            "{path}: gzip saves most of the bytes"
+        );
+        // Either tag is current; `gzip;q=0` gets the plain body.
+        for t in [&plain_tag, &gz_tag] {
+            let (code, _, _) = http(
+                server.http,
+                "GET",
+                path,
+                &[("If-None-Match", t), ("Accept-Encoding", "gzip")],
+                "",
+            )
+            .await;
+            assert_eq!(code, 304, "{path} {t}");
+        }
+        let (_, head, body) = http(
+            server.http,
+            "GET",
+            path,
+            &[("Accept-Encoding", "gzip;q=0")],
+            "",
+        )
+        .await;
+        assert_eq!((header(&head, "content-encoding"), body), (None, plain));
+    }
+    server.stop().await;
+}

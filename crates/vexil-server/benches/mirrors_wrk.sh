@@ -59,10 +59,11 @@ unleash_spec="Unleash-Client-Spec: 6.1.0"
 etag() { curl -fsI -H "$2" "$base$1" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}'; }
 size() { curl -fs -H "$2" "$base$1" | wc -c; }
 
-run() { # name path header [if-none-match]
-    local name="$1" path="$2" hdr="$3" inm="${4:-}"
+run() { # name path header [if-none-match] [accept-encoding]
+    local name="$1" path="$2" hdr="$3" inm="${4:-}" enc="${5:-}"
     local args=(-t1 -c32 "-d${seconds}s" --latency -H "$hdr")
     [ -n "$inm" ] && args+=(-H "If-None-Match: $inm")
+    [ -n "$enc" ] && args+=(-H "Accept-Encoding: $enc")
     local out
     out="$(wrk "${args[@]}" "$base$path")"
     local rps p99 non2xx
@@ -73,8 +74,11 @@ run() { # name path header [if-none-match]
 }
 
 flipper_hdr="Accept: application/json"
-echo "unleash body: $(size /api/client/features "$unleash_spec") bytes; flipper body: $(size /flipper/api/features "$flipper_hdr") bytes"
+gz() { curl -fs -H "$2" -H "Accept-Encoding: gzip" "$base$1" | wc -c; }
+echo "unleash body: $(size /api/client/features "$unleash_spec") bytes ($(gz /api/client/features "$unleash_spec") gzipped); flipper body: $(size /flipper/api/features "$flipper_hdr") bytes ($(gz /flipper/api/features "$flipper_hdr") gzipped)"
 run "unleash /client/features 200" /api/client/features "$unleash_spec"
+run "unleash /client/features 200 gzip" /api/client/features "$unleash_spec" "" gzip
 run "unleash /client/features 304" /api/client/features "$unleash_spec" "$(etag /api/client/features "$unleash_spec")"
 run "flipper /features 200" /flipper/api/features "$flipper_hdr"
+run "flipper /features 200 gzip" /flipper/api/features "$flipper_hdr" "" gzip
 run "flipper /features 304" /flipper/api/features "$flipper_hdr" "$(etag /flipper/api/features "$flipper_hdr")"

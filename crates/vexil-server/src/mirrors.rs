@@ -11,21 +11,26 @@ use sha2::{Digest as _, Sha256};
 use vexil_core::Snapshot;
 use vexil_core::mirror::{Finding, Mirror, flipper, unleash};
 
-/// A serialised body and its strong ETag.
+/// A serialised body and its strong ETag, and for whole bodies a gzipped copy (with a tag of
+/// its own: another representation).
 #[derive(Debug, Clone)]
 pub struct Body {
     pub bytes: Bytes,
     pub etag: HeaderValue,
+    gzip: Option<(Bytes, HeaderValue)>,
 }
+
+/// Bodies below this size are not worth compressing.
+const GZIP_MIN: usize = 1024;
 
 impl Body {
     pub fn new(bytes: Vec<u8>) -> Body {
         let digest = Sha256::digest(&bytes);
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         Body {
-            etag: HeaderValue::from_str(&format!("\"{hex}\""))
-                .unwrap_or(HeaderValue::from_static("\"\"")),
+            etag: tag(&format!("\"{hex}\"")),
             bytes: Bytes::from(bytes),
+            gzip: None,
         }
     }
 
@@ -33,9 +38,35 @@ impl Body {
         Body::new(serde_json::to_vec(value).unwrap_or_default())
     }
 
-    /// 200 with the body, or 304 if the client already has it.
+    /// A per-snapshot body: also gzipped once, here, for clients that accept it.
+    pub fn json_with_gzip(value: &serde_json::Value) -> Body {
+        let mut body = Body::json(value);
+        if body.bytes.len() >= GZIP_MIN {
+            use std::io::Write as _;
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            if encoder.write_all(&body.bytes).is_ok() {
+                if let Ok(gz) = encoder.finish() {
+                    let etag = body.etag.to_str().unwrap_or("\"").trim_end_matches('"');
+                    body.gzip = Some((Bytes::from(gz), tag(&format!("{etag}-gzip\""))));
+                }
+            }
+        }
+        body
+    }
+
+    /// 200 with the body (gzipped if the client accepts it), or 304 if the client already has
+    /// it.
     pub fn respond(&self, request: &HeaderMap, extra: &[(&'static str, HeaderValue)]) -> Response {
-        let mut response = if etag_matches(request, &self.etag) {
+        let gzip = self.gzip.as_ref().filter(|_| accepts_gzip(request));
+        let (bytes, etag) = gzip.map_or((&self.bytes, &self.etag), |(b, t)| (b, t));
+        // Either representation's tag means the client holds this content.
+        let fresh = etag_matches(request, &self.etag)
+            || self
+                .gzip
+                .as_ref()
+                .is_some_and(|(_, t)| etag_matches(request, t));
+        let mut response = if fresh {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             (
@@ -43,17 +74,46 @@ impl Body {
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                self.bytes.clone(),
+                bytes.clone(),
             )
                 .into_response()
         };
         let headers = response.headers_mut();
-        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(header::ETAG, etag.clone());
+        if self.gzip.is_some() {
+            headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            if gzip.is_some() && !fresh {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+        }
         for (name, value) in extra {
             headers.insert(*name, value.clone());
         }
         response
     }
+}
+
+fn tag(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// Whether `Accept-Encoding` lists gzip (or `*`) without `q=0`.
+fn accepts_gzip(request: &HeaderMap) -> bool {
+    request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
 }
 
 /// Whether `If-None-Match` names this tag (or `*`); weak comparison, as RFC 9110 asks for it.
@@ -164,7 +224,7 @@ impl Tables {
             unleash_tables.insert(ns.name.clone(), unleash_table(&legacy, &modern));
         }
         findings.sort();
-        let diagnostics = Body::json(&diagnostics_json(snapshot, &findings));
+        let diagnostics = Body::json_with_gzip(&diagnostics_json(snapshot, &findings));
         Tables {
             flipper: flipper_tables,
             unleash: unleash_tables,
@@ -178,7 +238,7 @@ fn flipper_table(export: &flipper::Export) -> FlipperTable {
     let all = flipper::Form::ALL.map(|form| {
         let features: Vec<serde_json::Value> =
             export.features.iter().map(|f| f.to_json(form)).collect();
-        Body::json(&serde_json::json!({ "features": features }))
+        Body::json_with_gzip(&serde_json::json!({ "features": features }))
     });
     let features = export
         .features
@@ -200,7 +260,7 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
     };
     let all = Kind::ALL.map(|kind| {
         let export = export_of(kind);
-        Body::json(&export.body(&export.features, kind.profile().1))
+        Body::json_with_gzip(&export.body(&export.features, kind.profile().1))
     });
     let tails = Kind::ALL.map(|kind| {
         let export = export_of(kind);
