@@ -3,6 +3,7 @@
 //! filtered bodies from. Plus what both fronts share: ETag matching and the diagnostics body.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,19 +18,35 @@ use vexil_core::mirror::{Finding, Mirror, flipper, unleash};
 pub struct Body {
     pub bytes: Bytes,
     pub etag: HeaderValue,
-    gzip: Option<(Bytes, HeaderValue)>,
+    /// For whole bodies: compressed at the first request that accepts gzip (once per
+    /// snapshot), so a swap does not wait for it.
+    gzip: Option<Arc<OnceLock<Option<Bytes>>>>,
+    gzip_etag: HeaderValue,
 }
 
 /// Bodies below this size are not worth compressing.
 const GZIP_MIN: usize = 1024;
 
 impl Body {
-    pub fn new(bytes: Vec<u8>) -> Body {
+    pub fn new(bytes: impl Into<Bytes>) -> Body {
+        let bytes: Bytes = bytes.into();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(&bytes);
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        // `"<32 hex digits>"` and `"<32 hex digits>-gzip"`, without a format! per byte.
+        let mut text = String::with_capacity(40);
+        text.push('"');
+        for b in digest.iter().take(16) {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        text.push('"');
+        let etag = tag(&text);
+        text.pop();
+        text.push_str("-gzip\"");
         Body {
-            etag: tag(&format!("\"{hex}\"")),
-            bytes: Bytes::from(bytes),
+            etag,
+            gzip_etag: tag(&text),
+            bytes,
             gzip: None,
         }
     }
@@ -38,37 +55,56 @@ impl Body {
         Body::new(serde_json::to_vec(value).unwrap_or_default())
     }
 
-    /// A per-snapshot body: also gzipped once, here, for clients that accept it.
-    pub fn json_with_gzip(value: &serde_json::Value) -> Body {
-        let mut body = Body::json(value);
+    /// A whole, per-snapshot body: also served gzipped to clients that accept it.
+    pub fn whole(bytes: Vec<u8>) -> Body {
+        let mut body = Body::new(bytes);
         if body.bytes.len() >= GZIP_MIN {
-            use std::io::Write as _;
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            if encoder.write_all(&body.bytes).is_ok() {
-                if let Ok(gz) = encoder.finish() {
-                    let etag = body.etag.to_str().unwrap_or("\"").trim_end_matches('"');
-                    body.gzip = Some((Bytes::from(gz), tag(&format!("{etag}-gzip\""))));
-                }
-            }
+            body.gzip = Some(Arc::new(OnceLock::new()));
         }
         body
+    }
+
+    fn gzipped(&self) -> Option<&Bytes> {
+        self.gzip
+            .as_ref()?
+            .get_or_init(|| {
+                use std::io::Write as _;
+                // Large bodies favour speed: this runs once, on a request.
+                let level = if self.bytes.len() > 1 << 20 {
+                    flate2::Compression::fast()
+                } else {
+                    flate2::Compression::default()
+                };
+                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+                encoder.write_all(&self.bytes).ok()?;
+                encoder.finish().ok().map(Bytes::from)
+            })
+            .as_ref()
     }
 
     /// 200 with the body (gzipped if the client accepts it), or 304 if the client already has
     /// it.
     pub fn respond(&self, request: &HeaderMap, extra: &[(&'static str, HeaderValue)]) -> Response {
-        let gzip = self.gzip.as_ref().filter(|_| accepts_gzip(request));
-        let (bytes, etag) = gzip.map_or((&self.bytes, &self.etag), |(b, t)| (b, t));
+        let wants_gzip = self.gzip.is_some() && accepts_gzip(request);
+        let etag = if wants_gzip {
+            &self.gzip_etag
+        } else {
+            &self.etag
+        };
         // Either representation's tag means the client holds this content.
         let fresh = etag_matches(request, &self.etag)
-            || self
-                .gzip
-                .as_ref()
-                .is_some_and(|(_, t)| etag_matches(request, t));
+            || (self.gzip.is_some() && etag_matches(request, &self.gzip_etag));
+        let mut gzipped = false;
         let mut response = if fresh {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
+            let bytes = match self.gzipped().filter(|_| wants_gzip) {
+                Some(gz) => {
+                    gzipped = true;
+                    gz
+                }
+                None => &self.bytes,
+            };
             (
                 [(
                     header::CONTENT_TYPE,
@@ -79,10 +115,16 @@ impl Body {
                 .into_response()
         };
         let headers = response.headers_mut();
+        // A failed compression (never seen) falls back to the plain body and its tag.
+        let etag = if wants_gzip && !fresh && !gzipped {
+            &self.etag
+        } else {
+            etag
+        };
         headers.insert(header::ETAG, etag.clone());
         if self.gzip.is_some() {
             headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-            if gzip.is_some() && !fresh {
+            if gzipped {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             }
         }
@@ -224,7 +266,7 @@ impl Tables {
             unleash_tables.insert(ns.name.clone(), unleash_table(&legacy, &modern));
         }
         findings.sort();
-        let diagnostics = Body::json_with_gzip(&diagnostics_json(snapshot, &findings));
+        let diagnostics = Body::whole(to_vec(&diagnostics_json(snapshot, &findings)));
         Tables {
             flipper: flipper_tables,
             unleash: unleash_tables,
@@ -235,22 +277,52 @@ impl Tables {
 }
 
 fn flipper_table(export: &flipper::Export) -> FlipperTable {
-    let all = flipper::Form::ALL.map(|form| {
-        let features: Vec<serde_json::Value> =
-            export.features.iter().map(|f| f.to_json(form)).collect();
-        Body::json_with_gzip(&serde_json::json!({ "features": features }))
+    // Each feature is serialised once per form; whole bodies join those bytes.
+    let fragments: Vec<[Vec<u8>; 3]> = export
+        .features
+        .iter()
+        .map(|f| {
+            flipper::Form::ALL.map(|form| {
+                let mut out = Vec::new();
+                f.write_json(form, &mut out);
+                out
+            })
+        })
+        .collect();
+    let all = [0, 1, 2].map(|form| {
+        let parts = fragments.iter().filter_map(|per_form| per_form.get(form));
+        Body::whole(join(b"{\"features\":[", parts, b"]}"))
     });
     let features = export
         .features
         .iter()
-        .map(|f| {
-            (
-                f.key.clone(),
-                flipper::Form::ALL.map(|form| Body::json(&f.to_json(form))),
-            )
-        })
+        .zip(fragments)
+        .map(|(f, per_form)| (f.key.clone(), per_form.map(Body::new)))
         .collect();
     FlipperTable { all, features }
+}
+
+fn to_vec(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// `head`, the parts separated by commas, `tail`.
+fn join<P: AsRef<[u8]>>(
+    head: &[u8],
+    parts: impl Iterator<Item = P> + Clone,
+    tail: &[u8],
+) -> Vec<u8> {
+    let size = head.len() + tail.len() + parts.clone().map(|p| p.as_ref().len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(head);
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(part.as_ref());
+    }
+    out.extend_from_slice(tail);
+    out
 }
 
 fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashTable {
@@ -258,53 +330,72 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
         unleash::Profile::Legacy => legacy,
         unleash::Profile::Modern => modern,
     };
-    let all = Kind::ALL.map(|kind| {
+    // Per kind: the body around the features (all the segments its features use), split
+    // where the features go.
+    let envelopes = Kind::ALL.map(|kind| {
         let export = export_of(kind);
-        Body::json_with_gzip(&export.body(&export.features, kind.profile().1))
-    });
-    let tails = Kind::ALL.map(|kind| {
-        let export = export_of(kind);
-        // The whole body (all its segments) without features, cut after the empty array.
-        let mut whole = export.body(&export.features, kind.profile().1);
-        if let Some(features) = whole.get_mut("features") {
-            *features = serde_json::Value::Array(Vec::new());
-        }
-        let empty = serde_json::to_string(&whole).unwrap_or_default();
+        let text = String::from_utf8(to_vec(&export.envelope(&export.features, kind.profile().1)))
+            .unwrap_or_default();
         let marker = "\"features\":[]";
-        let tail = empty
+        let cut = text
             .find(marker)
-            .and_then(|i| empty.get(i + marker.len()..))
-            .unwrap_or("}");
-        Bytes::from(tail.to_owned())
+            .map_or(text.len(), |i| i + marker.len() - 1);
+        let (head, tail) = text.split_at(cut);
+        (head.as_bytes().to_vec(), tail.as_bytes().to_vec())
     });
-    let mut features = HashMap::new();
-    let mut fragments = Vec::new();
+    let tails = envelopes
+        .clone()
+        .map(|(_, tail)| Bytes::from(tail.get(1..).unwrap_or_default().to_vec()));
     let legacy_by_name: HashMap<&str, &unleash::Feature> =
         legacy.features.iter().map(|f| (&*f.name, f)).collect();
     let modern_by_name: HashMap<&str, &unleash::Feature> =
         modern.features.iter().map(|f| (&*f.name, f)).collect();
     // Flag order; the legacy export is a subset (kept general: any flag either export has).
-    let names = modern.features.iter().map(|f| &f.name).chain(
-        legacy
-            .features
+    let names: Vec<&Box<str>> = modern
+        .features
+        .iter()
+        .map(|f| &f.name)
+        .chain(
+            legacy
+                .features
+                .iter()
+                .map(|f| &f.name)
+                .filter(|n| !modern_by_name.contains_key(&***n)),
+        )
+        .collect();
+    // Each feature serialised once per kind: legacy and modern inline (also the bodies of
+    // `GET /client/features/{name}`), and modern with segment ids.
+    let fragments: Vec<(Box<str>, [Option<Bytes>; 3])> = names
+        .iter()
+        .map(|name| {
+            let per_kind = Kind::ALL.map(|kind| {
+                let (export, feature) = match kind.profile().0 {
+                    unleash::Profile::Legacy => (legacy, *legacy_by_name.get(&***name)?),
+                    unleash::Profile::Modern => (modern, *modern_by_name.get(&***name)?),
+                };
+                let mut out = Vec::new();
+                export.write_feature(feature, kind.profile().1, &mut out);
+                Some(Bytes::from(out))
+            });
+            ((*name).clone(), per_kind)
+        })
+        .collect();
+    let all = [0, 1, 2].map(|kind| {
+        let parts = fragments
             .iter()
-            .map(|f| &f.name)
-            .filter(|n| !modern_by_name.contains_key(&***n)),
-    );
-    for name in names {
-        let per_kind = Kind::ALL.map(|kind| {
-            let (export, feature) = match kind.profile().0 {
-                unleash::Profile::Legacy => (legacy, *legacy_by_name.get(&**name)?),
-                unleash::Profile::Modern => (modern, *modern_by_name.get(&**name)?),
-            };
-            let whole = Body::json(&export.feature_json(feature, unleash::Segments::Inline));
-            let fragment = serde_json::to_vec(&export.feature_json(feature, kind.profile().1))
-                .unwrap_or_default();
-            Some((whole, Bytes::from(fragment)))
-        });
-        features.insert(name.clone(), per_kind.clone().map(|x| x.map(|(b, _)| b)));
-        fragments.push((name.clone(), per_kind.map(|x| x.map(|(_, f)| f))));
-    }
+            .filter_map(|(_, per_kind)| per_kind.get(kind)?.as_ref());
+        let (head, tail) = envelopes.get(kind).cloned().unwrap_or_default();
+        Body::whole(join(&head, parts, &tail))
+    });
+    let features = fragments
+        .iter()
+        .map(|(name, [legacy, inline, _])| {
+            // Bytes are shared, not copied.
+            let inline = inline.clone().map(Body::new);
+            let legacy = legacy.clone().map(Body::new);
+            (name.clone(), [legacy, inline.clone(), inline])
+        })
+        .collect();
     UnleashTable {
         all,
         features,

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value as Json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value as Json;
 
 use super::{Fidelity, Finding, Mirror, can_serve, is_on, percent_text};
 use crate::snapshot::{
@@ -73,59 +74,96 @@ impl Feature {
 
     /// The feature object of the Flipper API, gates in Flipper's order.
     pub fn to_json(&self, form: Form) -> Json {
-        let mut out = Map::new();
-        out.insert("key".into(), self.key.as_ref().into());
-        out.insert("state".into(), self.state().into());
-        if form == Form::NoGates {
-            return Json::Object(out);
+        serde_json::to_value(View {
+            feature: self,
+            form,
+        })
+        .unwrap_or(Json::Null)
+    }
+
+    /// The feature object, serialised straight into `out`.
+    pub fn write_json(&self, form: Form, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail, and every key is a string.
+        let _ = serde_json::to_writer(
+            out,
+            &View {
+                feature: self,
+                form,
+            },
+        );
+    }
+}
+
+struct View<'a> {
+    feature: &'a Feature,
+    form: Form,
+}
+
+impl Serialize for View<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.feature;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("key", &*f.key)?;
+        m.serialize_entry("state", f.state())?;
+        if self.form != Form::NoGates {
+            let percentage = |p: u32| (p > 0).then(|| flipper_percent(p));
+            let gates = [
+                GateOut(
+                    "boolean",
+                    "boolean",
+                    GateValue::Text(f.boolean.then(|| "true".to_owned())),
+                ),
+                // Flipper 1.1+ expressions: never set here, and old clients ignore the key.
+                GateOut("expression", "expression", GateValue::Text(None)),
+                GateOut("actors", "actor", GateValue::Set(&f.actors)),
+                GateOut(
+                    "percentage_of_actors",
+                    "percentage_of_actors",
+                    GateValue::Text(percentage(f.percentage_of_actors)),
+                ),
+                GateOut(
+                    "percentage_of_time",
+                    "percentage_of_time",
+                    GateValue::Text(percentage(f.percentage_of_time)),
+                ),
+                GateOut("groups", "group", GateValue::Set(&f.groups)),
+            ];
+            let named = self.form == Form::Full;
+            let gates: Vec<GateView<'_>> =
+                gates.iter().map(|gate| GateView { gate, named }).collect();
+            m.serialize_entry("gates", &gates)?;
         }
-        let percentage = |p: u32| {
-            if p == 0 {
-                Json::Null
-            } else {
-                Json::String(flipper_percent(p))
-            }
-        };
-        let set = |s: &BTreeSet<Box<str>>| Json::from(s.iter().map(|v| &**v).collect::<Vec<_>>());
-        let gates: [(&str, &str, Json); 6] = [
-            (
-                "boolean",
-                "boolean",
-                if self.boolean {
-                    "true".into()
-                } else {
-                    Json::Null
-                },
-            ),
-            // Flipper 1.1+ expressions: never set here, and old clients ignore the key.
-            ("expression", "expression", Json::Null),
-            ("actors", "actor", set(&self.actors)),
-            (
-                "percentage_of_actors",
-                "percentage_of_actors",
-                percentage(self.percentage_of_actors),
-            ),
-            (
-                "percentage_of_time",
-                "percentage_of_time",
-                percentage(self.percentage_of_time),
-            ),
-            ("groups", "group", set(&self.groups)),
-        ];
-        let gates: Vec<Json> = gates
-            .into_iter()
-            .map(|(key, name, value)| {
-                let mut gate = Map::new();
-                gate.insert("key".into(), key.into());
-                if form == Form::Full {
-                    gate.insert("name".into(), name.into());
-                }
-                gate.insert("value".into(), value);
-                Json::Object(gate)
-            })
-            .collect();
-        out.insert("gates".into(), gates.into());
-        Json::Object(out)
+        m.end()
+    }
+}
+
+/// A gate: its key, its name, its value.
+struct GateOut<'a>(&'static str, &'static str, GateValue<'a>);
+
+enum GateValue<'a> {
+    /// A string, or null.
+    Text(Option<String>),
+    Set(&'a BTreeSet<Box<str>>),
+}
+
+struct GateView<'a> {
+    gate: &'a GateOut<'a>,
+    named: bool,
+}
+
+impl Serialize for GateView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let GateOut(key, name, value) = self.gate;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("key", key)?;
+        if self.named {
+            m.serialize_entry("name", name)?;
+        }
+        match value {
+            GateValue::Text(t) => m.serialize_entry("value", t)?,
+            GateValue::Set(set) => m.serialize_entry("value", set)?,
+        }
+        m.end()
     }
 }
 

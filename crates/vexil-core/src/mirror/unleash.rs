@@ -17,6 +17,7 @@
 
 use std::collections::BTreeSet;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value as Json, json};
 
 use super::{Fidelity, Finding, Mirror, is_on};
@@ -93,21 +94,24 @@ impl Constraint {
     }
 
     pub fn to_json(&self) -> Json {
-        let mut out = Map::new();
-        out.insert("contextName".into(), self.context_name.as_str().into());
-        out.insert("operator".into(), self.operator.into());
+        serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+impl Serialize for Constraint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("contextName", &self.context_name)?;
+        m.serialize_entry("operator", self.operator)?;
         if self.single {
-            out.insert(
-                "value".into(),
-                self.values.first().map_or("", String::as_str).into(),
-            );
-            out.insert("values".into(), Json::Array(Vec::new()));
+            m.serialize_entry("value", self.values.first().map_or("", String::as_str))?;
+            m.serialize_entry("values", &[] as &[String])?;
         } else {
-            out.insert("values".into(), self.values.clone().into());
+            m.serialize_entry("values", &self.values)?;
         }
-        out.insert("caseInsensitive".into(), self.case_insensitive.into());
-        out.insert("inverted".into(), self.inverted.into());
-        Json::Object(out)
+        m.serialize_entry("caseInsensitive", &self.case_insensitive)?;
+        m.serialize_entry("inverted", &self.inverted)?;
+        m.end()
     }
 }
 
@@ -168,19 +172,31 @@ impl Export {
         mode: Segments,
     ) -> Json {
         let features: Vec<&Feature> = features.into_iter().collect();
-        let mut out = Map::new();
-        out.insert("version".into(), 2.into());
-        out.insert(
-            "features".into(),
-            features
+        let mut out = self.envelope(features.iter().copied(), mode);
+        if let Some(slot) = out.get_mut("features") {
+            *slot = features
                 .iter()
                 .map(|f| self.feature_json(f, mode))
                 .collect::<Vec<_>>()
-                .into(),
-        );
+                .into();
+        }
+        out
+    }
+
+    /// The body around these features: `version`, an empty `features` array, the segments
+    /// they use (when sent separately) and `query`. Servers join pre-serialised features
+    /// into it.
+    pub fn envelope<'a>(
+        &self,
+        features: impl IntoIterator<Item = &'a Feature>,
+        mode: Segments,
+    ) -> Json {
+        let mut out = Map::new();
+        out.insert("version".into(), 2.into());
+        out.insert("features".into(), Json::Array(Vec::new()));
         if mode == Segments::Separate {
             let used: BTreeSet<usize> = features
-                .iter()
+                .into_iter()
                 .flat_map(|f| &f.strategies)
                 .flat_map(|s| &s.atoms)
                 .filter_map(|a| match a {
@@ -210,58 +226,109 @@ impl Export {
 
     /// One feature object.
     pub fn feature_json(&self, feature: &Feature, mode: Segments) -> Json {
-        let strategies: Vec<Json> = feature
-            .strategies
-            .iter()
-            .map(|s| self.strategy_json(s, mode))
-            .collect();
-        json!({
-            "name": &*feature.name,
-            "type": "release",
-            "description": feature.description,
-            "enabled": feature.enabled,
-            "stale": false,
-            "impressionData": false,
-            "project": "default",
-            "strategies": strategies,
-            "variants": feature.variants,
-            "dependencies": [],
+        serde_json::to_value(FeatureView {
+            export: self,
+            feature,
+            mode,
         })
+        .unwrap_or(Json::Null)
     }
 
-    fn strategy_json(&self, strategy: &Strategy, mode: Segments) -> Json {
-        let mut constraints = Vec::new();
-        let mut segment_ids = Vec::new();
+    /// One feature object, serialised straight into `out` (no intermediate tree: servers
+    /// serialise every feature of a snapshot at swap time).
+    pub fn write_feature(&self, feature: &Feature, mode: Segments, out: &mut Vec<u8>) {
+        let view = FeatureView {
+            export: self,
+            feature,
+            mode,
+        };
+        // Writing to a Vec cannot fail, and every key is a string.
+        let _ = serde_json::to_writer(out, &view);
+    }
+}
+
+struct FeatureView<'a> {
+    export: &'a Export,
+    feature: &'a Feature,
+    mode: Segments,
+}
+
+impl Serialize for FeatureView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.feature;
+        let mut m = s.serialize_map(Some(10))?;
+        m.serialize_entry("name", &*f.name)?;
+        m.serialize_entry("type", "release")?;
+        m.serialize_entry("description", &f.description)?;
+        m.serialize_entry("enabled", &f.enabled)?;
+        m.serialize_entry("stale", &false)?;
+        m.serialize_entry("impressionData", &false)?;
+        m.serialize_entry("project", "default")?;
+        let strategies: Vec<StrategyView<'_>> = f
+            .strategies
+            .iter()
+            .map(|strategy| StrategyView {
+                export: self.export,
+                strategy,
+                mode: self.mode,
+            })
+            .collect();
+        m.serialize_entry("strategies", &strategies)?;
+        m.serialize_entry("variants", &f.variants)?;
+        m.serialize_entry("dependencies", &[] as &[Json])?;
+        m.end()
+    }
+}
+
+struct StrategyView<'a> {
+    export: &'a Export,
+    strategy: &'a Strategy,
+    mode: Segments,
+}
+
+impl Serialize for StrategyView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let strategy = self.strategy;
+        let mut constraints: Vec<&Constraint> = Vec::new();
+        let mut segment_ids: Vec<usize> = Vec::new();
         for atom in &strategy.atoms {
             match atom {
-                Atom::Constraint(c) => constraints.push(c.to_json()),
-                Atom::Segment(i) => match mode {
+                Atom::Constraint(c) => constraints.push(c),
+                Atom::Segment(i) => match self.mode {
                     Segments::Separate => segment_ids.push(i + 1),
                     Segments::Inline => constraints.extend(
-                        self.segments
+                        self.export
+                            .segments
                             .get(*i)
                             .and_then(Option::as_ref)
                             .into_iter()
-                            .flatten()
-                            .map(Constraint::to_json),
+                            .flatten(),
                     ),
                 },
             }
         }
-        let parameters: Map<String, Json> = strategy
-            .parameters
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Json::from(v.as_str())))
-            .collect();
-        let mut out = Map::new();
-        out.insert("name".into(), strategy.name.into());
-        out.insert("constraints".into(), constraints.into());
-        out.insert("parameters".into(), Json::Object(parameters));
-        if mode == Segments::Separate {
-            out.insert("segments".into(), segment_ids.into());
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", strategy.name)?;
+        m.serialize_entry("constraints", &constraints)?;
+        m.serialize_entry("parameters", &Parameters(&strategy.parameters))?;
+        if self.mode == Segments::Separate {
+            m.serialize_entry("segments", &segment_ids)?;
         }
-        out.insert("variants".into(), strategy.variants.clone().into());
-        Json::Object(out)
+        m.serialize_entry("variants", &strategy.variants)?;
+        m.end()
+    }
+}
+
+/// Strategy parameters: a JSON object of strings.
+struct Parameters<'a>(&'a [(&'static str, String)]);
+
+impl Serialize for Parameters<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
 }
 

@@ -1,0 +1,59 @@
+//! What the mirrors cost at swap time: building every body, ETag and gzipped copy
+//! (`mirrors::Tables::build`) for generated repositories, next to compiling them.
+//! Run: `cargo bench -p vexil-server --bench mirrors`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+#[path = "../../vexil-core/benches/common/corpus.rs"]
+mod corpus;
+
+use vexil_core::{CompileOptions, Snapshot, SourceFile};
+use vexil_server::mirrors::Tables;
+
+fn main() {
+    divan::main();
+}
+
+fn snapshot(flags: usize, files: usize) -> Snapshot {
+    let files: Vec<SourceFile> = corpus::generated_repository(flags, files)
+        .into_iter()
+        .map(|(path, text)| SourceFile { path, text })
+        .collect();
+    let compiled = vexil_core::compile(&files, &CompileOptions::default());
+    let snapshot = compiled
+        .snapshot
+        .expect("the generated repository compiles");
+    // Setup check (also under `-- --test`): every mirror exports something.
+    let tables = Tables::build(&snapshot);
+    assert!(!tables.unleash["default"].all[2].bytes.is_empty());
+    assert!(!tables.flipper["default"].all[0].bytes.is_empty());
+    snapshot
+}
+
+#[divan::bench(args = [350, 10_000], sample_count = 20)]
+fn build_tables(bencher: divan::Bencher, flags: usize) {
+    let snapshot = snapshot(flags, 20);
+    bencher.bench(|| Tables::build(divan::black_box(&snapshot)));
+}
+
+/// The core exports alone (no serialisation), for comparison with `build_tables`.
+#[divan::bench(args = [10_000], sample_count = 10)]
+fn exports_only(bencher: divan::Bencher, flags: usize) {
+    let snapshot = snapshot(flags, 20);
+    bencher.bench(|| {
+        for ns in snapshot.namespaces() {
+            divan::black_box(vexil_core::mirror::flipper::export(ns));
+            divan::black_box(vexil_core::mirror::unleash::export(
+                ns,
+                vexil_core::mirror::unleash::Profile::Legacy,
+            ));
+            divan::black_box(vexil_core::mirror::unleash::export(
+                ns,
+                vexil_core::mirror::unleash::Profile::Modern,
+            ));
+        }
+    });
+}
