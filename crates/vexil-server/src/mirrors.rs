@@ -30,14 +30,14 @@ const GZIP_MIN: usize = 1024;
 impl Body {
     pub fn new(bytes: impl Into<Bytes>) -> Body {
         let bytes: Bytes = bytes.into();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(&bytes);
         // `"<32 hex digits>"` and `"<32 hex digits>-gzip"`, without a format! per byte.
         let mut text = String::with_capacity(40);
         text.push('"');
         for b in digest.iter().take(16) {
-            text.push(char::from(HEX[usize::from(b >> 4)]));
-            text.push(char::from(HEX[usize::from(b & 15)]));
+            for nibble in [b >> 4, b & 15] {
+                text.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            }
         }
         text.push('"');
         let etag = tag(&text);
