@@ -1,9 +1,11 @@
 //! What the mirrors cost at swap time: building every body, ETag and gzipped copy
-//! (`mirrors::Tables::build`) for generated repositories, next to compiling them.
+//! (`mirrors::Tables::build`; gzip happens later, at first use) for generated repositories,
+//! next to the core exports alone.
 //! Run: `cargo bench -p vexil-server --bench mirrors`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::indexing_slicing,
     missing_debug_implementations
 )]
 
