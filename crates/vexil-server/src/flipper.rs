@@ -47,7 +47,8 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
                 get(actor).fallback(refuse),
             )
             .route(&format!("{prefix}/{{*rest}}"), any(unknown))
-            .route(&format!("{prefix}/"), any(unknown));
+            .route(&format!("{prefix}/"), any(unknown))
+            .route(prefix, any(unknown));
     }
     router.with_state(Flipper { state, tokens })
 }
@@ -110,7 +111,14 @@ impl Query {
             exclude_gates: false,
             exclude_gate_names: false,
         };
-        for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        // A bare `keys` (no `=`) is no filter, as Rack reads it; `keys=` is an empty one.
+        let raw: String = raw
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| *pair != "keys" && *pair != "keys[]")
+            .collect::<Vec<_>>()
+            .join("&");
+        for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
             match &*name {
                 "keys" => q.keys.get_or_insert_with(Vec::new).extend(
                     value
@@ -121,8 +129,10 @@ impl Query {
                 ),
                 // Newer adapters: `keys[]=a&keys[]=b` when a name holds a comma.
                 "keys[]" => q.keys.get_or_insert_with(Vec::new).push(value.into_owned()),
-                "exclude_gates" => q.exclude_gates = value == "true",
-                "exclude_gate_names" => q.exclude_gate_names = value == "true",
+                "exclude_gates" => q.exclude_gates = value.eq_ignore_ascii_case("true"),
+                "exclude_gate_names" => {
+                    q.exclude_gate_names = value.eq_ignore_ascii_case("true");
+                }
                 _ => {}
             }
         }
@@ -268,15 +278,17 @@ async fn actor(
             }
         }
     }
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({ "flipper_id": id, "features": features }).to_string(),
-    )
-        .into_response()
+    Body::json(&json!({ "flipper_id": id, "features": features })).respond(&headers, &extra(&f))
 }
 
-/// Any write: 405, saying where the flags live and how to change them.
-async fn refuse(State(f): State<Flipper>, method: Method) -> Response {
+/// Any write: 405, saying where the flags live and how to change them (only to a caller with
+/// a token, when tokens are configured: the message names the source).
+async fn refuse(State(f): State<Flipper>, method: Method, headers: HeaderMap) -> Response {
+    if let Err(response) = prepare(&f, &headers, &HashMap::new()) {
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return *response;
+        }
+    }
     let message = format!(
         "This Flipper API is a read-only mirror served by Vexil: {method} is not allowed. The flags are managed in git ({}); to change one, edit its YAML flag file there and merge a pull request, and this server picks up the new commit.",
         f.state.options.source
@@ -290,7 +302,7 @@ async fn refuse(State(f): State<Flipper>, method: Method) -> Response {
 
 /// Paths of the API that are not routes: writes (`POST /import`, ...) are refused with 405,
 /// anything else is Flipper's 404 `{}`.
-async fn unknown(state: State<Flipper>, method: Method) -> Response {
+async fn unknown(state: State<Flipper>, method: Method, headers: HeaderMap) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return (
             StatusCode::NOT_FOUND,
@@ -299,5 +311,5 @@ async fn unknown(state: State<Flipper>, method: Method) -> Response {
         )
             .into_response();
     }
-    refuse(state, method).await
+    refuse(state, method, headers).await
 }

@@ -188,9 +188,18 @@ pub struct UnleashTable {
     pub features: HashMap<Box<str>, [Option<Body>; 3]>,
     /// Feature name -> per `Kind`: the feature object as it sits in the whole body, in
     /// flag order, for filtered bodies (`namePrefix`).
-    pub fragments: Vec<(Box<str>, [Option<Bytes>; 3])>,
+    pub fragments: Vec<Fragment>,
     /// Per `Kind`: what follows the features array in a whole body.
     pub tails: [Bytes; 3],
+}
+
+/// One feature, serialised per `Kind` (if that kind of client gets it), with what filters
+/// read.
+#[derive(Debug)]
+pub struct Fragment {
+    pub name: Box<str>,
+    pub tags: Vec<String>,
+    pub per_kind: [Option<Bytes>; 3],
 }
 
 /// The Unleash client a request comes from, by its `Unleash-Client-Spec` header.
@@ -365,7 +374,7 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
         .collect();
     // Each feature serialised once per kind: legacy and modern inline (also the bodies of
     // `GET /client/features/{name}`), and modern with segment ids.
-    let fragments: Vec<(Box<str>, [Option<Bytes>; 3])> = names
+    let fragments: Vec<Fragment> = names
         .iter()
         .map(|name| {
             let per_kind = Kind::ALL.map(|kind| {
@@ -377,24 +386,39 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
                 export.write_feature(feature, kind.profile().1, &mut out);
                 Some(Bytes::from(out))
             });
-            ((*name).clone(), per_kind)
+            let tags = modern_by_name
+                .get(&***name)
+                .or_else(|| legacy_by_name.get(&***name))
+                .map(|f| f.tags.clone())
+                .unwrap_or_default();
+            Fragment {
+                name: (*name).clone(),
+                tags,
+                per_kind,
+            }
         })
         .collect();
     let all = [0, 1, 2].map(|kind| {
         let parts = fragments
             .iter()
-            .filter_map(|(_, per_kind)| per_kind.get(kind)?.as_ref());
+            .filter_map(|f| f.per_kind.get(kind)?.as_ref());
         let (head, tail) = envelopes.get(kind).cloned().unwrap_or_default();
         Body::whole(join(&head, parts, &tail))
     });
     let features = fragments
         .iter()
-        .map(|(name, [legacy, inline, _])| {
-            // Bytes are shared, not copied.
-            let inline = inline.clone().map(Body::new);
-            let legacy = legacy.clone().map(Body::new);
-            (name.clone(), [legacy, inline.clone(), inline])
-        })
+        .map(
+            |Fragment {
+                 name,
+                 per_kind: [legacy, inline, _],
+                 ..
+             }| {
+                // Bytes are shared, not copied.
+                let inline = inline.clone().map(Body::new);
+                let legacy = legacy.clone().map(Body::new);
+                (name.clone(), [legacy, inline.clone(), inline])
+            },
+        )
         .collect();
     UnleashTable {
         all,

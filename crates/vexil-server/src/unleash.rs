@@ -19,7 +19,7 @@ use serde_json::json;
 use vexil_core::DEFAULT_NAMESPACE;
 
 use crate::Tokens;
-use crate::mirrors::{Body, Kind, UnleashTable};
+use crate::mirrors::{Body, Fragment, Kind, UnleashTable};
 use crate::state::AppState;
 
 #[derive(Debug, Clone)]
@@ -42,11 +42,11 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
             )
             .route(
                 &format!("{prefix}/client/register"),
-                post(accepted).fallback(refuse),
+                post(accepted).fallback(refuse_post_only),
             )
             .route(
                 &format!("{prefix}/client/metrics"),
-                post(accepted).fallback(refuse),
+                post(accepted).fallback(refuse_post_only),
             )
             .route(&format!("{prefix}/client/{{*rest}}"), any(unknown));
     }
@@ -110,14 +110,16 @@ async fn features(
     let kind = Kind::of(&headers) as usize;
     let mut prefix: Option<String> = None;
     let mut projects: Vec<String> = Vec::new();
+    let mut tags: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
         match &*name {
             "namePrefix" if !value.is_empty() => prefix = Some(value.into_owned()),
             "project" if !value.is_empty() => projects.push(value.into_owned()),
+            "tag" if !value.is_empty() => tags.push(value.into_owned()),
             _ => {}
         }
     }
-    if prefix.is_none() && projects.is_empty() {
+    if prefix.is_none() && projects.is_empty() && tags.is_empty() {
         return t.all.get(kind).map_or_else(
             || StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             |b| b.respond(&headers, &[]),
@@ -125,20 +127,28 @@ async fn features(
     }
     // Every flag is in project "default".
     let in_project = projects.is_empty() || projects.iter().any(|p| p == "default");
-    filtered(t, kind, |name| {
-        in_project && prefix.as_deref().is_none_or(|p| name.starts_with(p))
+    // `tag=TYPE:VALUE` (any of them): a flag tagged `VALUE` or `TYPE:VALUE`.
+    let tagged = |flag_tags: &[String]| {
+        tags.is_empty()
+            || tags.iter().any(|t| {
+                let value = t.split_once(':').map_or(t.as_str(), |(_, v)| v);
+                flag_tags.iter().any(|ft| ft == t || ft == value)
+            })
+    };
+    filtered(t, kind, |f| {
+        in_project && tagged(&f.tags) && prefix.as_deref().is_none_or(|p| f.name.starts_with(p))
     })
     .respond(&headers, &[])
 }
 
-fn filtered(t: &UnleashTable, kind: usize, keep: impl Fn(&str) -> bool) -> Body {
+fn filtered(t: &UnleashTable, kind: usize, keep: impl Fn(&Fragment) -> bool) -> Body {
     let mut body = b"{\"version\":2,\"features\":[".to_vec();
     let mut first = true;
-    for (name, fragments) in &t.fragments {
-        let Some(Some(fragment)) = fragments.get(kind) else {
+    for f in &t.fragments {
+        let Some(Some(fragment)) = f.per_kind.get(kind) else {
             continue;
         };
-        if !keep(name) {
+        if !keep(f) {
             continue;
         }
         if !first {
@@ -197,7 +207,24 @@ async fn accepted(
     StatusCode::ACCEPTED.into_response()
 }
 
-async fn refuse(State(u): State<Unleash>, method: Method) -> Response {
+async fn refuse(State(u): State<Unleash>, method: Method, headers: HeaderMap) -> Response {
+    refusal(&u, &method, &headers, "GET, HEAD")
+}
+
+async fn refuse_post_only(
+    State(u): State<Unleash>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    refusal(&u, &method, &headers, "POST")
+}
+
+/// 405 naming where the flags live (only to a caller with a token, when tokens are set).
+fn refusal(u: &Unleash, method: &Method, headers: &HeaderMap, allow: &'static str) -> Response {
+    if !u.tokens.accepts_http(headers) {
+        u.state.metrics.unauthenticated();
+        return message(StatusCode::UNAUTHORIZED, "Missing or unknown token.");
+    }
     let mut response = message(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!(
@@ -207,13 +234,13 @@ async fn refuse(State(u): State<Unleash>, method: Method) -> Response {
     );
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
-async fn unknown(state: State<Unleash>, method: Method) -> Response {
+async fn unknown(state: State<Unleash>, method: Method, headers: HeaderMap) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return message(StatusCode::NOT_FOUND, "Not found.");
     }
-    refuse(state, method).await
+    refuse(state, method, headers).await
 }

@@ -301,6 +301,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         if !tokens.is_enabled() && !grpc_addr.ip().is_loopback() {
             tracing::warn!(%grpc_addr, "no bearer tokens: anyone who reaches this address can call Reload and read every flag definition");
         }
+        if !tokens.is_enabled() && !http_addr.ip().is_loopback() {
+            tracing::warn!(%http_addr, "no tokens: anyone who reaches this address can read every flag definition through the Flipper and Unleash mirrors");
+        }
         let shutdown = signals(Arc::clone(&state))?;
         // One plain line on stdout (after the signal handlers are in place), for scripts and
         // tests that started us on port 0. A closed stdout is no reason to stop serving.

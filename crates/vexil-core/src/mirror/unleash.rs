@@ -136,6 +136,8 @@ pub struct Strategy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Feature {
     pub name: Box<str>,
+    /// The flag's tags, for `tag=` filters.
+    pub tags: Vec<String>,
     description: Option<String>,
     enabled: bool,
     strategies: Vec<Strategy>,
@@ -391,6 +393,7 @@ impl<'a> Cx<'a> {
         let flag = self.flag;
         let mut feature = Feature {
             name: flag.key.clone(),
+            tags: flag.tags.clone(),
             description: flag.description.clone(),
             enabled: true,
             strategies: Vec::new(),
@@ -403,7 +406,7 @@ impl<'a> Cx<'a> {
         }
         if self.profile == Profile::Modern {
             self.check_quoting(&feature)?;
-            self.note_times();
+            self.note_conditions();
         }
         if feature.strategies.len() > MAX_STRATEGIES {
             return Err((
@@ -460,26 +463,35 @@ impl<'a> Cx<'a> {
 
     /// Times: Vexil also reads a date alone (midnight UTC) or a time without seconds, which
     /// Unleash's engine reads as no time at all.
-    fn note_times(&mut self) {
-        let is_time = |c: &Condition| matches!(c.op, Op::Before(_) | Op::After(_));
+    fn note_conditions(&mut self) {
         for rule in &self.flag.rules {
-            let uses_time = rule.matchers.iter().any(|m| match m {
-                Matcher::Conditions(_, cs) => cs.iter().any(is_time),
-                Matcher::Segments(_, indices) => indices.iter().any(|&i| {
-                    self.ns
-                        .segment(i)
-                        .is_some_and(|s| s.groups.iter().any(|(_, cs)| cs.iter().any(is_time)))
-                }),
-                Matcher::Ids(_) | Matcher::Groups(_) => false,
-            });
-            if uses_time {
-                self.notes.push((
-                    &rule.origin,
-                    format!(
-                        "rule `{}` compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time",
-                        rule.name
-                    ),
-                ));
+            let mut kinds = BTreeSet::new();
+            let mut visit = |cs: &[Condition]| kinds.extend(cs.iter().filter_map(edge_kind));
+            for m in &rule.matchers {
+                match m {
+                    Matcher::Conditions(_, cs) => visit(cs),
+                    Matcher::Segments(_, indices) => {
+                        for s in indices.iter().filter_map(|&i| self.ns.segment(i)) {
+                            s.groups.iter().for_each(|(_, cs)| visit(cs));
+                        }
+                    }
+                    Matcher::Ids(_) | Matcher::Groups(_) => {}
+                }
+            }
+            for kind in kinds {
+                let why = match kind {
+                    Edge::Time => {
+                        "compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time"
+                    }
+                    Edge::Number => {
+                        "compares numbers, which Unleash's engine reads differently for unusual inputs only (surrounding spaces, inf or NaN, beyond 64-bit floats, differences below 2.2e-16)"
+                    }
+                    Edge::Version => {
+                        "compares versions, which Unleash's engine reads differently for unusual inputs only (build metadata counts there, surrounding spaces)"
+                    }
+                };
+                self.notes
+                    .push((&rule.origin, format!("rule `{}` {why}", rule.name)));
             }
         }
     }
@@ -546,6 +558,7 @@ impl<'a> Cx<'a> {
                     self.rollout(rule, *threshold, bucket, Vec::new())?
                 }
                 Gate::PercentageOfTime { threshold } => {
+                    self.check_random(rule, *threshold);
                     random_strategy(*threshold, &self.flag.key, self.profile)
                 }
             },
@@ -613,10 +626,13 @@ impl<'a> Cx<'a> {
                                 self.check_bucket(rule, bucket, "rollout");
                                 self.rollout(rule, *threshold, bucket, serve)?
                             }
-                            Gate::PercentageOfTime { threshold } => Strategy {
-                                variants: serve,
-                                ..random_strategy(*threshold, &flag.key, self.profile)
-                            },
+                            Gate::PercentageOfTime { threshold } => {
+                                self.check_random(rule, *threshold);
+                                Strategy {
+                                    variants: serve,
+                                    ..random_strategy(*threshold, &flag.key, self.profile)
+                                }
+                            }
                         }
                     }
                     Outcome::Split { boundaries, bucket } => {
@@ -654,6 +670,15 @@ impl<'a> Cx<'a> {
         variants: Vec<Json>,
     ) -> Result<Strategy, Note<'a>> {
         let stickiness = stickiness(bucket);
+        if ["default", "random"].contains(&stickiness.as_str()) {
+            return Err((
+                &rule.origin,
+                format!(
+                    "rule `{}` buckets by `{stickiness}`, which Unleash reads as a stickiness keyword, not an attribute",
+                    rule.name
+                ),
+            ));
+        }
         // SDKs read whole percentages only ("25.5" is never on); a fractional one only comes
         // with crc32 bucketing, already flagged inexact.
         let rollout = threshold
@@ -686,7 +711,44 @@ impl<'a> Cx<'a> {
         })
     }
 
+    /// Unleash SDKs draw whole percentages of calls.
+    fn check_random(&mut self, rule: &'a Rule, threshold: u32) {
+        if threshold % 1000 != 0 {
+            self.notes.push((
+                &rule.origin,
+                format!(
+                    "rule `{}` serves {}% of calls, and Unleash SDKs draw whole percentages",
+                    rule.name,
+                    super::percent_text(threshold)
+                ),
+            ));
+        }
+    }
+
     fn check_bucket(&mut self, rule: &'a Rule, bucket: &BucketBy, what: &str) {
+        // Everyone or no one (a 0 or 100 % rollout, a split with one share) hashes the same.
+        let trivial = match &rule.outcome {
+            Outcome::Serve {
+                gate: Gate::Rollout { threshold, .. },
+                ..
+            } => *threshold == 0 || *threshold >= 100_000,
+            Outcome::Split { boundaries, .. } => {
+                let mut lower = 0;
+                boundaries
+                    .iter()
+                    .filter(|&&(upper, _)| {
+                        let wide = upper > lower;
+                        lower = upper;
+                        wide
+                    })
+                    .count()
+                    <= 1
+            }
+            Outcome::Serve { .. } => false,
+        };
+        if trivial {
+            return;
+        }
         if bucket.hashing != Hashing::Unleash {
             self.notes.push((
                 &rule.origin,
@@ -894,7 +956,8 @@ fn condition_dnf(c: &Condition, profile: Profile) -> Result<Vec<Vec<Constraint>>
                 Json::Array(items) => items.iter().collect(),
                 one => vec![one],
             };
-            equality(name, &items, c.ignore_case, *negate, profile)
+            let is_equals = matches!(c.op, Op::Equals { .. });
+            equality(name, &items, c.ignore_case, *negate, is_equals, profile)
         }
         Op::StartsWith(_) => list_op(c, name, "STR_STARTS_WITH", profile),
         Op::EndsWith(_) => list_op(c, name, "STR_ENDS_WITH", profile),
@@ -971,6 +1034,25 @@ fn single_value(
     Ok(vec![vec![Constraint::single(name, operator, value)]])
 }
 
+/// Conditions whose Unleash operator reads some inputs differently from Vexil.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Edge {
+    Time,
+    Number,
+    Version,
+}
+
+fn edge_kind(c: &Condition) -> Option<Edge> {
+    match &c.op {
+        Op::Before(_) | Op::After(_) => Some(Edge::Time),
+        Op::Number(..) => Some(Edge::Number),
+        Op::In { numbers, .. } if !numbers.is_empty() => Some(Edge::Number),
+        Op::Equals { value, .. } if value.number.is_some() => Some(Edge::Number),
+        Op::Semver(..) => Some(Edge::Version),
+        _ => None,
+    }
+}
+
 /// A time as Unleash's rule grammar reads it: `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
 fn unleash_time(text: &str) -> Option<String> {
     let text = text.trim();
@@ -1020,6 +1102,7 @@ fn equality(
     items: &[&Json],
     ignore_case: bool,
     negate: bool,
+    is_equals: bool,
     profile: Profile,
 ) -> Result<Vec<Vec<Constraint>>, String> {
     let mut texts = Vec::new();
@@ -1027,11 +1110,15 @@ fn equality(
     for item in items {
         match item {
             Json::Number(n) => numbers.extend(n.as_f64().map(number_text)),
-            Json::Bool(b) => texts.extend(casings(if *b { "true" } else { "false" })),
+            // `equals` reads "TRUE" as true; `in` compares the text exactly.
+            Json::Bool(b) if is_equals => texts.extend(casings(if *b { "true" } else { "false" })),
+            Json::Bool(b) => texts.push(b.to_string()),
             Json::String(s) => {
                 if let Some(n) = crate::eval::parse_number(s) {
                     numbers.push(number_text(n));
-                } else if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") {
+                } else if is_equals
+                    && (s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false"))
+                {
                     texts.extend(casings(&s.to_ascii_lowercase()));
                 } else {
                     texts.push(s.clone());
