@@ -713,7 +713,7 @@ impl<'a> Cx<'a> {
 
     /// Unleash SDKs draw whole percentages of calls.
     fn check_random(&mut self, rule: &'a Rule, threshold: u32) {
-        if threshold % 1000 != 0 {
+        if !threshold.is_multiple_of(1000) {
             self.notes.push((
                 &rule.origin,
                 format!(
