@@ -39,3 +39,4 @@ echo "== benchmarks compile and their setup assertions hold (one quick pass, no 
 cargo bench --locked -p vexil-core --bench core -- --test
 cargo bench --locked -p vexil-core --bench reload -- --test
 cargo bench --locked -p vexil-server --bench load -- --test
+cargo bench --locked -p vexil-server --bench mirrors -- --test
