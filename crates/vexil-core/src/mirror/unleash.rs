@@ -757,12 +757,6 @@ impl<'a> Cx<'a> {
                     rule.name
                 ),
             ));
-        } else if self.profile == Profile::Legacy && what == "split" {
-            // Unreachable today (legacy exports no strategy variants); kept for clarity.
-            self.notes.push((
-                &rule.origin,
-                format!("rule `{}` splits with the variant seed of current SDKs, but older SDKs hash variants with seed 0", rule.name),
-            ));
         }
     }
 
