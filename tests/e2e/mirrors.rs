@@ -362,52 +362,44 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
     let mut report = Vec::new();
     let mut dull = Vec::new();
     for ns in snapshot.namespaces() {
-        // Python UnleashClient (spec 6.1.0: segments sent separately).
-        let flags = exact(&snapshot, ns, Mirror::Unleash);
-        let contexts = unleash_contexts(&snapshot, CONTEXTS_PER_FLAG, 7, false);
-        let cases = cases_for(&flags, &contexts);
-        let want: Vec<Json> = cases
-            .iter()
-            .map(|(f, c)| expected(ns, f, &vexil_context(c)))
-            .collect();
-        let input: Vec<Json> = cases
-            .iter()
-            .map(|(f, c)| {
-                json!({"flag": f, "context": c, "variant": ns.flag(f).unwrap().flag_type != FlagType::Boolean})
-            })
-            .collect();
-        let got = run_client(
-            python,
-            "tests/conformance/unleash_client.py",
-            &base(&server, ns, "/api"),
-            &json!(input),
-            None,
-        );
-        let got: Vec<Json> = cases
-            .iter()
-            .zip(&got)
-            .map(|((f, _), g)| unleash_answer(ns.flag(f).unwrap().flag_type, g))
-            .collect();
-        let n = compare("UnleashClient 6.9.1", &cases, &want, &got);
-        dull.extend(single_answer_flags(ns, &cases, &want));
-        report.push((format!("python UnleashClient {}", ns.name), flags.len(), n));
-
-        // ruby-unleash 3.2.5 (no Unleash-Client-Spec: the legacy export).
-        let flags = exact(&snapshot, ns, Mirror::UnleashLegacy);
-        if !flags.is_empty() {
-            let contexts = unleash_contexts(&snapshot, CONTEXTS_PER_FLAG, 11, true);
+        // Python UnleashClient (spec 6.1.0: segments sent separately), then ruby-unleash
+        // 3.2.5 (no Unleash-Client-Spec: the legacy export).
+        let unleash_clients = [
+            (
+                python,
+                "tests/conformance/unleash_client.py",
+                Mirror::Unleash,
+                "python UnleashClient",
+                7,
+            ),
+            (
+                ruby,
+                "tests/conformance/ruby/unleash_check.rb",
+                Mirror::UnleashLegacy,
+                "ruby-unleash",
+                11,
+            ),
+        ];
+        for (program, script, mirror, client, seed) in unleash_clients {
+            let flags = exact(&snapshot, ns, mirror);
+            if flags.is_empty() {
+                continue;
+            }
+            let legacy = mirror == Mirror::UnleashLegacy;
+            let contexts = unleash_contexts(&snapshot, CONTEXTS_PER_FLAG, seed, legacy);
             let cases = cases_for(&flags, &contexts);
+            let flag_type = |f: &str| ns.flag(f).unwrap().flag_type;
             let want: Vec<Json> = cases
                 .iter()
                 .map(|(f, c)| expected(ns, f, &vexil_context(c)))
                 .collect();
             let input: Vec<Json> = cases
                 .iter()
-                .map(|(f, c)| json!({"flag": f, "context": c, "variant": ns.flag(f).unwrap().flag_type != FlagType::Boolean}))
+                .map(|(f, c)| json!({"flag": f, "context": c, "variant": flag_type(f) != FlagType::Boolean}))
                 .collect();
             let got = run_client(
-                ruby,
-                "tests/conformance/ruby/unleash_check.rb",
+                program,
+                script,
                 &base(&server, ns, "/api"),
                 &json!(input),
                 None,
@@ -415,11 +407,11 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
             let got: Vec<Json> = cases
                 .iter()
                 .zip(&got)
-                .map(|((f, _), g)| unleash_answer(ns.flag(f).unwrap().flag_type, g))
+                .map(|((f, _), g)| unleash_answer(flag_type(f), g))
                 .collect();
-            let n = compare("ruby-unleash 3.2.5", &cases, &want, &got);
+            let n = compare(client, &cases, &want, &got);
             dull.extend(single_answer_flags(ns, &cases, &want));
-            report.push((format!("ruby-unleash {}", ns.name), flags.len(), n));
+            report.push((format!("{client} {}", ns.name), flags.len(), n));
         }
 
         // Flipper 0.25.4 gates, fed the mirror's GET /features.
