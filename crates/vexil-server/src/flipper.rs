@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
 use vexil_core::mirror::flipper::Form;
-use vexil_core::{DEFAULT_NAMESPACE, FlagType, Value};
+use vexil_core::{FlagType, Value};
 
 use crate::Tokens;
-use crate::mirrors::Body;
-use crate::state::{AppState, Served};
+use crate::mirrors::{Body, FLIPPER_HEAD, FLIPPER_TAIL, Refusal, admit, join, namespace_of};
+use crate::state::AppState;
 
 const MORE_INFO: &str = "https://flippercloud.io/docs/api#error-code-reference";
 
@@ -62,39 +62,28 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
         .into_response()
 }
 
-/// The checks every request passes: a token if configured, a snapshot, a known namespace.
-fn prepare(
-    f: &Flipper,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-) -> Result<(Arc<Served>, String), Box<Response>> {
-    if !f.tokens.accepts_http(headers) {
-        f.state.metrics.unauthenticated();
-        return Err(Box::new(error(
+/// A refused read, in Flipper's error format.
+fn refused(why: Refusal, params: &HashMap<String, String>) -> Response {
+    match why {
+        Refusal::Unauthorized => error(
             StatusCode::UNAUTHORIZED,
             401,
             "Missing or unknown token: configure the Flipper HTTP adapter with basic auth (the token as password) or an `Authorization: Bearer <token>` header.",
-        )));
-    }
-    let Some(served) = f.state.served() else {
-        return Err(Box::new(error(
+        ),
+        Refusal::NoSnapshot => error(
             StatusCode::SERVICE_UNAVAILABLE,
             503,
             "No valid flag snapshot yet: the flag repository has not been read successfully.",
-        )));
-    };
-    let namespace = params
-        .get("namespace")
-        .map_or(DEFAULT_NAMESPACE, String::as_str)
-        .to_owned();
-    if served.snapshot.namespace(&namespace).is_none() {
-        return Err(Box::new(error(
+        ),
+        Refusal::UnknownNamespace => error(
             StatusCode::NOT_FOUND,
             404,
-            &format!("Namespace `{namespace}` not found: no flag file declares it."),
-        )));
+            &format!(
+                "Namespace `{}` not found: no flag file declares it.",
+                namespace_of(params)
+            ),
+        ),
     }
-    Ok((served, namespace))
 }
 
 /// Query parameters, in order, empty ones (`?&keys=a`) skipped.
@@ -167,11 +156,11 @@ async fn features(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match prepare(&f, &headers, &params) {
+    let (served, namespace) = match admit(&f.state, &f.tokens, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return *response,
+        Err(why) => return refused(why, &params),
     };
-    let Some(table) = served.mirrors.flipper.get(namespace.as_str()) else {
+    let Some(table) = served.mirrors.flipper.get(namespace) else {
         return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
     };
     let query = Query::parse(raw.as_deref());
@@ -184,23 +173,13 @@ async fn features(
     };
     // Known features in the order asked, each once; unknown names are dropped, as Flipper does.
     let mut seen = std::collections::HashSet::new();
-    let mut body = b"{\"features\":[".to_vec();
-    for key in &keys {
-        let Some(bodies) = table.features.get(key.as_str()) else {
-            continue;
-        };
-        if !seen.insert(key.as_str()) {
-            continue;
-        }
-        if body.last() != Some(&b'[') {
-            body.push(b',');
-        }
-        if let Some(b) = bodies.get(form) {
-            body.extend_from_slice(&b.bytes);
-        }
-    }
-    body.extend_from_slice(b"]}");
-    Body::new(body).respond(&headers, &extra(&f))
+    let parts: Vec<&axum::body::Bytes> = keys
+        .iter()
+        .filter(|k| seen.insert(k.as_str()))
+        .filter_map(|k| table.features.get(k.as_str())?.get(form))
+        .map(|b| &b.bytes)
+        .collect();
+    Body::new(join(FLIPPER_HEAD, parts.iter(), FLIPPER_TAIL)).respond(&headers, &extra(&f))
 }
 
 async fn feature(
@@ -209,16 +188,16 @@ async fn feature(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match prepare(&f, &headers, &params) {
+    let (served, namespace) = match admit(&f.state, &f.tokens, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return *response,
+        Err(why) => return refused(why, &params),
     };
     let name = params.get("name").map_or("", String::as_str);
     let form = form_index(Query::parse(raw.as_deref()).form());
     match served
         .mirrors
         .flipper
-        .get(namespace.as_str())
+        .get(namespace)
         .and_then(|t| t.features.get(name))
         .and_then(|bodies| bodies.get(form))
     {
@@ -235,11 +214,11 @@ async fn actor(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match prepare(&f, &headers, &params) {
+    let (served, namespace) = match admit(&f.state, &f.tokens, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return *response,
+        Err(why) => return refused(why, &params),
     };
-    let Some(ns) = served.snapshot.namespace(&namespace) else {
+    let Some(ns) = served.snapshot.namespace(namespace) else {
         return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
     };
     let id = params.get("flipper_id").map_or("", String::as_str);
@@ -284,10 +263,9 @@ async fn actor(
 /// Any write: 405, saying where the flags live and how to change them (only to a caller with
 /// a token, when tokens are configured: the message names the source).
 async fn refuse(State(f): State<Flipper>, method: Method, headers: HeaderMap) -> Response {
-    if let Err(response) = prepare(&f, &headers, &HashMap::new()) {
-        if response.status() == StatusCode::UNAUTHORIZED {
-            return *response;
-        }
+    if !f.tokens.accepts_http(&headers) {
+        f.state.metrics.unauthenticated();
+        return refused(Refusal::Unauthorized, &HashMap::new());
     }
     let message = format!(
         "This Flipper API is a read-only mirror served by Vexil: {method} is not allowed. The flags are managed in git ({}); to change one, edit its YAML flag file there and merge a pull request, and this server picks up the new commit.",

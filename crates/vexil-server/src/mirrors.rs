@@ -9,8 +9,47 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
-use vexil_core::Snapshot;
 use vexil_core::mirror::{Finding, Mirror, flipper, unleash};
+use vexil_core::{DEFAULT_NAMESPACE, Snapshot};
+
+use crate::Tokens;
+use crate::state::{AppState, Served};
+
+/// Why a mirror request is turned away before it reaches a table; each front words it in its
+/// own error format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthorized,
+    NoSnapshot,
+    UnknownNamespace,
+}
+
+/// The checks every mirror read passes: a token (when tokens are configured), a served
+/// snapshot, and a namespace it has (`default` unless the path names one).
+pub fn admit<'p>(
+    state: &AppState,
+    tokens: &Tokens,
+    headers: &HeaderMap,
+    params: &'p HashMap<String, String>,
+) -> Result<(Arc<Served>, &'p str), Refusal> {
+    if !tokens.accepts_http(headers) {
+        state.metrics.unauthenticated();
+        return Err(Refusal::Unauthorized);
+    }
+    let served = state.served().ok_or(Refusal::NoSnapshot)?;
+    let namespace = namespace_of(params);
+    if served.snapshot.namespace(namespace).is_none() {
+        return Err(Refusal::UnknownNamespace);
+    }
+    Ok((served, namespace))
+}
+
+/// The namespace a mirror path names (`/ns/{namespace}/...`), else the default one.
+pub fn namespace_of(params: &HashMap<String, String>) -> &str {
+    params
+        .get("namespace")
+        .map_or(DEFAULT_NAMESPACE, String::as_str)
+}
 
 /// A serialised body and its strong ETag, and for whole bodies a gzipped copy (with a tag of
 /// its own: another representation).
@@ -186,11 +225,12 @@ pub struct UnleashTable {
     /// Feature name -> per `Kind`: the feature object (segments written inline), if that
     /// kind of client gets it.
     pub features: HashMap<Box<str>, [Option<Body>; 3]>,
-    /// Feature name -> per `Kind`: the feature object as it sits in the whole body, in
-    /// flag order, for filtered bodies (`namePrefix`).
+    /// Per `Kind`, in flag order: each feature as it sits in the whole body, for filtered
+    /// bodies (`namePrefix`, `tag`, `project`).
     pub fragments: Vec<Fragment>,
-    /// Per `Kind`: what follows the features array in a whole body.
-    pub tails: [Bytes; 3],
+    /// Per `Kind`: the whole body around its features, up to and including the features
+    /// array's `[`, and from its `]`.
+    pub envelopes: [(Bytes, Bytes); 3],
 }
 
 /// One feature, serialised per `Kind` (if that kind of client gets it), with what filters
@@ -254,8 +294,7 @@ impl Kind {
 pub struct Tables {
     pub flipper: HashMap<Box<str>, FlipperTable>,
     pub unleash: HashMap<Box<str>, UnleashTable>,
-    pub findings: Vec<Finding>,
-    /// `GET /mirrors/diagnostics`.
+    /// `GET /mirrors/diagnostics`: every finding of every mirror.
     pub diagnostics: Body,
 }
 
@@ -265,21 +304,20 @@ impl Tables {
         let mut flipper_tables = HashMap::new();
         let mut unleash_tables = HashMap::new();
         for ns in snapshot.namespaces() {
-            let f = flipper::export(ns);
-            findings.extend(f.findings.iter().cloned());
+            let mut f = flipper::export(ns);
             flipper_tables.insert(ns.name.clone(), flipper_table(&f));
-            let legacy = unleash::export(ns, unleash::Profile::Legacy);
-            let modern = unleash::export(ns, unleash::Profile::Modern);
-            findings.extend(legacy.findings.iter().cloned());
-            findings.extend(modern.findings.iter().cloned());
+            let mut legacy = unleash::export(ns, unleash::Profile::Legacy);
+            let mut modern = unleash::export(ns, unleash::Profile::Modern);
             unleash_tables.insert(ns.name.clone(), unleash_table(&legacy, &modern));
+            findings.append(&mut f.findings);
+            findings.append(&mut legacy.findings);
+            findings.append(&mut modern.findings);
         }
         findings.sort();
         let diagnostics = Body::whole(to_vec(&diagnostics_json(snapshot, &findings)));
         Tables {
             flipper: flipper_tables,
             unleash: unleash_tables,
-            findings,
             diagnostics,
         }
     }
@@ -300,7 +338,7 @@ fn flipper_table(export: &flipper::Export) -> FlipperTable {
         .collect();
     let all = [0, 1, 2].map(|form| {
         let parts = fragments.iter().filter_map(|per_form| per_form.get(form));
-        Body::whole(join(b"{\"features\":[", parts, b"]}"))
+        Body::whole(join(FLIPPER_HEAD, parts, FLIPPER_TAIL))
     });
     let features = export
         .features
@@ -315,8 +353,12 @@ fn to_vec(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// `head`, the parts separated by commas, `tail`.
-fn join<P: AsRef<[u8]>>(
+/// The envelope of Flipper's `GET /features` body.
+pub const FLIPPER_HEAD: &[u8] = b"{\"features\":[";
+pub const FLIPPER_TAIL: &[u8] = b"]}";
+
+/// `head`, the parts separated by commas, `tail`: a JSON body from serialised pieces.
+pub fn join<P: AsRef<[u8]>>(
     head: &[u8],
     parts: impl Iterator<Item = P> + Clone,
     tail: &[u8],
@@ -350,11 +392,8 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
             .find(marker)
             .map_or(text.len(), |i| i + marker.len() - 1);
         let (head, tail) = text.split_at(cut);
-        (head.as_bytes().to_vec(), tail.as_bytes().to_vec())
+        (Bytes::from(head.to_owned()), Bytes::from(tail.to_owned()))
     });
-    let tails = envelopes
-        .clone()
-        .map(|(_, tail)| Bytes::from(tail.get(1..).unwrap_or_default().to_vec()));
     let legacy_by_name: HashMap<&str, &unleash::Feature> =
         legacy.features.iter().map(|f| (&*f.name, f)).collect();
     let modern_by_name: HashMap<&str, &unleash::Feature> =
@@ -424,7 +463,7 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
         all,
         features,
         fragments,
-        tails,
+        envelopes,
     }
 }
 

@@ -16,10 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
-use vexil_core::DEFAULT_NAMESPACE;
 
 use crate::Tokens;
-use crate::mirrors::{Body, Fragment, Kind, UnleashTable};
+use crate::mirrors::{Body, Fragment, Kind, Refusal, UnleashTable, admit, join, namespace_of};
 use crate::state::AppState;
 
 #[derive(Debug, Clone)]
@@ -62,36 +61,25 @@ fn message(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
-/// The checks every request passes: a token if configured, a snapshot, a known namespace.
-fn table(
-    u: &Unleash,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-) -> Result<(Arc<crate::state::Served>, String), Box<Response>> {
-    if !u.tokens.accepts_http(headers) {
-        u.state.metrics.unauthenticated();
-        return Err(Box::new(message(
+/// A refused read, as the Unleash API words it.
+fn refused(why: Refusal, params: &HashMap<String, String>) -> Response {
+    match why {
+        Refusal::Unauthorized => message(
             StatusCode::UNAUTHORIZED,
             "Missing or unknown token: set the SDK's `Authorization` header to a token this server accepts.",
-        )));
-    }
-    let Some(served) = u.state.served() else {
-        return Err(Box::new(message(
+        ),
+        Refusal::NoSnapshot => message(
             StatusCode::SERVICE_UNAVAILABLE,
             "No valid flag snapshot yet: the flag repository has not been read successfully.",
-        )));
-    };
-    let namespace = params
-        .get("namespace")
-        .map_or(DEFAULT_NAMESPACE, String::as_str)
-        .to_owned();
-    if !served.mirrors.unleash.contains_key(namespace.as_str()) {
-        return Err(Box::new(message(
+        ),
+        Refusal::UnknownNamespace => message(
             StatusCode::NOT_FOUND,
-            &format!("Namespace `{namespace}` not found: no flag file declares it."),
-        )));
+            &format!(
+                "Namespace `{}` not found: no flag file declares it.",
+                namespace_of(params)
+            ),
+        ),
     }
-    Ok((served, namespace))
 }
 
 async fn features(
@@ -100,11 +88,11 @@ async fn features(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match table(&u, &headers, &params) {
+    let (served, namespace) = match admit(&u.state, &u.tokens, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return *response,
+        Err(why) => return refused(why, &params),
     };
-    let Some(t) = served.mirrors.unleash.get(namespace.as_str()) else {
+    let Some(t) = served.mirrors.unleash.get(namespace) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let kind = Kind::of(&headers) as usize;
@@ -142,26 +130,14 @@ async fn features(
 }
 
 fn filtered(t: &UnleashTable, kind: usize, keep: impl Fn(&Fragment) -> bool) -> Body {
-    let mut body = b"{\"version\":2,\"features\":[".to_vec();
-    let mut first = true;
-    for f in &t.fragments {
-        let Some(Some(fragment)) = f.per_kind.get(kind) else {
-            continue;
-        };
-        if !keep(f) {
-            continue;
-        }
-        if !first {
-            body.push(b',');
-        }
-        first = false;
-        body.extend_from_slice(fragment);
-    }
-    body.push(b']');
-    if let Some(tail) = t.tails.get(kind) {
-        body.extend_from_slice(tail);
-    }
-    Body::new(body)
+    let parts: Vec<&axum::body::Bytes> = t
+        .fragments
+        .iter()
+        .filter(|f| keep(f))
+        .filter_map(|f| f.per_kind.get(kind)?.as_ref())
+        .collect();
+    let (head, tail) = t.envelopes.get(kind).cloned().unwrap_or_default();
+    Body::new(join(&head, parts.iter(), &tail))
 }
 
 async fn feature(
@@ -169,16 +145,16 @@ async fn feature(
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match table(&u, &headers, &params) {
+    let (served, namespace) = match admit(&u.state, &u.tokens, &headers, &params) {
         Ok(x) => x,
-        Err(response) => return *response,
+        Err(why) => return refused(why, &params),
     };
     let name = params.get("name").map_or("", String::as_str);
     let kind = Kind::of(&headers) as usize;
     match served
         .mirrors
         .unleash
-        .get(namespace.as_str())
+        .get(namespace)
         .and_then(|t| t.features.get(name))
         .and_then(|per_kind| per_kind.get(kind))
     {
@@ -193,16 +169,11 @@ async fn feature(
 }
 
 /// Registration and metrics: accepted and dropped (Vexil keeps its own counters).
-async fn accepted(
-    State(u): State<Unleash>,
-    Path(params): Path<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = table(&u, &headers, &params) {
-        // Namespaces and snapshots do not matter here; tokens do.
-        if response.status() == StatusCode::UNAUTHORIZED {
-            return *response;
-        }
+/// Namespaces and snapshots do not matter here; tokens do.
+async fn accepted(State(u): State<Unleash>, headers: HeaderMap) -> Response {
+    if !u.tokens.accepts_http(&headers) {
+        u.state.metrics.unauthenticated();
+        return refused(Refusal::Unauthorized, &HashMap::new());
     }
     StatusCode::ACCEPTED.into_response()
 }
@@ -223,7 +194,7 @@ async fn refuse_post_only(
 fn refusal(u: &Unleash, method: &Method, headers: &HeaderMap, allow: &'static str) -> Response {
     if !u.tokens.accepts_http(headers) {
         u.state.metrics.unauthenticated();
-        return message(StatusCode::UNAUTHORIZED, "Missing or unknown token.");
+        return refused(Refusal::Unauthorized, &HashMap::new());
     }
     let mut response = message(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -412,7 +412,7 @@ pub fn flipper_percent(thousandths: u32) -> String {
     if as_ruby <= f64::from(thousandths) {
         return text;
     }
-    let halves = thousandths * 10 - 5; // ten-thousandths of a percent
+    let halves = (thousandths * 10).saturating_sub(5); // ten-thousandths of a percent
     let digits = format!("{:04}", halves % 10_000);
     format!("{}.{}", halves / 10_000, digits.trim_end_matches('0'))
 }

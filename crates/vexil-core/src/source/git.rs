@@ -203,13 +203,7 @@ struct TreeWalk<'r> {
 
 impl TreeWalk<'_> {
     fn problem(&mut self, path: &str, code: Code, message: String) {
-        self.loaded.diagnostics.push(Diagnostic {
-            file: path.to_owned(),
-            pos: Pos::START,
-            severity: Severity::Error,
-            code,
-            message,
-        });
+        self.loaded.problem(path, code, message);
     }
 
     fn tree(&mut self, tree: &Tree<'_>, rel: &str, depth: usize) -> Result<(), SourceError> {

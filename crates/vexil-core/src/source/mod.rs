@@ -116,6 +116,19 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl Loaded {
+    /// A file (or directory) that could not be read as a flag file: an error at its start.
+    pub(crate) fn problem(&mut self, path: &str, code: Code, message: String) {
+        self.diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            pos: Pos::START,
+            severity: Severity::Error,
+            code,
+            message,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -305,13 +318,7 @@ struct Walk {
 
 impl Walk {
     fn problem(&mut self, path: &str, code: Code, message: String) {
-        self.loaded.diagnostics.push(Diagnostic {
-            file: path.to_owned(),
-            pos: Pos::START,
-            severity: Severity::Error,
-            code,
-            message,
-        });
+        self.loaded.problem(path, code, message);
     }
 
     fn dir(&mut self, dir: &Path, rel: &str, depth: usize) {
