@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT (src/codec.rs), not prost's INTERNAL.
+        .codec_path("crate::codec::ProstCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

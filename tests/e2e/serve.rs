@@ -507,9 +507,20 @@ async fn tokens_guard_every_rpc_but_health() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let (_, metrics) = server.get("/metrics").await;
+    // /metrics names flags and the revision: behind the tokens too (a refusal is counted).
+    let (code, _) = server.get("/metrics").await;
+    assert_eq!(code, 401);
+    let (code, _, metrics) = crate::helpers::http(
+        server.http,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer secret-2")],
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
     assert!(
-        metrics.contains("vexil_grpc_unauthenticated_total 6"),
+        metrics.contains("vexil_grpc_unauthenticated_total 7"),
         "{metrics}"
     );
 

@@ -14,14 +14,15 @@ use crate::diff::FlagChanges;
 use crate::snapshot::Snapshot;
 
 /// Published after every swap that changes at least one flag.
+///
+/// An event names revisions and flag keys, never a snapshot: subscribers that fall behind
+/// keep events queued, and a queued event must not keep a whole snapshot alive.
 #[derive(Debug)]
 pub struct ChangeEvent {
     /// `None` for the first snapshot.
     pub old_revision: Option<String>,
     pub revision: String,
     pub changes: FlagChanges,
-    /// The snapshot now served.
-    pub snapshot: Arc<Snapshot>,
 }
 
 /// What one reload attempt did.
@@ -72,6 +73,19 @@ pub struct Counts {
     pub source_errors: u64,
 }
 
+/// Whether the reloader can bring new revisions: its thread runs, and since when the read in
+/// progress (if any) has been running. Servers turn a dead reloader or a stuck read into
+/// unreadiness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderState {
+    /// The reloader thread is running (false before it starts and if it ever ends unasked).
+    pub alive: bool,
+    /// When the read (and compile) in progress began; `None` between reads.
+    pub reading_since: Option<SystemTime>,
+    /// Panics in the reloader that were recovered from.
+    pub restarts: u64,
+}
+
 /// Reload state, for health checks, metrics and the Status API.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
@@ -84,10 +98,18 @@ pub struct Status {
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
     pub counts: Counts,
+    pub reader: ReaderState,
 }
 
 type Subscriber = Box<dyn FnMut(&Arc<ChangeEvent>) -> bool + Send>;
-type Observer = Box<dyn Fn(&Attempt, Option<&Arc<ChangeEvent>>) + Send + Sync>;
+type Observer = Box<dyn Fn(&Attempt, Option<Swap<'_>>) + Send + Sync>;
+
+/// A swap as observers see it: the snapshot now served and its change event.
+#[derive(Debug, Clone, Copy)]
+pub struct Swap<'a> {
+    pub snapshot: &'a Arc<Snapshot>,
+    pub event: &'a Arc<ChangeEvent>,
+}
 
 /// The shared handle: the current snapshot, the status, and change subscribers.
 pub struct Live {
@@ -142,6 +164,15 @@ impl Live {
         lock(&self.status).clone()
     }
 
+    /// The reloader's state alone (cheap: probes call it; `status` copies diagnostics).
+    pub fn reader(&self) -> ReaderState {
+        lock(&self.status).reader
+    }
+
+    pub(crate) fn update_reader(&self, f: impl FnOnce(&mut ReaderState)) {
+        f(&mut lock(&self.status).reader);
+    }
+
     /// Calls `f` with every change event until it returns false. Events come from the
     /// reloader thread, in order; `f` must be quick (hand the event to a channel).
     pub fn subscribe(&self, f: impl FnMut(&Arc<ChangeEvent>) -> bool + Send + 'static) {
@@ -153,11 +184,11 @@ impl Live {
     /// flag changes, which may be empty: unlike subscribers, observers see every swap). For
     /// servers that derive per-snapshot state (metrics tables, serialised bodies), logs,
     /// health and streams. `f` must be quick.
-    pub fn observe(&self, f: impl Fn(&Attempt, Option<&Arc<ChangeEvent>>) + Send + Sync + 'static) {
+    pub fn observe(&self, f: impl Fn(&Attempt, Option<Swap<'_>>) + Send + Sync + 'static) {
         lock(&self.observers).push(Box::new(f));
     }
 
-    fn notify(&self, attempt: &Attempt, swap: Option<&Arc<ChangeEvent>>) {
+    fn notify(&self, attempt: &Attempt, swap: Option<Swap<'_>>) {
         // Called without the lock held, so an observer may itself observe or subscribe.
         let observers = std::mem::take(&mut *lock(&self.observers));
         for f in &observers {
@@ -203,9 +234,14 @@ impl Live {
             old_revision: old.map(|o| o.revision().to_owned()),
             revision,
             changes,
-            snapshot,
         });
-        self.notify(&attempt, Some(&event));
+        self.notify(
+            &attempt,
+            Some(Swap {
+                snapshot: &snapshot,
+                event: &event,
+            }),
+        );
         if event.changes.is_empty() {
             return;
         }

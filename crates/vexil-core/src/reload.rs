@@ -57,9 +57,12 @@ fn errors(diagnostics: &[Diagnostic]) -> usize {
         .count()
 }
 
+/// Called with the outcome of a requested read.
+type Reply = Box<dyn FnOnce(Attempt) + Send>;
+
 enum Msg {
     Wake,
-    Reload(Sender<Attempt>),
+    Reload(Reply),
     Stop,
 }
 
@@ -111,10 +114,18 @@ impl Reloader {
                 AttemptResult::Swapped { .. } | AttemptResult::Unchanged => {}
             }
         }
+        live.update_reader(|r| r.alive = true);
         let thread = std::thread::Builder::new()
             .name("vexil-reload".into())
-            .spawn(move || worker.run(&rx))
-            .map_err(StartError::Thread)?;
+            .spawn(move || {
+                // However the thread ends, the status says so.
+                let _alive = AliveGuard(Arc::clone(&worker.live));
+                worker.run(&rx);
+            })
+            .map_err(|e| {
+                live.update_reader(|r| r.alive = false);
+                StartError::Thread(e)
+            })?;
         Ok(Reloader {
             live,
             tx,
@@ -130,14 +141,22 @@ impl Reloader {
     /// outcome. Concurrent requests share one read.
     pub fn reload(&self) -> Option<Attempt> {
         let (reply, outcome) = std::sync::mpsc::channel();
-        self.tx.send(Msg::Reload(reply)).ok()?;
+        self.reload_then(move |attempt| {
+            let _ = reply.send(attempt);
+        });
         outcome.recv().ok()
+    }
+
+    /// Asks for a read now and returns at once; `done` is called with the outcome from the
+    /// reloader thread (so a caller that stops waiting holds no thread), or dropped uncalled if
+    /// the reloader has stopped. Concurrent requests share one read.
+    pub fn reload_then(&self, done: impl FnOnce(Attempt) + Send + 'static) {
+        let _ = self.tx.send(Msg::Reload(Box::new(done)));
     }
 
     /// Asks for a read now without waiting.
     pub fn trigger(&self) {
-        let (reply, _) = std::sync::mpsc::channel();
-        let _ = self.tx.send(Msg::Reload(reply));
+        self.reload_then(|_| {});
     }
 }
 
@@ -155,6 +174,15 @@ impl Drop for Reloader {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// Marks the reloader dead when its thread ends (returns or unwinds).
+struct AliveGuard(Arc<Live>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.update_reader(|r| r.alive = false);
     }
 }
 
@@ -225,13 +253,22 @@ impl Worker {
             burst = None;
             let attempt = self.reload(forced);
             for reply in repliers {
-                let _ = reply.send(attempt.clone());
+                reply(attempt.clone());
             }
             next_poll = after(Instant::now(), self.source.next_poll(self.failures));
         }
     }
 
+    /// One read, shown as in progress in the status while it runs (a stuck read is visible).
     fn reload(&mut self, force: bool) -> Attempt {
+        self.live
+            .update_reader(|r| r.reading_since = Some(std::time::SystemTime::now()));
+        let attempt = self.read_and_apply(force);
+        self.live.update_reader(|r| r.reading_since = None);
+        attempt
+    }
+
+    fn read_and_apply(&mut self, force: bool) -> Attempt {
         let (revision, result) = match self.source.read(self.known.as_deref(), force) {
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);

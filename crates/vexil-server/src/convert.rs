@@ -280,7 +280,8 @@ pub fn unix_ms(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-pub fn attempt(a: &vexil_core::Attempt) -> proto::ReloadAttempt {
+/// An attempt with at most `max` of its diagnostics (and the count of all).
+pub fn attempt(a: &vexil_core::Attempt, max: usize) -> proto::ReloadAttempt {
     use proto::reload_attempt::Result as R;
     let mut out = proto::ReloadAttempt {
         at_unix_ms: unix_ms(a.at),
@@ -295,7 +296,8 @@ pub fn attempt(a: &vexil_core::Attempt) -> proto::ReloadAttempt {
         AttemptResult::Unchanged => out.set_result(R::Unchanged),
         AttemptResult::Invalid { diagnostics } => {
             out.set_result(R::Invalid);
-            out.diagnostics = diagnostics.iter().map(diagnostic).collect();
+            out.diagnostics = diagnostics.iter().take(max).map(diagnostic).collect();
+            out.diagnostics_total = u32::try_from(diagnostics.len()).unwrap_or(u32::MAX);
         }
         AttemptResult::SourceError { message } => {
             out.set_result(R::SourceError);
@@ -305,11 +307,20 @@ pub fn attempt(a: &vexil_core::Attempt) -> proto::ReloadAttempt {
     out
 }
 
-pub fn status(s: &vexil_core::Status) -> proto::StatusResponse {
+/// The status with at most `max` diagnostics per list, and `reloader_problem` (from
+/// `AppState::reader_health`).
+pub fn status(
+    s: &vexil_core::Status,
+    max: usize,
+    reloader_problem: Option<String>,
+) -> proto::StatusResponse {
     let mut out = proto::StatusResponse {
         source: s.source.clone(),
-        last_attempt: s.last_attempt.as_ref().map(attempt),
-        last_error: s.last_error.as_ref().map(attempt),
+        last_attempt: s.last_attempt.as_ref().map(|a| attempt(a, max)),
+        last_error: s.last_error.as_ref().map(|a| attempt(a, max)),
+        reloader_problem: reloader_problem.unwrap_or_default(),
+        reading_since_unix_ms: s.reader.reading_since.map_or(0, unix_ms),
+        reloader_restarts: s.reader.restarts,
         consecutive_failures: s.consecutive_failures,
         attempts: s.counts.attempts,
         swaps: s.counts.swaps,
@@ -321,7 +332,8 @@ pub fn status(s: &vexil_core::Status) -> proto::StatusResponse {
         out.revision.clone_from(&serving.revision);
         out.serving_since_unix_ms = unix_ms(serving.since);
         out.flags = u32::try_from(serving.flags).unwrap_or(u32::MAX);
-        out.warnings = serving.warnings.iter().map(diagnostic).collect();
+        out.warnings = serving.warnings.iter().take(max).map(diagnostic).collect();
+        out.warnings_total = u32::try_from(serving.warnings.len()).unwrap_or(u32::MAX);
     }
     out
 }

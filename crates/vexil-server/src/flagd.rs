@@ -12,6 +12,7 @@
 //!   updated and deleted by each swap that changes flags of the namespace, `keep_alive` after
 //!   20 s of silence, `provider_shutdown` on shutdown.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,12 +23,14 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use vexil_core::diff::FlagRef;
 use vexil_core::snapshot::{FlagType, Value};
 use vexil_core::{DEFAULT_NAMESPACE, Reason};
 
 use crate::convert;
 use crate::metrics::Method;
 use crate::state::{AppState, Served};
+use crate::streams::{self, Delivery};
 
 #[allow(
     clippy::all,
@@ -265,19 +268,6 @@ fn change_data(change: &vexil_core::ChangeEvent, namespace: Option<&str>) -> Opt
     (!entries.is_empty()).then(|| flags_data(entries))
 }
 
-/// The flag keys a stream covers in a snapshot.
-fn keys_of(
-    snapshot: &vexil_core::Snapshot,
-    namespace: Option<&str>,
-) -> std::collections::BTreeSet<String> {
-    snapshot
-        .namespaces()
-        .iter()
-        .filter(|ns| namespace.is_none_or(|n| *ns.name == *n))
-        .flat_map(|ns| ns.flags.iter().map(|f| f.key.to_string()))
-        .collect()
-}
-
 fn flags_data(entries: impl IntoIterator<Item = (String, &'static str)>) -> Struct {
     let mut flags = Struct::default();
     for (key, kind) in entries {
@@ -305,7 +295,7 @@ fn flags_data(entries: impl IntoIterator<Item = (String, &'static str)>) -> Stru
     data
 }
 
-/// Feeds one EventStream until the client leaves or the server shuts down.
+/// Feeds one EventStream until the client leaves, stops reading, or the server shuts down.
 async fn event_loop(
     state: Arc<AppState>,
     namespace: Option<String>,
@@ -315,25 +305,28 @@ async fn event_loop(
     let mut shutdown = state.shutdown.subscribe();
     let mut ready = state.ready.subscribe();
     let keep_alive = state.options.flagd_keep_alive;
+    let stall = state.options.stalled_stream_timeout;
     // Ready only once something can be served (resolutions fail before that).
     tokio::select! {
         _ = shutdown.wait_for(|d| *d) => return,
         () = tx.closed() => return,
         r = ready.wait_for(|r| *r) => if r.is_err() { return },
     }
-    // The snapshot this client last heard of (an `Arc`, not a copy): after falling behind,
-    // the flags gone since are named as deleted.
-    let mut known = state.served().map(|s| Arc::clone(&s.snapshot));
+    // What this client may have cached: the flags of the snapshot it last synced to (a shared
+    // key list, not the snapshot) plus those added since. After falling behind, the ones gone
+    // are named as deleted.
+    let mut known = state.served().map(|s| Arc::clone(&s.keys));
+    let mut added_since: Vec<FlagRef> = Vec::new();
+    let in_scope = |r: &&FlagRef| namespace.as_deref().is_none_or(|ns| *r.namespace == *ns);
     let mut pending = Some(("provider_ready", Struct::default()));
     let mut next_beat = tokio::time::Instant::now() + keep_alive;
     loop {
         if let Some(event) = pending.take() {
-            let sent = tokio::select! {
-                _ = shutdown.wait_for(|d| *d) => false,
-                sent = tx.send(event) => sent.is_ok(),
-            };
-            if !sent {
-                break;
+            match streams::deliver(&tx, event, &mut shutdown, stall).await {
+                Delivery::Sent => {}
+                Delivery::ShuttingDown => break,
+                Delivery::Stalled => return state.metrics.stream_stalled(),
+                Delivery::Gone => return,
             }
             next_beat = tokio::time::Instant::now() + keep_alive;
             continue;
@@ -347,23 +340,28 @@ async fn event_loop(
                     if let Some(data) = change_data(&change, namespace.as_deref()) {
                         pending = Some(("configuration_change", data));
                     }
-                    known = Some(Arc::clone(&change.snapshot));
+                    added_since.extend(change.changes.added.iter().filter(in_scope).cloned());
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind: every flag may have changed, and some may be gone.
                     events = events.resubscribe();
-                    let current = state.served().map(|s| Arc::clone(&s.snapshot));
-                    let keys = |s: &Option<Arc<vexil_core::Snapshot>>| {
-                        s.as_deref().map(|s| keys_of(s, namespace.as_deref())).unwrap_or_default()
-                    };
-                    let (before, now) = (keys(&known), keys(&current));
+                    let current = state.served().map(|s| Arc::clone(&s.keys));
+                    let now: BTreeSet<&FlagRef> =
+                        current.iter().flat_map(|k| k.iter()).filter(in_scope).collect();
+                    let before: BTreeSet<&FlagRef> = known
+                        .iter()
+                        .flat_map(|k| k.iter())
+                        .chain(&added_since)
+                        .filter(in_scope)
+                        .collect();
                     let entries = now
                         .iter()
-                        .map(|k| (k.clone(), "update"))
-                        .chain(before.difference(&now).map(|k| (k.clone(), "delete")))
+                        .map(|r| (r.key.to_string(), "update"))
+                        .chain(before.difference(&now).map(|r| (r.key.to_string(), "delete")))
                         .collect::<Vec<_>>();
-                    known = current;
                     pending = Some(("configuration_change", flags_data(entries)));
+                    known = current;
+                    added_since.clear();
                 }
                 Err(RecvError::Closed) => break,
             },

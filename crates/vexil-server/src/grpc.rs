@@ -13,6 +13,7 @@ use crate::convert;
 use crate::metrics::Method;
 use crate::proto::{self, flag_service_server::FlagService};
 use crate::state::{AppState, Served};
+use crate::streams::{self, Delivery};
 
 /// Every definition of a snapshot as messages, per namespace (in snapshot order).
 #[derive(Debug, Default)]
@@ -382,13 +383,17 @@ impl FlagService for FlagApi {
         _request: Request<proto::ReloadRequest>,
     ) -> Result<Response<proto::ReloadResponse>, Status> {
         let start = Instant::now();
-        let reloader = Arc::clone(&self.state.reloader);
-        let wait = tokio::task::spawn_blocking(move || reloader.reload());
-        let result = match tokio::time::timeout(self.state.options.reload_timeout, wait).await {
-            Ok(Ok(Some(attempt))) => Ok(proto::ReloadResponse {
-                attempt: Some(convert::attempt(&attempt)),
+        // The reloader answers through a callback: a caller that gives up holds no thread.
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.state.reloader.reload_then(move |attempt| {
+            let _ = reply.send(attempt);
+        });
+        let max = self.state.options.max_status_diagnostics;
+        let result = match tokio::time::timeout(self.state.options.reload_timeout, outcome).await {
+            Ok(Ok(attempt)) => Ok(proto::ReloadResponse {
+                attempt: Some(convert::attempt(&attempt, max)),
             }),
-            Ok(Ok(None)) | Ok(Err(_)) => Err(Status::unavailable("the reloader has stopped")),
+            Ok(Err(_)) => Err(Status::unavailable("the reloader has stopped")),
             Err(_) => Err(Status::deadline_exceeded(
                 "the reload is still running (it will finish in the background)",
             )),
@@ -401,7 +406,11 @@ impl FlagService for FlagApi {
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let start = Instant::now();
-        let result = Ok(convert::status(&self.state.live.status()));
+        let result = Ok(convert::status(
+            &self.state.live.status(),
+            self.state.options.max_status_diagnostics,
+            self.state.reader_health().err(),
+        ));
         self.timed(Method::Status, start, result).map(Response::new)
     }
 }
@@ -414,9 +423,10 @@ fn current_event(served: &Served) -> proto::WatchEvent {
     }
 }
 
-/// Feeds one Watch stream until the client goes away or the server shuts down: every swap in
-/// order (as CHANGE, with the keys of the watched namespace), a heartbeat after `heartbeat` of
-/// silence, and CURRENT again if the stream fell too far behind (the client resyncs).
+/// Feeds one Watch stream until the client goes away, stops reading, or the server shuts down:
+/// every swap in order (as CHANGE, with the keys of the watched namespace), a heartbeat after
+/// `heartbeat` of silence, and CURRENT again if the stream fell too far behind (the client
+/// resyncs).
 async fn watch_loop(
     state: Arc<AppState>,
     namespace: String,
@@ -426,18 +436,16 @@ async fn watch_loop(
 ) {
     let mut shutdown = state.shutdown.subscribe();
     let heartbeat = state.options.heartbeat;
+    let stall = state.options.stalled_stream_timeout;
     let mut last_revision = first.revision.clone();
     let mut pending = Some(first);
     let mut next_beat = tokio::time::Instant::now() + heartbeat;
     loop {
         if let Some(event) = pending.take() {
-            // A client that stops reading must not keep shutdown waiting.
-            let sent = tokio::select! {
-                _ = shutdown.wait_for(|down| *down) => return,
-                sent = tx.send(Ok(event)) => sent.is_ok(),
-            };
-            if !sent {
-                return;
+            match streams::deliver(&tx, Ok(event), &mut shutdown, stall).await {
+                Delivery::Sent => {}
+                Delivery::Stalled => return state.metrics.stream_stalled(),
+                Delivery::Gone | Delivery::ShuttingDown => return,
             }
             next_beat = tokio::time::Instant::now() + heartbeat;
             continue;

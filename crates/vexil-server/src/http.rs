@@ -13,8 +13,10 @@ use crate::state::AppState;
 
 /// The HTTP port: probes and metrics (never behind tokens), and OFREP (behind them).
 pub fn router(state: Arc<AppState>, tokens: crate::Tokens) -> Router {
+    let max_body = state.options.limits.max_message_bytes;
     Router::new()
         .route("/metrics", get(metrics))
+        .with_state((Arc::clone(&state), tokens.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Arc::clone(&state))
@@ -25,6 +27,30 @@ pub fn router(state: Arc<AppState>, tokens: crate::Tokens) -> Router {
             "/mirrors/diagnostics",
             get(move |headers: axum::http::HeaderMap| mirror_diagnostics(state, tokens, headers)),
         )
+        // One body limit for every route: a declared length over it is refused before the
+        // handler runs (even one that ignores bodies), and extractors stop reading at it.
+        .layer(axum::middleware::from_fn_with_state(max_body, refuse_large_bodies))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+}
+
+async fn refuse_large_bodies(
+    State(max): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max} bytes (--max-message-bytes)\n"),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Every flag a mirror exports inexactly or leaves out, and why (behind tokens: it names flags).
@@ -47,11 +73,27 @@ async fn mirror_diagnostics(
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// Metrics name flags and the commit served: behind the tokens, when there are any, unless
+/// `--public-metrics` (Prometheus sends `authorization` from its scrape config).
+async fn metrics(
+    State((state, tokens)): State<(Arc<AppState>, crate::Tokens)>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !state.options.public_metrics && !tokens.accepts_http(&headers) {
+        state.metrics.unauthenticated();
+        return (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response();
+    }
     let served = state.served();
-    let body = state
+    let mut body = state
         .metrics
         .render(served.as_ref().map(|s| &s.counters), &state.live.status());
+    let _ = std::fmt::Write::write_fmt(
+        &mut body,
+        format_args!(
+            "# HELP vexil_reloader_healthy 1 while the reloader runs and no read is stuck.\n# TYPE vexil_reloader_healthy gauge\nvexil_reloader_healthy {}\n",
+            u8::from(state.reader_health().is_ok())
+        ),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -59,6 +101,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         )],
         body,
     )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -68,6 +111,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if state.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    if let Err(why) = state.reader_health() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
     }
     match state.served() {
         Some(served) => (

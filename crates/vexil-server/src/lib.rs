@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod codec;
+pub mod conn;
 pub mod convert;
 pub mod flagd;
 pub mod flipper;
@@ -15,16 +17,17 @@ pub mod metrics;
 pub mod mirrors;
 pub mod ofrep;
 pub mod state;
+pub mod streams;
 pub mod unleash;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic::transport::{Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 pub use auth::Tokens;
+pub use conn::ConnLimits;
 pub use convert::Limits;
 pub use state::{AppState, Options};
 
@@ -136,36 +139,50 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (mut reporter, health) = tonic_health::server::health_reporter();
     // The health statuses are set before the port serves, so no check sees a default.
-    let health_status = |ready: bool, down: bool| {
-        if ready && !down {
+    let health_status = |state: &AppState| {
+        let ready = *state.ready.borrow();
+        if ready && !state.is_shutting_down() && state.reader_health().is_ok() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         }
     };
-    let initial = health_status(*state.ready.borrow(), state.is_shutting_down());
+    let initial = health_status(&state);
     reporter.set_service_status("", initial).await;
     reporter.set_service_status(SERVICE_NAME, initial).await;
     let routes = grpc_routes(&state, &tokens, health)?;
 
-    // Health follows readiness: NOT_SERVING until the first snapshot, and again on shutdown,
-    // after which the statuses are cleared so that health Watch streams end (graceful shutdown
-    // waits for every stream).
+    // Set when the listeners close (after the drain window that follows a shutdown signal).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    // Health follows readiness: NOT_SERVING until the first snapshot, while the reloader is
+    // dead or stuck (checked every second), and again on shutdown, after which the statuses are
+    // cleared so that health Watch streams end (graceful shutdown waits for every stream).
     let health_task = {
         let state = Arc::clone(&state);
         let mut ready = state.ready.subscribe();
         let mut down = state.shutdown.subscribe();
+        let mut closing = stop_rx.clone();
         tokio::spawn(async move {
+            let mut current = initial;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     r = ready.changed() => if r.is_err() { return },
                     r = down.changed() => if r.is_err() { return },
+                    _ = tick.tick() => {}
                 }
-                let shutting_down = *down.borrow_and_update();
-                let status = health_status(*ready.borrow_and_update(), shutting_down);
-                reporter.set_service_status("", status).await;
-                reporter.set_service_status(SERVICE_NAME, status).await;
-                if shutting_down {
+                let status = health_status(&state);
+                if status != current {
+                    current = status;
+                    reporter.set_service_status("", status).await;
+                    reporter.set_service_status(SERVICE_NAME, status).await;
+                }
+                if state.is_shutting_down() {
+                    // NOT_SERVING through the drain window; cleared when the listeners close,
+                    // so that health Watch streams end and draining can finish.
+                    let _ = closing.wait_for(|s| *s).await;
                     reporter.clear_service_status("").await;
                     reporter.clear_service_status(SERVICE_NAME).await;
                     return;
@@ -174,63 +191,60 @@ pub async fn serve(
         })
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tls = tls
+        .map(|pem| conn::tls_acceptor(&pem.cert, &pem.key))
+        .transpose()
+        .map_err(ServeError::Tls)?;
+
+    // Shutdown in three steps: first readiness fails (and health, and change streams end)
+    // while both ports still accept, for the drain window, so that load balancers notice
+    // before connections are refused; then the listeners close and connections finish their
+    // calls; draining is bounded so that a connection that never closes cannot hold the process.
     {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down: draining in-flight calls");
+            let window = state.options.drain_window;
+            tracing::info!(drain_window = ?window, "shutting down: readiness fails, then listeners close");
             state.shutdown.send_replace(true);
+            tokio::time::sleep(window).await;
+            tracing::info!("closing listeners: draining in-flight calls");
             let _ = stop_tx.send(true);
         });
     }
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    // Batch and list responses are several kilobytes: HTTP/2's default 64 KiB connection
-    // window would stall many concurrent streams on flow control.
-    let mut builder = tonic::transport::Server::builder()
-        .initial_connection_window_size(Some(1 << 20))
-        .initial_stream_window_size(Some(256 << 10));
-    if let Some(pem) = tls {
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(pem.cert, pem.key)))
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
-    }
-    // Accepted sockets get TCP_NODELAY (the builder's setting only covers sockets it binds):
-    // without it, small responses wait for the peer's delayed ACK (about 40 ms).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(grpc),
-        |conn| {
-            conn.and_then(|stream| {
-                stream.set_nodelay(true)?;
-                Ok(stream)
-            })
-        },
+    let limits = &state.options.connections;
+    let cap = conn::ConnectionCap::new(limits.max_connections);
+    let grpc_server = conn::serve(
+        grpc,
+        routes.prepare(),
+        conn::Protocols::Grpc,
+        tls,
+        limits.clone(),
+        cap.clone(),
+        Arc::clone(&state),
+        stop_rx.clone(),
     );
-    let grpc_server = builder
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-    let stop_rx_for_drain = stop_rx.clone();
-    let http_server = axum::serve(http, http::router(Arc::clone(&state), tokens.clone()))
-        .with_graceful_shutdown(stopped(stop_rx));
+    let http_server = conn::serve(
+        http,
+        http::router(Arc::clone(&state), tokens.clone()),
+        conn::Protocols::Http,
+        None,
+        limits.clone(),
+        cap,
+        Arc::clone(&state),
+        stop_rx.clone(),
+    );
     let both = async { tokio::join!(grpc_server, http_server) };
-    // Draining is bounded: a connection that never closes cannot hold the process.
     let drain_limit = {
         let timeout = state.options.drain_timeout;
-        let rx = stop_rx_for_drain;
+        let mut rx = stop_rx;
         async move {
-            stopped(rx).await;
+            let _ = rx.wait_for(|s| *s).await;
             tokio::time::sleep(timeout).await;
         }
     };
     let result = tokio::select! {
-        (g, h) = both => {
-            g?;
-            h.map_err(ServeError::Http)?;
-            Ok(())
-        }
+        ((), ()) = both => Ok(()),
         () = drain_limit => {
             tracing::warn!("connections still open after the drain timeout: stopping anyway");
             Ok(())

@@ -188,6 +188,11 @@ pub struct Metrics {
     methods: [MethodStats; 9],
     batch_items: AtomicU64,
     unauthenticated: AtomicU64,
+    connections_opened: AtomicU64,
+    /// Per `conn::Closed` kind.
+    connections_closed: [AtomicU64; 4],
+    accept_errors: AtomicU64,
+    streams_stalled: AtomicU64,
 }
 
 impl Metrics {
@@ -203,6 +208,25 @@ impl Metrics {
     /// A call refused for a missing or unknown token (before it reached a method).
     pub fn unauthenticated(&self) {
         self.unauthenticated.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_opened.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self, how: crate::conn::Closed) {
+        if let Some(c) = self.connections_closed.get(how as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A change stream ended because its client stopped reading.
+    pub fn stream_stalled(&self) {
+        self.streams_stalled.fetch_add(1, Relaxed);
     }
 
     pub fn batch_items(&self, n: usize) {
@@ -259,11 +283,45 @@ impl Metrics {
             "# HELP vexil_grpc_unauthenticated_total Calls refused for a missing or unknown bearer token.\n# TYPE vexil_grpc_unauthenticated_total counter\nvexil_grpc_unauthenticated_total {}",
             self.unauthenticated.load(Relaxed)
         );
+        self.write_connections(&mut out);
         if let Some(counters) = counters {
             counters.write(&mut out);
         }
         write_reload(&mut out, status);
         out
+    }
+}
+
+impl Metrics {
+    fn write_connections(&self, out: &mut String) {
+        let closed: u64 = self.connections_closed.iter().map(|c| c.load(Relaxed)).sum();
+        let _ = writeln!(
+            out,
+            "# HELP vexil_connections_open Open connections on both ports.\n# TYPE vexil_connections_open gauge\nvexil_connections_open {}",
+            self.connections_opened.load(Relaxed).saturating_sub(closed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vexil_connections_closed_total Closed connections, by why.\n# TYPE vexil_connections_closed_total counter"
+        );
+        for (how, c) in crate::conn::Closed::ALL.iter().zip(&self.connections_closed) {
+            let _ = writeln!(
+                out,
+                "vexil_connections_closed_total{{reason=\"{}\"}} {}",
+                how.label(),
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vexil_accept_errors_total Failed accepts (out of descriptors, ...), each followed by a back-off.\n# TYPE vexil_accept_errors_total counter\nvexil_accept_errors_total {}",
+            self.accept_errors.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vexil_streams_stalled_total Watch and EventStream streams ended because the client stopped reading.\n# TYPE vexil_streams_stalled_total counter\nvexil_streams_stalled_total {}",
+            self.streams_stalled.load(Relaxed)
+        );
     }
 }
 

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, watch};
+use vexil_core::diff::FlagRef;
 use vexil_core::{AttemptResult, ChangeEvent, Live, Reloader, Snapshot};
 
+use crate::conn::ConnLimits;
 use crate::convert::Limits;
 use crate::grpc::Definitions;
 use crate::metrics::{EvalCounters, Metrics};
@@ -22,6 +24,9 @@ pub struct Served {
     pub definitions: OnceLock<Definitions>,
     /// The Flipper and Unleash mirrors' bodies and ETags, built at swap time.
     pub mirrors: Tables,
+    /// Every flag, sorted by namespace then key: what a change stream that fell behind compares
+    /// against (a stream keeps this list, never the snapshot).
+    pub keys: Arc<[FlagRef]>,
 }
 
 impl Served {
@@ -29,11 +34,29 @@ impl Served {
         Served {
             counters: EvalCounters::new(&snapshot, previous.map(|p| &p.counters)),
             mirrors: Tables::build(&snapshot),
+            keys: flag_keys(&snapshot),
             snapshot,
             definitions: OnceLock::new(),
         }
     }
 }
+
+fn flag_keys(snapshot: &Snapshot) -> Arc<[FlagRef]> {
+    snapshot
+        .namespaces()
+        .iter()
+        .flat_map(|ns| {
+            ns.flags.iter().map(|f| FlagRef {
+                namespace: ns.name.clone(),
+                key: f.key.clone(),
+            })
+        })
+        .collect()
+}
+
+/// How many change events the broadcast keeps for streams that are behind. Events hold flag
+/// keys, not snapshots; a stream further behind resyncs from the served snapshot.
+pub const CHANGE_BUFFER: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -50,6 +73,18 @@ pub struct Options {
     pub source: String,
     /// Sent to Flipper clients as `poll-interval` (seconds; their poller only slows down).
     pub flipper_poll_interval: Duration,
+    /// Timeouts and caps of both ports' connections.
+    pub connections: ConnLimits,
+    /// A Watch or EventStream whose client takes no event for this long is ended.
+    pub stalled_stream_timeout: Duration,
+    /// A source read running longer than this makes the server unready (the reloader is stuck).
+    pub read_stall_timeout: Duration,
+    /// After a shutdown signal, how long readiness fails while the ports still accept.
+    pub drain_window: Duration,
+    /// Diagnostics in a Status or Reload answer (the rest are counted).
+    pub max_status_diagnostics: usize,
+    /// `/metrics` open even when tokens are configured.
+    pub public_metrics: bool,
 }
 
 impl Default for Options {
@@ -62,6 +97,12 @@ impl Default for Options {
             flagd_keep_alive: Duration::from_secs(20),
             source: "the flag repository".to_owned(),
             flipper_poll_interval: Duration::from_secs(10),
+            connections: ConnLimits::default(),
+            stalled_stream_timeout: Duration::from_secs(60),
+            read_stall_timeout: Duration::from_secs(300),
+            drain_window: Duration::ZERO,
+            max_status_diagnostics: 100,
+            public_metrics: false,
         }
     }
 }
@@ -87,7 +128,7 @@ impl AppState {
     pub fn new(reloader: Reloader, options: Options) -> Arc<AppState> {
         let reloader = Arc::new(reloader);
         let live = Arc::clone(reloader.live());
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(CHANGE_BUFFER);
         let state = Arc::new(AppState {
             live: Arc::clone(&live),
             reloader,
@@ -102,10 +143,10 @@ impl AppState {
         live.observe(move |attempt, swap| {
             let Some(state) = weak.upgrade() else { return };
             if let Some(swap) = swap {
-                state.serve(Arc::clone(&swap.snapshot));
+                state.serve(Arc::clone(swap.snapshot));
                 // Every swap, in order, after it is served. No receivers is fine: nobody
                 // is watching right now.
-                let _ = state.events.send(Arc::clone(swap));
+                let _ = state.events.send(Arc::clone(swap.event));
             }
             log_attempt(attempt);
         });
@@ -133,6 +174,26 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Whether the reloader can still bring new revisions: `Err` says why not (its thread is
+    /// gone, or a read has been running for longer than the read-stall timeout).
+    pub fn reader_health(&self) -> Result<(), String> {
+        let reader = self.live.reader();
+        if !reader.alive {
+            return Err("the reloader has stopped: new revisions are not read".into());
+        }
+        if let Some(since) = reader.reading_since {
+            let running = since.elapsed().unwrap_or_default();
+            if running > self.options.read_stall_timeout {
+                return Err(format!(
+                    "a read of the source has been running for {}s (longer than the read-stall timeout of {}s): new revisions are not read",
+                    running.as_secs(),
+                    self.options.read_stall_timeout.as_secs()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

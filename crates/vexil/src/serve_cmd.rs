@@ -14,7 +14,7 @@ use vexil_core::source::{
     RemoteSource,
 };
 use vexil_core::{ReloadOptions, Reloader, Source, StartError};
-use vexil_server::{AppState, Limits, Options, TlsPem, Tokens};
+use vexil_server::{AppState, ConnLimits, Limits, Options, TlsPem, Tokens};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_flags.rs"));
@@ -88,6 +88,50 @@ pub struct Args {
     /// The most attribute values (nested ones included) in one context.
     #[arg(long, env = "VEXIL_MAX_CONTEXT_VALUES", default_value_t = 1000)]
     max_context_values: usize,
+    /// HTTP/1 request headers must arrive within this; on any connection, so must the TLS
+    /// handshake and the first request (HTTP/2 preface included).
+    #[arg(long, env = "VEXIL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    #[arg(long, env = "VEXIL_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// HTTP/2 connections are pinged after this much silence ...
+    #[arg(long, env = "VEXIL_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    http2_keepalive_interval: Duration,
+    /// ... and closed when a ping is not answered within this.
+    #[arg(long, env = "VEXIL_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    http2_keepalive_timeout: Duration,
+    /// Concurrent streams one HTTP/2 connection may open (both ports).
+    #[arg(long, env = "VEXIL_MAX_CONCURRENT_STREAMS", default_value_t = 200)]
+    max_concurrent_streams: u32,
+    /// Open connections on both ports together (also kept 128 below the descriptor limit,
+    /// whose soft value is raised to the hard one at start).
+    #[arg(long, env = "VEXIL_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// A Watch or flagd EventStream whose client takes no event for this long is ended.
+    #[arg(long, env = "VEXIL_STALLED_STREAM_TIMEOUT", default_value = "60s", value_parser = duration)]
+    stalled_stream_timeout: Duration,
+    /// A source read running longer than this (or a dead reloader) makes /readyz 503, health
+    /// NOT_SERVING and vexil_reloader_healthy 0.
+    #[arg(long, env = "VEXIL_READ_STALL_TIMEOUT", default_value = "300s", value_parser = duration)]
+    read_stall_timeout: Duration,
+    /// Connecting to a remote git server (git://, http://) gives up after this.
+    #[arg(long, env = "VEXIL_GIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    git_connect_timeout: Duration,
+    /// A remote git server that sends nothing for this long fails the fetch.
+    #[arg(long, env = "VEXIL_GIT_TIMEOUT", default_value = "30s", value_parser = duration)]
+    git_timeout: Duration,
+    /// Diagnostics in a Status or Reload answer (the rest are counted in `diagnostics_total`).
+    #[arg(long, env = "VEXIL_MAX_STATUS_DIAGNOSTICS", default_value_t = 100)]
+    max_status_diagnostics: usize,
+    /// After SIGTERM, how long /readyz answers 503 (and health NOT_SERVING) while the ports
+    /// still accept, before the listeners close and calls drain.
+    #[arg(long, env = "VEXIL_DRAIN_WINDOW", default_value = "5s", value_parser = duration)]
+    drain_window: Duration,
+    /// Serve /metrics without a token even when tokens are configured (it names flags and the
+    /// commit served).
+    #[arg(long, env = "VEXIL_PUBLIC_METRICS")]
+    public_metrics: bool,
     /// The `poll-interval` sent to Flipper clients (their poller only ever slows down to it).
     #[arg(long, env = "VEXIL_FLIPPER_POLL_INTERVAL", default_value = "10s", value_parser = duration)]
     flipper_poll_interval: Duration,
@@ -237,6 +281,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     init_logs(args)?;
     let tokens = tokens(args)?;
     let tls = tls(args)?;
+    // Before any source is read (libgit2's socket timeouts are process-wide settings).
+    //TEMP vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
+    let descriptors = raise_descriptor_limit();
+    // The ports are bound before the first read, so that with --start-empty probes answer
+    // (503) while a slow or silent source is read.
+    let grpc = std::net::TcpListener::bind(args.grpc_addr)
+        .with_context(|| format!("cannot listen on {} (gRPC)", args.grpc_addr))?;
+    let http = std::net::TcpListener::bind(args.http_addr)
+        .with_context(|| format!("cannot listen on {} (HTTP)", args.http_addr))?;
+    grpc.set_nonblocking(true)?;
+    http.set_nonblocking(true)?;
     let source = build_source(args)?;
     let source_name = source.describe();
     let reloader = match Reloader::start(
@@ -258,6 +313,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    // Connections may use every descriptor but a reserve for the reloader, logs and files.
+    let max_connections = match descriptors {
+        Some(limit) => {
+            let room = usize::try_from(limit.saturating_sub(DESCRIPTOR_RESERVE)).unwrap_or(usize::MAX);
+            args.max_connections.min(room.max(1))
+        }
+        None => args.max_connections,
+    };
     let options = Options {
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
@@ -269,6 +332,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         source: source_name.clone(),
         flipper_poll_interval: args.flipper_poll_interval,
+        connections: ConnLimits {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            http2_keepalive_interval: args.http2_keepalive_interval,
+            http2_keepalive_timeout: args.http2_keepalive_timeout,
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_connections,
+        },
+        stalled_stream_timeout: args.stalled_stream_timeout,
+        read_stall_timeout: args.read_stall_timeout,
+        drain_window: args.drain_window,
+        max_status_diagnostics: args.max_status_diagnostics,
+        public_metrics: args.public_metrics,
         ..Options::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -277,12 +353,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (gRPC)", args.grpc_addr))?;
-        let http = tokio::net::TcpListener::bind(args.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (HTTP)", args.http_addr))?;
+        let grpc = tokio::net::TcpListener::from_std(grpc)?;
+        let http = tokio::net::TcpListener::from_std(http)?;
         let state = AppState::new(reloader, options);
         let revision = state
             .served()
@@ -296,6 +368,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             http = %http_addr,
             tls = tls.is_some(),
             tokens = tokens.len(),
+            max_connections,
             "vexil serving"
         );
         if !tokens.is_enabled() && !grpc_addr.ip().is_loopback() {
@@ -317,6 +390,33 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Descriptors kept for everything but connections (the reloader's files and git, logs).
+const DESCRIPTOR_RESERVE: u64 = 128;
+
+/// Raises the soft descriptor limit to the hard one (the usual soft 1,024 is what a few hundred
+/// idle clients exhaust); returns the limit now in force, if it is known.
+#[cfg(unix)]
+fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+        }
+    }
+    limit.current
+}
+
+#[cfg(not(unix))]
+fn raise_descriptor_limit() -> Option<u64> {
+    None
 }
 
 /// SIGTERM and SIGINT end the server (the future resolves); SIGHUP reloads.
