@@ -1,5 +1,6 @@
 //! Generates the vexil.v1 and flagd.evaluation.v1/v2 gRPC code from proto/ with protox (no system protoc needed), and
 //! writes the descriptor set that server reflection serves.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use prost::Message as _;

@@ -1,5 +1,6 @@
 //! Embeds the example repository (`flags/`) so that `vexil serve` without a source serves it
 //! from any directory.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;

@@ -4,6 +4,10 @@
 //! - `invalid`: invalid flag repositories with their expected diagnostics (tests/invalid/*/);
 //! - `hostile`: files built at run time (too large, binary, not UTF-8, symlinks out of the root);
 //! - `cli`: the `vexil` binary as a user runs it;
+//! - `faults`: `vexil serve` against clients and sources that misbehave (issue 12): HTTP/2
+//!   clients that never read, slowloris under a lowered descriptor limit, idle and ping-deaf
+//!   connections, a silent git server, a damaged pack, deep and oddly named files, huge Status
+//!   answers, body and context limits, the drain window, `/metrics` behind tokens;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
 //! - `mirrors`: the Flipper and Unleash mirrors, with the real Python/Ruby clients installed by
 //!   the tests, and their wire contract;
@@ -14,6 +18,7 @@
 //! - `review`: `vexil diff` (golden outputs in tests/review/), flag tests, `--rev`, CI templates;
 //! - `serve`: `vexil serve` (gRPC with a tonic client, health, reflection, auth, metrics, probes,
 //!   signals) on 127.0.0.1:0.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,6 +27,7 @@
 )]
 
 mod cli;
+mod faults;
 mod helpers;
 mod hostile;
 mod invalid;

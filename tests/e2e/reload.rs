@@ -319,10 +319,14 @@ fn start_empty_waits_for_a_directory_that_does_not_exist_yet() {
     )
     .unwrap();
     assert!(reloader.live().snapshot().is_none());
-    assert!(matches!(
-        reloader.live().status().last_attempt.unwrap().result,
-        AttemptResult::SourceError { .. }
-    ));
+    // With start_empty the first read happens on the reloader thread, after start returns.
+    wait_for("the first read to fail", || {
+        reloader
+            .live()
+            .status()
+            .last_attempt
+            .is_some_and(|a| matches!(a.result, AttemptResult::SourceError { .. }))
+    });
     // The mount appears: found by the quick poll of a missing root, then watched.
     let staging = tmp.path().join("staging");
     write(&staging.join("a.yaml"), &flags_yaml(&[("a", "mounted")]));

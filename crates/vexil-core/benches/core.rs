@@ -3,6 +3,7 @@
 //! (a) a flag without rules, (b) a segment of three conditions plus a rollout, (c) 100 flags for
 //! one context, (d) compiling a generated 10,000-flag repository; and, in the same run, flags
 //! (a) and (b) expressed for unleash-yggdrasil (Unleash's Rust engine), for a ratio.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -9,6 +9,7 @@
 //! 4. Resident memory of a fresh process holding a 10,000-flag snapshot (a child process).
 //!
 //! Every loop is bounded in count and each wait in time; only temp directories are touched.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

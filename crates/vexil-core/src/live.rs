@@ -78,11 +78,13 @@ pub struct Counts {
 /// unreadiness.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReaderState {
-    /// The reloader thread is running (false before it starts and if it ever ends unasked).
+    /// The reloader thread is running: false before it starts and if it ever ends without
+    /// being asked to stop (a requested stop leaves it as it was: stopping is not failing).
     pub alive: bool,
     /// When the read (and compile) in progress began; `None` between reads.
     pub reading_since: Option<SystemTime>,
-    /// Panics in the reloader that were recovered from.
+    /// Panics the reloader recovered from: in a read or a compile (each also a source error)
+    /// or anywhere else in its loop (which then starts afresh).
     pub restarts: u64,
 }
 
@@ -137,6 +139,29 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Runs `f` on the callbacks in `list` without the lock held (so a callback may itself
+/// subscribe or observe), then puts them back with any added meanwhile. They are put back even
+/// if a callback panics: the reloader recovers from the panic, and one faulty callback must not
+/// silently unsubscribe all the others.
+fn with_taken<T>(list: &Mutex<Vec<T>>, f: impl FnOnce(&mut Vec<T>)) {
+    struct Restore<'a, T> {
+        list: &'a Mutex<Vec<T>>,
+        taken: Vec<T>,
+    }
+    impl<T> Drop for Restore<'_, T> {
+        fn drop(&mut self) {
+            let mut list = lock(self.list);
+            let added = std::mem::replace(&mut *list, std::mem::take(&mut self.taken));
+            list.extend(added);
+        }
+    }
+    let mut restore = Restore {
+        list,
+        taken: std::mem::take(&mut *lock(list)),
+    };
+    f(&mut restore.taken);
+}
+
 impl Live {
     pub fn new(source: impl Into<String>) -> Live {
         Live {
@@ -189,14 +214,11 @@ impl Live {
     }
 
     fn notify(&self, attempt: &Attempt, swap: Option<Swap<'_>>) {
-        // Called without the lock held, so an observer may itself observe or subscribe.
-        let observers = std::mem::take(&mut *lock(&self.observers));
-        for f in &observers {
-            f(attempt, swap);
-        }
-        let mut list = lock(&self.observers);
-        let added = std::mem::replace(&mut *list, observers);
-        list.extend(added);
+        with_taken(&self.observers, |observers| {
+            for f in observers.iter() {
+                f(attempt, swap);
+            }
+        });
     }
 
     /// Change events through a channel; the subscription ends when the receiver is dropped.
@@ -245,12 +267,9 @@ impl Live {
         if event.changes.is_empty() {
             return;
         }
-        // Called without the lock held, so a subscriber may itself subscribe.
-        let mut subscribers = std::mem::take(&mut *lock(&self.subscribers));
-        subscribers.retain_mut(|f| f(&event));
-        let mut list = lock(&self.subscribers);
-        let added = std::mem::replace(&mut *list, subscribers);
-        list.extend(added);
+        with_taken(&self.subscribers, |subscribers| {
+            subscribers.retain_mut(|f| f(&event))
+        });
     }
 
     pub(crate) fn record_attempt(&self, revision: Option<String>, result: AttemptResult) {

@@ -6,11 +6,18 @@
 //! happens once the source has been quiet for its quiet period (or, under a constant stream of
 //! events, at most `MAX_BURST_DELAY` after the first), so a burst of changes ends in one read of
 //! the final state.
+//!
+//! The thread is supervised: a panic in a read or a compile (git2 panics on some damaged
+//! repositories) is a source error, after which the source starts afresh; a panic anywhere else
+//! in the loop restarts the loop. Only a requested stop ends the thread. `Status::reader` shows
+//! whether it runs and since when the read in progress has been running.
 
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::compile::{CompileOptions, FileCache};
 use crate::diag::{Diagnostic, Severity};
@@ -22,10 +29,16 @@ use crate::source::{Fetched, Source, SourceError};
 const MAX_BURST_DELAY: Duration = Duration::from_secs(2);
 /// How long dropping a `Reloader` waits for a read in progress.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// After a panic, the wait before the next read (or the loop's restart), doubled while panics
+/// follow one another, up to `MAX_PANIC_PAUSE`: a panic that recurs at once must not spin.
+const PANIC_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PANIC_PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default)]
 pub struct ReloadOptions {
     /// Start even if the first read fails or is invalid, serving nothing until a good revision.
+    /// `Reloader::start` then returns at once, and the first read happens on the reloader
+    /// thread (a source that hangs must not hold up start-up).
     pub start_empty: bool,
     /// The date expiry warnings compare against; `None`: today (UTC) at each reload.
     pub today: Option<jiff::civil::Date>,
@@ -75,8 +88,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reads the source once (failing on an unreadable or invalid source unless
-    /// `start_empty`), then keeps watching it on a background thread.
+    /// Starts watching the source and reading it on a background thread. Without
+    /// `start_empty`, the first read happens before this returns, and an unreadable or invalid
+    /// source is an error; with it, this returns at once and the first read happens on the
+    /// thread (`Status::reader.reading_since` shows it in progress).
     pub fn start(source: Box<dyn Source>, options: ReloadOptions) -> Result<Reloader, StartError> {
         let live = Arc::new(Live::new(source.describe()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -87,6 +102,7 @@ impl Reloader {
             known: None,
             known_invalid: None,
             failures: 0,
+            panics: 0,
             cache: FileCache::default(),
         };
         // Watch before the first read, so that nothing changed during it is missed.
@@ -94,8 +110,11 @@ impl Reloader {
         worker.source.watch(Arc::new(move || {
             let _ = wake_tx.send(Msg::Wake);
         }))?;
-        let first = worker.reload(true);
-        if !worker.options.start_empty {
+        if worker.options.start_empty {
+            // The thread's first message: a forced read, shared with any requested meanwhile.
+            let _ = tx.send(Msg::Reload(Box::new(|_| {})));
+        } else {
+            let first = worker.reload(true);
             let source_name = worker.source.describe();
             match first.result {
                 AttemptResult::SourceError { message } => {
@@ -114,13 +133,17 @@ impl Reloader {
                 AttemptResult::Swapped { .. } | AttemptResult::Unchanged => {}
             }
         }
+        // Alive from here: `start` returns a running reloader (no moment of "dead" at start-up).
         live.update_reader(|r| r.alive = true);
         let thread = std::thread::Builder::new()
             .name("vexil-reload".into())
             .spawn(move || {
-                // However the thread ends, the status says so.
-                let _alive = AliveGuard(Arc::clone(&worker.live));
+                let mut alive = AliveGuard {
+                    live: Arc::clone(&worker.live),
+                    stopped: false,
+                };
                 worker.run(&rx);
+                alive.stopped = true;
             })
             .map_err(|e| {
                 live.update_reader(|r| r.alive = false);
@@ -138,7 +161,7 @@ impl Reloader {
     }
 
     /// Reads the source now (a fetch for a remote; a rescan for a directory) and waits for the
-    /// outcome. Concurrent requests share one read.
+    /// outcome; `None` if the reloader has stopped. Concurrent requests share one read.
     pub fn reload(&self) -> Option<Attempt> {
         let (reply, outcome) = std::sync::mpsc::channel();
         self.reload_then(move |attempt| {
@@ -149,7 +172,7 @@ impl Reloader {
 
     /// Asks for a read now and returns at once; `done` is called with the outcome from the
     /// reloader thread (so a caller that stops waiting holds no thread), or dropped uncalled if
-    /// the reloader has stopped. Concurrent requests share one read.
+    /// the reloader has stopped. Concurrent requests share one read. `done` must be quick.
     pub fn reload_then(&self, done: impl FnOnce(Attempt) + Send + 'static) {
         let _ = self.tx.send(Msg::Reload(Box::new(done)));
     }
@@ -177,18 +200,40 @@ impl Drop for Reloader {
     }
 }
 
-/// Marks the reloader dead when its thread ends (returns or unwinds).
-struct AliveGuard(Arc<Live>);
+/// Marks the reloader dead if its thread ends without being asked to (it unwinds): a stopped
+/// reloader was not failing, so a requested stop leaves the state as it was.
+struct AliveGuard {
+    live: Arc<Live>,
+    stopped: bool,
+}
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
-        self.0.update_reader(|r| r.alive = false);
+        if !self.stopped {
+            self.live.update_reader(|r| r.alive = false);
+        }
+    }
+}
+
+/// Shows a read in progress in the status, and clears it however the read ends.
+struct Reading(Arc<Live>);
+
+impl Reading {
+    fn start(live: &Arc<Live>) -> Reading {
+        live.update_reader(|r| r.reading_since = Some(SystemTime::now()));
+        Reading(Arc::clone(live))
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.update_reader(|r| r.reading_since = None);
     }
 }
 
 fn attempt_now(revision: Option<String>, result: AttemptResult) -> Attempt {
     Attempt {
-        at: std::time::SystemTime::now(),
+        at: SystemTime::now(),
         revision,
         result,
     }
@@ -201,6 +246,47 @@ fn after(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_text(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// The pause after `panics` consecutive panics: `PANIC_PAUSE`, doubling, capped.
+fn panic_pause(panics: u32) -> Duration {
+    PANIC_PAUSE
+        .saturating_mul(1 << panics.saturating_sub(1).min(16))
+        .min(MAX_PANIC_PAUSE)
+}
+
+/// Calls each reply with the attempt. A reply that panics is counted as a recovered panic and
+/// the others are still called.
+fn answer(live: &Live, replies: &mut Vec<Reply>, attempt: &Attempt) {
+    for done in replies.drain(..) {
+        let attempt = attempt.clone();
+        if catch_unwind(AssertUnwindSafe(move || done(attempt))).is_err() {
+            live.update_reader(|r| r.restarts += 1);
+        }
+    }
+}
+
+/// The loop's state between iterations (kept across a restart, so no request is lost).
+struct Loop {
+    next_poll: Instant,
+    /// First and last wake-up of the current burst.
+    burst: Option<(Instant, Instant)>,
+    /// Requests waiting for the read in progress.
+    replies: Vec<Reply>,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
 struct Worker {
     source: Box<dyn Source>,
     live: Arc<Live>,
@@ -211,73 +297,143 @@ struct Worker {
     known_invalid: Option<Vec<Diagnostic>>,
     /// Consecutive source errors, for back-off.
     failures: u32,
+    /// Consecutive attempts (or loop iterations) that panicked, for a pause.
+    panics: u32,
     /// The last read's files, decoded: only changed files are parsed again.
     cache: FileCache,
 }
 
 impl Worker {
+    /// Serves wake-ups, polls and requests until asked to stop. A panic that escapes an
+    /// iteration (from a change subscriber, an observer, or the loop itself) restarts the loop
+    /// with the source and the caches reset, after a pause; the requests waiting are answered
+    /// with a source error.
     fn run(mut self, rx: &Receiver<Msg>) {
-        let mut next_poll = after(Instant::now(), self.source.next_poll(self.failures));
-        // First and last wake-up of the current burst.
-        let mut burst: Option<(Instant, Instant)> = None;
+        let mut state = Loop {
+            next_poll: after(Instant::now(), self.next_poll()),
+            burst: None,
+            replies: Vec::new(),
+        };
         loop {
-            let deadline = match burst {
-                Some((first, last)) => {
-                    after(last, self.source.quiet_period()).min(after(first, MAX_BURST_DELAY))
-                }
-                None => next_poll,
-            };
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            let repliers = match rx.recv_timeout(timeout) {
-                Ok(Msg::Wake) => {
-                    let now = Instant::now();
-                    burst = Some(burst.map_or((now, now), |(first, _)| (first, now)));
-                    continue;
-                }
-                Ok(Msg::Reload(reply)) => {
-                    let mut repliers = vec![reply];
-                    // Requests and events already queued are served by the same read.
-                    while let Ok(msg) = rx.try_recv() {
-                        match msg {
-                            Msg::Reload(reply) => repliers.push(reply),
-                            Msg::Wake => {}
-                            Msg::Stop => return,
+            match catch_unwind(AssertUnwindSafe(|| self.step(rx, &mut state))) {
+                Ok(Step::Stop) => return,
+                Ok(Step::Continue) => {}
+                Err(payload) => {
+                    self.panics = self.panics.saturating_add(1);
+                    self.live.update_reader(|r| {
+                        r.restarts += 1;
+                        r.reading_since = None;
+                    });
+                    // Whatever was half done is suspect: read and compile afresh.
+                    self.source.reset();
+                    self.cache = FileCache::default();
+                    self.known = None;
+                    self.known_invalid = None;
+                    let message = format!("the reloader panicked: {}", panic_text(&*payload));
+                    let attempt = attempt_now(None, AttemptResult::SourceError { message });
+                    answer(&self.live, &mut state.replies, &attempt);
+                    state.burst = None;
+                    // Pause (still stopping on request), then read afresh at once.
+                    let resume = after(Instant::now(), panic_pause(self.panics));
+                    while Instant::now() < resume {
+                        let wait = resume.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(wait) {
+                            Ok(Msg::Reload(reply)) => state.replies.push(reply),
+                            Ok(Msg::Wake) => {}
+                            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                            Err(RecvTimeoutError::Timeout) => break,
                         }
                     }
-                    repliers
+                    state.next_poll = Instant::now();
                 }
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => Vec::new(),
-            };
-            let forced = !repliers.is_empty();
-            burst = None;
-            let attempt = self.reload(forced);
-            for reply in repliers {
-                reply(attempt.clone());
             }
-            next_poll = after(Instant::now(), self.source.next_poll(self.failures));
         }
     }
 
-    /// One read, shown as in progress in the status while it runs (a stuck read is visible).
+    /// One wait and, when it is time, one read.
+    fn step(&mut self, rx: &Receiver<Msg>, state: &mut Loop) -> Step {
+        let deadline = match state.burst {
+            Some((first, last)) => {
+                after(last, self.source.quiet_period()).min(after(first, MAX_BURST_DELAY))
+            }
+            None => state.next_poll,
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(timeout) {
+            Ok(Msg::Wake) => {
+                let now = Instant::now();
+                state.burst = Some(state.burst.map_or((now, now), |(first, _)| (first, now)));
+                return Step::Continue;
+            }
+            Ok(Msg::Reload(reply)) => {
+                state.replies.push(reply);
+                // Requests and events already queued are served by the same read.
+                while let Ok(msg) = rx.try_recv() {
+                    match msg {
+                        Msg::Reload(reply) => state.replies.push(reply),
+                        Msg::Wake => {}
+                        Msg::Stop => return Step::Stop,
+                    }
+                }
+            }
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return Step::Stop,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let forced = !state.replies.is_empty();
+        state.burst = None;
+        let attempt = self.reload(forced);
+        answer(&self.live, &mut state.replies, &attempt);
+        state.next_poll = after(Instant::now(), self.next_poll());
+        Step::Continue
+    }
+
+    /// The wait before the next poll: the source's, or longer after panics.
+    fn next_poll(&self) -> Duration {
+        let poll = self.source.next_poll(self.failures);
+        if self.panics == 0 {
+            poll
+        } else {
+            poll.max(panic_pause(self.panics))
+        }
+    }
+
+    /// One read and compile, shown as in progress in the status while it runs (so a stuck
+    /// read is visible).
     fn reload(&mut self, force: bool) -> Attempt {
-        self.live
-            .update_reader(|r| r.reading_since = Some(std::time::SystemTime::now()));
-        let attempt = self.read_and_apply(force);
-        self.live.update_reader(|r| r.reading_since = None);
-        attempt
+        let _reading = Reading::start(&self.live);
+        self.read_and_apply(force)
     }
 
     fn read_and_apply(&mut self, force: bool) -> Attempt {
-        let (revision, result) = match self.source.read(self.known.as_deref(), force) {
-            Err(e) => {
+        let panics = self.panics;
+        let attempt = self.read_and_apply_once(force);
+        if self.panics == panics {
+            // This attempt did not panic: the next one comes at the usual time.
+            self.panics = 0;
+        }
+        attempt
+    }
+
+    fn read_and_apply_once(&mut self, force: bool) -> Attempt {
+        let known = self.known.clone();
+        let source = &mut self.source;
+        let read = match catch_unwind(AssertUnwindSafe(|| source.read(known.as_deref(), force))) {
+            Ok(read) => read.map_err(|e| e.to_string()),
+            Err(payload) => {
+                // git2 panics on some damaged repositories (a truncated pack): what the source
+                // holds (an open repository) is suspect, so it starts afresh.
+                self.source.reset();
+                self.note_panic();
+                Err(format!(
+                    "reading the source panicked: {}",
+                    panic_text(&*payload)
+                ))
+            }
+        };
+        let (revision, result) = match read {
+            Err(message) => {
                 self.failures = self.failures.saturating_add(1);
-                (
-                    None,
-                    AttemptResult::SourceError {
-                        message: e.to_string(),
-                    },
-                )
+                (None, AttemptResult::SourceError { message })
             }
             Ok(None) => {
                 self.failures = 0;
@@ -299,6 +455,11 @@ impl Worker {
                     AttemptResult::Invalid { diagnostics } => Some(diagnostics.clone()),
                     _ => None,
                 };
+                if matches!(result, AttemptResult::SourceError { .. }) {
+                    // The compile panicked: no verdict on this revision; read it again.
+                    self.known = None;
+                    self.failures = self.failures.saturating_add(1);
+                }
                 (revision, result)
             }
         };
@@ -306,6 +467,11 @@ impl Worker {
             self.live.record_attempt(revision.clone(), result.clone());
         }
         attempt_now(revision, result)
+    }
+
+    fn note_panic(&mut self) {
+        self.panics = self.panics.saturating_add(1);
+        self.live.update_reader(|r| r.restarts += 1);
     }
 
     /// Compiles a revision and serves it if it is valid and new.
@@ -326,7 +492,20 @@ impl Worker {
                 )
             }),
         };
-        let compiled = crate::compile_loaded(fetched.loaded, &options, &mut self.cache);
+        let cache = &mut self.cache;
+        let compiled = match catch_unwind(AssertUnwindSafe(|| {
+            crate::compile_loaded(fetched.loaded, &options, cache)
+        })) {
+            Ok(compiled) => compiled,
+            Err(payload) => {
+                // A bug, not the files' fault; the per-file cache may be half updated.
+                self.cache = FileCache::default();
+                self.note_panic();
+                return AttemptResult::SourceError {
+                    message: format!("compiling the flags panicked: {}", panic_text(&*payload)),
+                };
+            }
+        };
         match compiled.snapshot {
             None => AttemptResult::Invalid {
                 diagnostics: compiled.diagnostics,
@@ -341,3 +520,6 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,7 @@
 //!
 //! Every response's status and value is checked; each run is bounded in time and in count, and
 //! only 127.0.0.1 is used.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

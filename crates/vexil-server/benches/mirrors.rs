@@ -2,6 +2,7 @@
 //! (`mirrors::Tables::build`; gzip happens later, at first use) for generated repositories,
 //! next to the core exports alone.
 //! Run: `cargo bench -p vexil-server --bench mirrors`.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -48,9 +48,9 @@ impl<U: Message + Default> Decoder for ProstDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|e| {
-            Status::invalid_argument(format!("the message does not decode: {e}"))
-        })
+        U::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("the message does not decode: {e}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -12,8 +12,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -361,9 +361,7 @@ impl AcceptBackoff {
         ) {
             return None;
         }
-        let next = self
-            .current
-            .map_or(Self::FIRST, |d| (d * 2).min(Self::MAX));
+        let next = self.current.map_or(Self::FIRST, |d| (d * 2).min(Self::MAX));
         self.current = Some(next);
         Some(next)
     }
@@ -407,7 +405,8 @@ impl Activity {
 
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_change_ms.store(ms.min(u64::MAX - 1), Ordering::SeqCst);
+        self.last_change_ms
+            .store(ms.min(u64::MAX - 1), Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 

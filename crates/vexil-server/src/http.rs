@@ -29,7 +29,10 @@ pub fn router(state: Arc<AppState>, tokens: crate::Tokens) -> Router {
         )
         // One body limit for every route: a declared length over it is refused before the
         // handler runs (even one that ignores bodies), and extractors stop reading at it.
-        .layer(axum::middleware::from_fn_with_state(max_body, refuse_large_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            refuse_large_bodies,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
@@ -113,7 +116,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
     if let Err(why) = state.reader_health() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        );
     }
     match state.served() {
         Some(served) => (

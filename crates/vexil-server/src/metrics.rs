@@ -294,7 +294,11 @@ impl Metrics {
 
 impl Metrics {
     fn write_connections(&self, out: &mut String) {
-        let closed: u64 = self.connections_closed.iter().map(|c| c.load(Relaxed)).sum();
+        let closed: u64 = self
+            .connections_closed
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum();
         let _ = writeln!(
             out,
             "# HELP vexil_connections_open Open connections on both ports.\n# TYPE vexil_connections_open gauge\nvexil_connections_open {}",
@@ -304,7 +308,10 @@ impl Metrics {
             out,
             "# HELP vexil_connections_closed_total Closed connections, by why.\n# TYPE vexil_connections_closed_total counter"
         );
-        for (how, c) in crate::conn::Closed::ALL.iter().zip(&self.connections_closed) {
+        for (how, c) in crate::conn::Closed::ALL
+            .iter()
+            .zip(&self.connections_closed)
+        {
             let _ = writeln!(
                 out,
                 "vexil_connections_closed_total{{reason=\"{}\"}} {}",

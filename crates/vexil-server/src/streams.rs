@@ -54,7 +54,10 @@ mod tests {
         let stall = Duration::from_secs(60);
         assert_eq!(deliver(&tx, 1, &mut shutdown, stall).await, Delivery::Sent);
         // The channel is full and nobody reads: the second event waits, then gives up.
-        assert_eq!(deliver(&tx, 2, &mut shutdown, stall).await, Delivery::Stalled);
+        assert_eq!(
+            deliver(&tx, 2, &mut shutdown, stall).await,
+            Delivery::Stalled
+        );
         assert_eq!(rx.recv().await, Some(1));
         assert_eq!(deliver(&tx, 3, &mut shutdown, stall).await, Delivery::Sent);
         drop(rx);

@@ -282,7 +282,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let tokens = tokens(args)?;
     let tls = tls(args)?;
     // Before any source is read (libgit2's socket timeouts are process-wide settings).
-    //TEMP vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
+    vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
     let descriptors = raise_descriptor_limit();
     // The ports are bound before the first read, so that with --start-empty probes answer
     // (503) while a slow or silent source is read.
@@ -316,7 +316,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     // Connections may use every descriptor but a reserve for the reloader, logs and files.
     let max_connections = match descriptors {
         Some(limit) => {
-            let room = usize::try_from(limit.saturating_sub(DESCRIPTOR_RESERVE)).unwrap_or(usize::MAX);
+            let room =
+                usize::try_from(limit.saturating_sub(DESCRIPTOR_RESERVE)).unwrap_or(usize::MAX);
             args.max_connections.min(room.max(1))
         }
         None => args.max_connections,

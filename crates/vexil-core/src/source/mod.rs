@@ -18,7 +18,7 @@ use crate::diag::{Code, Diagnostic, Pos, Severity};
 
 pub use dir::{DirOptions, DirSource};
 pub use git::{GitOptions, GitSource, read_revision, read_tree};
-pub use remote::{Credentials, RemoteOptions, RemoteSource};
+pub use remote::{Credentials, RemoteOptions, RemoteSource, set_git_timeouts};
 
 /// Called by a watching source when something may have changed.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -91,6 +91,10 @@ pub trait Source: Send + std::fmt::Debug {
     /// Reads the current state. `known` is the revision returned last: a source that can tell
     /// cheaply that it is still current returns `Ok(None)`, unless `force` is set.
     fn read(&mut self, known: Option<&str>, force: bool) -> Result<Option<Fetched>, SourceError>;
+
+    /// Forgets whatever the source keeps between reads (an open repository), so the next read
+    /// starts afresh. Called after `read` panicked: what it held may be inconsistent.
+    fn reset(&mut self) {}
 }
 
 /// Files larger than this are refused (real flag files are a few kilobytes).
@@ -140,6 +144,57 @@ mod tests {
         assert!(!super::is_flag_path("a/.b.yaml"));
         assert!(!super::is_flag_path("README.md"));
     }
+
+    /// Directories too deep and names that are not UTF-8 are diagnostics, never silently
+    /// missing files; names that cannot be flag files are still ignored.
+    #[cfg(unix)]
+    #[test]
+    fn every_entry_the_walk_cannot_read_is_a_diagnostic() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt as _;
+
+        use crate::diag::Code;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let flag = "flags:\n  a:\n    type: boolean\n    default: true\n";
+        std::fs::write(root.join("a.yaml"), flag).unwrap();
+        let chain =
+            |d: &str, n: usize| -> Vec<String> { (1..=n).map(|i| format!("{d}{i}")).collect() };
+        // A flag file in the 32nd directory down is read; the 33rd directory is not, and says so.
+        let read_deep = chain("d", super::MAX_DIR_DEPTH);
+        let too_deep = chain("e", super::MAX_DIR_DEPTH + 1);
+        for (dirs, file) in [(&read_deep, "ok.yaml"), (&too_deep, "lost.yaml")] {
+            let dir = root.join(dirs.join("/"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), flag).unwrap();
+        }
+        let odd_dir = root.join(OsStr::from_bytes(b"caf\xe9"));
+        std::fs::create_dir(&odd_dir).unwrap();
+        std::fs::write(odd_dir.join("x.yaml"), flag).unwrap();
+        std::fs::write(root.join(OsStr::from_bytes(b"f\xff.yaml")), flag).unwrap();
+        std::fs::write(root.join(OsStr::from_bytes(b"notes\xff.txt")), "").unwrap();
+        std::fs::create_dir(root.join(OsStr::from_bytes(b".hidden\xff"))).unwrap();
+
+        let loaded = super::read_dir(root).unwrap();
+        let files: Vec<&str> = loaded.files.iter().map(|f| f.path.as_str()).collect();
+        let ok = format!("{}/ok.yaml", read_deep.join("/"));
+        assert_eq!(files, ["a.yaml", ok.as_str()]);
+        let mut codes: Vec<(String, Code)> = loaded
+            .diagnostics
+            .iter()
+            .map(|d| (d.file.clone(), d.code))
+            .collect();
+        codes.sort();
+        assert_eq!(
+            codes,
+            [
+                ("caf\u{fffd}".to_owned(), Code::NameNotUtf8),
+                (too_deep.join("/"), Code::DirectoryTooDeep),
+                ("f\u{fffd}.yaml".to_owned(), Code::NameNotUtf8),
+            ]
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +216,9 @@ pub enum SourceError {
     Git { what: String, source: git2::Error },
     #[error("{0}")]
     Credentials(String),
+    /// A process-wide setting could not be applied (`set_git_timeouts`).
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl SourceError {
@@ -309,6 +367,32 @@ pub fn read_dir(root: &Path) -> Result<Loaded, SourceError> {
     Ok(loaded)
 }
 
+/// `rel/name`, or `name` at the root.
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// The message for a directory below `MAX_DIR_DEPTH` (shared by both walks).
+fn too_deep_message() -> String {
+    format!(
+        "directory nested more than {MAX_DIR_DEPTH} levels below the flags root: not read (flag files in it would be missing); move it up"
+    )
+}
+
+/// The message for a directory or flag file whose name is not UTF-8 (shared by both walks).
+fn not_utf8_message(is_dir: bool) -> String {
+    let what = if is_dir {
+        "directory name is not valid UTF-8: not read (flag files in it would be missing)"
+    } else {
+        "file name is not valid UTF-8: not read"
+    };
+    format!("{what}; rename it (invalid bytes are shown as U+FFFD)")
+}
+
 struct Walk {
     root: PathBuf,
     loaded: Loaded,
@@ -322,27 +406,49 @@ impl Walk {
     }
 
     fn dir(&mut self, dir: &Path, rel: &str, depth: usize) {
-        if depth > MAX_DIR_DEPTH || !self.visited.insert(dir.to_owned()) {
+        if !self.visited.insert(dir.to_owned()) {
+            // Reached again through a symbolic link (possibly a loop): its files are read once,
+            // under the path met first.
             return;
         }
+        if depth > MAX_DIR_DEPTH {
+            // It may hold flag files, which would silently be missing from the revision.
+            return self.problem(rel, Code::DirectoryTooDeep, too_deep_message());
+        }
+        // The root itself is shown as `.`.
+        let shown = if rel.is_empty() { "." } else { rel };
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) => return self.problem(rel, Code::Io, format!("cannot read directory: {e}")),
+            Err(e) => return self.problem(shown, Code::Io, format!("cannot read directory: {e}")),
         };
-        let mut names: Vec<(String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
-            .filter(|(n, _)| !n.starts_with('.'))
-            .collect();
+        let mut names: Vec<(String, PathBuf)> = Vec::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // The entries not listed may be flag files or directories of them. The
+                    // listing cannot go on after an error (the directory stream ends).
+                    self.problem(shown, Code::Io, format!("cannot list directory: {e}"));
+                    break;
+                }
+            };
+            match entry.file_name().into_string() {
+                Ok(name) if name.starts_with('.') => {}
+                Ok(name) => names.push((name, entry.path())),
+                Err(raw) => self.odd_name(&raw, &entry.path(), rel),
+            }
+        }
         names.sort();
         for (name, path) in names {
-            let rel_path = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                continue;
+            let rel_path = join(rel, &name);
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                // Removed since it was listed: nothing is lost (the watch wakes a new read).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.problem(&rel_path, Code::Io, format!("cannot read entry: {e}"));
+                    continue;
+                }
             };
             let target = if meta.file_type().is_symlink() {
                 // ConfigMap mounts are symlinks inside the root; anything leading out is refused.
@@ -362,6 +468,8 @@ impl Walk {
                         continue;
                     }
                     Err(e) => {
+                        // A dangling link (or a loop of links) holds nothing; only one named
+                        // like a flag file is worth a word.
                         if is_flag_file(&name) {
                             self.problem(&rel_path, Code::Io, format!("broken symbolic link: {e}"));
                         }
@@ -381,6 +489,24 @@ impl Walk {
                     self.problem(&rel_path, Code::Io, "not a regular file: refused".into());
                 }
             }
+        }
+    }
+
+    /// An entry whose name is not UTF-8 cannot be given a path in a revision. A directory, or a
+    /// file named like a flag file, would silently be missing: an error. Other files cannot be
+    /// flag files and are ignored like any non-flag file.
+    fn odd_name(&mut self, raw: &std::ffi::OsStr, path: &Path, rel: &str) {
+        let name = raw.to_string_lossy();
+        if name.starts_with('.') {
+            return;
+        }
+        let is_dir = path.is_dir();
+        if is_dir || is_flag_file(&name) || is_test_file(&name) {
+            self.problem(
+                &join(rel, &name),
+                Code::NameNotUtf8,
+                not_utf8_message(is_dir),
+            );
         }
     }
 

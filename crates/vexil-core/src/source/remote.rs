@@ -9,6 +9,7 @@
 //! environment or files), never from the URL on a command line.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use git2::{AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks};
@@ -36,9 +37,14 @@ pub struct RemoteOptions {
     pub interval: Duration,
     /// The longest wait between attempts while the remote keeps failing.
     pub max_backoff: Duration,
-    /// A fetch still transferring after this long is abandoned (and retried later). libgit2
-    /// offers no connect timeout without `unsafe` settings, so a remote that never answers
-    /// the connection is bounded only by the operating system's TCP timeout.
+    /// A fetch still transferring after this long is abandoned (and retried later). This is
+    /// checked in libgit2's progress callbacks, which run only while pack data or progress
+    /// messages arrive: it bounds a transfer that keeps trickling, never a silent server.
+    /// Silence is bounded by the process-wide socket timeouts of `set_git_timeouts` (a connect
+    /// timeout, and a read timeout for each wait for data), which apply to `git://`, `http://`
+    /// and the sockets under `https://` and `ssh://`. Neither bounds a server that trickles
+    /// its ref advertisement a byte at a time (no callback runs before the pack): the read in
+    /// progress then shows in `Status::reader` (`reading_since`).
     pub fetch_timeout: Duration,
     pub credentials: Credentials,
 }
@@ -110,11 +116,83 @@ impl Credentials {
     }
 }
 
+/// libgit2's socket timeouts, and whether a network fetch has begun. The timeouts are C globals
+/// that libgit2 reads, without synchronisation, whenever it opens a socket: they are written
+/// at most once, under this lock, and only before any fetch of ours has marked the network as
+/// used (under the same lock, before it opens a socket). Only this crate uses libgit2.
+static NETWORK: Mutex<Network> = Mutex::new(Network {
+    used: false,
+    timeouts: None,
+});
+
+#[derive(Debug)]
+struct Network {
+    used: bool,
+    timeouts: Option<(Duration, Duration)>,
+}
+
+/// Sets the connect timeout and the read timeout (the longest wait for data while reading) of
+/// every remote git connection, for the whole process. Call it once at start-up, before any
+/// source is read: it fails once a network fetch has begun, and a second call with other
+/// values fails (the same values again are accepted). Without it, a server that accepts the
+/// connection and never answers holds a fetch forever.
+///
+/// Durations are clamped to 1 ms ..= `i32::MAX` ms (libgit2 takes a C `int`); zero is not "no
+/// timeout": libgit2 would then read its non-blocking socket without waiting, and fail.
+pub fn set_git_timeouts(connect: Duration, read: Duration) -> Result<(), SourceError> {
+    let mut network = NETWORK.lock().unwrap_or_else(PoisonError::into_inner);
+    match network.timeouts {
+        Some(set) if set == (connect, read) => return Ok(()),
+        Some((c, r)) => {
+            return Err(SourceError::Settings(format!(
+                "the git timeouts are already set (connect {c:?}, read {r:?}): they are set once per process"
+            )));
+        }
+        None => {}
+    }
+    if network.used {
+        return Err(SourceError::Settings(
+            "the git timeouts must be set before the first remote fetch".into(),
+        ));
+    }
+    let millis = |d: Duration| -> std::ffi::c_int {
+        std::ffi::c_int::try_from(d.as_millis())
+            .unwrap_or(std::ffi::c_int::MAX)
+            .max(1)
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: these two calls write two plain C `int`s in libgit2 (its socket streams' connect
+    // and read timeouts), without synchronisation; git2 marks them unsafe because a libgit2
+    // call opening a socket on another thread at the same moment would read them in a data
+    // race. None can: only this crate calls libgit2, only `RemoteSource::fetch` opens sockets,
+    // and it marks `NETWORK.used` under the lock held here before it starts; `used` is false,
+    // so no fetch has begun, and none can begin until the lock is released. The values are
+    // in range (positive `c_int`s), so libgit2 accepts them.
+    let set = unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(millis(connect))
+            .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(millis(read)))
+    };
+    set.map_err(SourceError::git("cannot set the git network timeouts"))?;
+    network.timeouts = Some((connect, read));
+    Ok(())
+}
+
+/// Marks the network as used before a fetch from `url` opens a socket (see `NETWORK`). Local
+/// paths and `file://` URLs, which libgit2 reads without a socket, leave it unmarked.
+fn mark_network_use(url: &str) {
+    if url.starts_with("file://") || Path::new(url).exists() {
+        return;
+    }
+    NETWORK.lock().unwrap_or_else(PoisonError::into_inner).used = true;
+}
+
 pub struct RemoteSource {
     url: String,
     options: RemoteOptions,
     cache: PathBuf,
     repo: Option<Repository>,
+    /// Whether stale temporary files were looked for in the cache (once, at its first opening).
+    swept: bool,
 }
 
 impl std::fmt::Debug for RemoteSource {
@@ -136,6 +214,7 @@ impl RemoteSource {
             options,
             cache,
             repo: None,
+            swept: false,
         }
     }
 
@@ -145,6 +224,10 @@ impl RemoteSource {
     }
 
     fn open_cache(&mut self) -> Result<&Repository, SourceError> {
+        if !self.swept {
+            self.swept = true;
+            remove_stale_temporaries(&self.cache);
+        }
         let repo = match self.repo.take() {
             Some(repo) => repo,
             None => match Repository::open_bare(&self.cache) {
@@ -181,6 +264,7 @@ impl RemoteSource {
         let credentials = self.options.credentials.clone();
         let deadline = std::time::Instant::now() + self.options.fetch_timeout;
         let shown = redact(&url);
+        mark_network_use(&url);
         let repo = self.open_cache()?;
         let mut remote = repo
             .remote_anonymous(&url)
@@ -311,6 +395,86 @@ impl Source for RemoteSource {
             other => other,
         }
     }
+
+    /// After a panic in `read`: the repository handle is dropped and the cache opened afresh
+    /// next time (and cloned again if it cannot be opened).
+    fn reset(&mut self) {
+        self.repo = None;
+    }
+}
+
+/// Removes what libgit2 leaves in a cache when a process dies while writing (a SIGKILL during
+/// a fetch), which nothing else ever removes: the pack being received
+/// (`objects/pack/pack_git2_<16 hex digits>`, as large as the download) and the lock of its
+/// index (`objects/pack/pack_git2_<12 hex digits>idx.lock`), a loose object being written
+/// (`objects/tmp_object_git2_<16 hex digits>`), and the locks of files being updated
+/// (`*.lock` under `refs/`, `packed-refs.lock`, `FETCH_HEAD.lock`, `HEAD.lock`,
+/// `config.lock`), which would make every later fetch fail to update them. Names are from
+/// libgit2 1.9 (`git_futils_mktmp`, `git_filebuf`). Only these names, only in this cache; a
+/// cache directory belongs to one process (another's fetch in progress would lose its files).
+fn remove_stale_temporaries(cache: &Path) {
+    let mut stale = Vec::new();
+    let names = |dir: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
+            .collect()
+    };
+    for (name, path) in names(&cache.join("objects/pack")) {
+        let temp = name.strip_prefix("pack_git2_").is_some_and(|rest| {
+            is_hex(rest, 16) || rest.strip_suffix("idx.lock").is_some_and(|h| is_hex(h, 12))
+        });
+        if temp {
+            stale.push(path);
+        }
+    }
+    for (name, path) in names(&cache.join("objects")) {
+        if name
+            .strip_prefix("tmp_object_git2_")
+            .is_some_and(|h| is_hex(h, 16))
+        {
+            stale.push(path);
+        }
+    }
+    for (name, path) in names(cache) {
+        if [
+            "packed-refs.lock",
+            "FETCH_HEAD.lock",
+            "HEAD.lock",
+            "config.lock",
+        ]
+        .contains(&name.as_str())
+        {
+            stale.push(path);
+        }
+    }
+    // Refs nest (`refs/remotes/origin/team/x`); git refuses ref names this deep long before.
+    let mut dirs = vec![(cache.join("refs"), 0usize)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for (name, path) in names(&dir) {
+            let Ok(kind) = std::fs::symlink_metadata(&path).map(|m| m.file_type()) else {
+                continue;
+            };
+            if kind.is_dir() && depth < 64 {
+                dirs.push((path, depth + 1));
+            } else if kind.is_file() && name.ends_with(".lock") {
+                stale.push(path);
+            }
+        }
+    }
+    for path in stale {
+        // Best effort: a file that cannot be removed stays, as it would have without this.
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// `s` is exactly `len` lower-case hex digits (libgit2's random suffixes).
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Errors that can only come from the local object store (the remote's side shows up as
@@ -419,6 +583,121 @@ mod tests {
         use super::Source as _;
         let secs: Vec<u64> = (0..6).map(|f| source.next_poll(f).as_secs()).collect();
         assert_eq!(secs, [30, 60, 120, 240, 300, 300]);
+    }
+
+    /// A server that accepts and never answers: with the timeouts set, the fetch fails after
+    /// about the read timeout instead of waiting forever.
+    #[test]
+    fn a_silent_server_fails_the_fetch_after_the_read_timeout() {
+        use std::time::{Duration, Instant};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let serving = std::sync::Arc::clone(&done);
+        // Accepts (and holds, silent) until the test ends or 60 s have passed.
+        let server = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let end = Instant::now() + Duration::from_secs(60);
+            while !serving.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
+                match listener.accept() {
+                    Ok((socket, _)) => held.push(socket),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            held.len()
+        });
+
+        super::set_git_timeouts(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        // Set once: the same values again are fine, others are refused.
+        super::set_git_timeouts(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        assert!(super::set_git_timeouts(Duration::from_secs(2), Duration::from_secs(1)).is_err());
+
+        let cache = tempfile::tempdir().unwrap();
+        let url = format!("git://127.0.0.1:{port}/flags.git");
+        let mut source = super::RemoteSource::new(url, super::RemoteOptions::new(cache.path()));
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || {
+            use super::Source as _;
+            source
+                .read(None, true)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        let deadline = started + Duration::from_secs(30);
+        while !reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(reader.is_finished(), "the fetch still hangs after 30 s");
+        let err = reader.join().unwrap().unwrap_err();
+        assert!(
+            err.contains("could not read from socket: timed out"),
+            "{err}"
+        );
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(server.join().unwrap() >= 1, "the fetch reached the server");
+    }
+
+    /// What a process killed during a fetch leaves in the cache is removed when a new
+    /// `RemoteSource` first opens it, and nothing else is.
+    #[test]
+    fn stale_temporary_files_are_removed_at_the_first_opening() {
+        use super::Source as _;
+        let origin = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(origin.path()).unwrap();
+        let commit = |text: &str| -> git2::Oid {
+            let blob = repo.blob(text.as_bytes()).unwrap();
+            let mut tree = repo.treebuilder(None).unwrap();
+            tree.insert("a.yaml", blob, 0o100_644).unwrap();
+            let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+            let who = git2::Signature::now("t", "t@example.com").unwrap();
+            let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+            let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+            repo.commit(Some("HEAD"), &who, &who, text, &tree, &parents)
+                .unwrap()
+        };
+        commit("flags: {}\n");
+        let url = format!("file://{}", origin.path().display());
+        let caches = tempfile::tempdir().unwrap();
+        let options = super::RemoteOptions::new(caches.path());
+        let mut first = super::RemoteSource::new(url.clone(), options.clone());
+        assert!(first.read(None, true).unwrap().is_some());
+        let cache = first.cache_path().to_owned();
+        drop(first);
+
+        // As a SIGKILL mid-fetch would leave them (names as libgit2 1.9 makes them).
+        let branch = repo.head().unwrap().shorthand().unwrap().to_owned();
+        let stale = [
+            "objects/pack/pack_git2_0123456789abcdef".to_owned(),
+            "objects/pack/pack_git2_0123456789abidx.lock".to_owned(),
+            "objects/tmp_object_git2_fedcba9876543210".to_owned(),
+            "FETCH_HEAD.lock".to_owned(),
+            "packed-refs.lock".to_owned(),
+            format!("refs/remotes/origin/{branch}.lock"),
+        ];
+        // Look alike, but are not libgit2's temporary names: kept.
+        let kept = [
+            "objects/pack/pack_git2_notes",
+            "objects/pack/pack_git2_0123456789ABCDEF",
+            "objects/tmp_object_git2_short",
+            "description.lock.txt",
+        ];
+        for name in stale.iter().map(String::as_str).chain(kept) {
+            let path = cache.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        }
+        let next = commit("flags: {}\n# two\n");
+
+        let mut second = super::RemoteSource::new(url, options);
+        let fetched = second.read(None, false).unwrap().unwrap();
+        assert_eq!(fetched.revision, next.to_string());
+        for name in &stale {
+            assert!(!cache.join(name).exists(), "{name} is still there");
+        }
+        for name in kept {
+            assert!(cache.join(name).exists(), "{name} was removed");
+        }
     }
 
     #[test]
