@@ -295,6 +295,13 @@ fn flags_data(entries: impl IntoIterator<Item = (String, &'static str)>) -> Stru
     data
 }
 
+/// The next event of an EventStream: a change stays the shared broadcast event until the
+/// stream has room for it (see `streams`).
+enum PendingEvent {
+    Ready(Event),
+    Change(Arc<vexil_core::ChangeEvent>),
+}
+
 /// Feeds one EventStream until the client leaves, stops reading, or the server shuts down.
 async fn event_loop(
     state: Arc<AppState>,
@@ -318,11 +325,18 @@ async fn event_loop(
     let mut known = state.served().map(|s| Arc::clone(&s.keys));
     let mut added_since: Vec<FlagRef> = Vec::new();
     let in_scope = |r: &&FlagRef| namespace.as_deref().is_none_or(|ns| *r.namespace == *ns);
-    let mut pending = Some(("provider_ready", Struct::default()));
+    let mut pending = Some(PendingEvent::Ready(("provider_ready", Struct::default())));
     let mut next_beat = tokio::time::Instant::now() + keep_alive;
     loop {
         if let Some(event) = pending.take() {
-            match streams::deliver(&tx, event, &mut shutdown, stall).await {
+            let make = || match event {
+                PendingEvent::Ready(event) => event,
+                PendingEvent::Change(change) => (
+                    "configuration_change",
+                    change_data(&change, namespace.as_deref()).unwrap_or_default(),
+                ),
+            };
+            match streams::deliver(&tx, make, &mut shutdown, stall).await {
                 Delivery::Sent => {}
                 Delivery::ShuttingDown => break,
                 Delivery::Stalled => return state.metrics.stream_stalled(),
@@ -334,13 +348,16 @@ async fn event_loop(
         tokio::select! {
             _ = shutdown.wait_for(|d| *d) => break,
             () = tx.closed() => return,
-            () = tokio::time::sleep_until(next_beat) => pending = Some(("keep_alive", Struct::default())),
+            () = tokio::time::sleep_until(next_beat) => {
+                pending = Some(PendingEvent::Ready(("keep_alive", Struct::default())));
+            }
             received = events.recv() => match received {
                 Ok(change) => {
-                    if let Some(data) = change_data(&change, namespace.as_deref()) {
-                        pending = Some(("configuration_change", data));
-                    }
                     added_since.extend(change.changes.added.iter().filter(in_scope).cloned());
+                    let lists = [&change.changes.added, &change.changes.changed, &change.changes.removed];
+                    if lists.iter().any(|refs| refs.iter().any(|r| in_scope(&r))) {
+                        pending = Some(PendingEvent::Change(change));
+                    }
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind: every flag may have changed, and some may be gone.
@@ -359,7 +376,7 @@ async fn event_loop(
                         .map(|r| (r.key.to_string(), "update"))
                         .chain(before.difference(&now).map(|r| (r.key.to_string(), "delete")))
                         .collect::<Vec<_>>();
-                    pending = Some(("configuration_change", flags_data(entries)));
+                    pending = Some(PendingEvent::Ready(("configuration_change", flags_data(entries))));
                     known = current;
                     added_since.clear();
                 }
@@ -380,7 +397,7 @@ fn open_stream<T: Send + 'static>(
     meta: &MetadataMap,
     wrap: fn(Event) -> T,
 ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(streams::STREAM_BUFFER);
     tokio::spawn(event_loop(Arc::clone(state), selected(meta), tx));
     Box::pin(tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),

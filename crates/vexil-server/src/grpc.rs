@@ -365,7 +365,7 @@ impl FlagService for FlagApi {
         let events = self.state.events.subscribe();
         let result = self.served().map(|served| {
             let first = current_event(&served);
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (tx, rx) = tokio::sync::mpsc::channel(streams::STREAM_BUFFER);
             tokio::spawn(watch_loop(
                 Arc::clone(&self.state),
                 namespace,
@@ -423,6 +423,13 @@ fn current_event(served: &Served) -> proto::WatchEvent {
     }
 }
 
+/// The next event of a Watch stream: a change stays the shared broadcast event until the
+/// stream has room for it (see `streams`).
+enum Pending {
+    Ready(proto::WatchEvent),
+    Change(Arc<vexil_core::ChangeEvent>),
+}
+
 /// Feeds one Watch stream until the client goes away, stops reading, or the server shuts down:
 /// every swap in order (as CHANGE, with the keys of the watched namespace), a heartbeat after
 /// `heartbeat` of silence, and CURRENT again if the stream fell too far behind (the client
@@ -438,11 +445,17 @@ async fn watch_loop(
     let heartbeat = state.options.heartbeat;
     let stall = state.options.stalled_stream_timeout;
     let mut last_revision = first.revision.clone();
-    let mut pending = Some(first);
+    let mut pending = Some(Pending::Ready(first));
     let mut next_beat = tokio::time::Instant::now() + heartbeat;
     loop {
         if let Some(event) = pending.take() {
-            match streams::deliver(&tx, Ok(event), &mut shutdown, stall).await {
+            let make = || {
+                Ok(match event {
+                    Pending::Ready(event) => event,
+                    Pending::Change(change) => change_event(&change, &namespace),
+                })
+            };
+            match streams::deliver(&tx, make, &mut shutdown, stall).await {
                 Delivery::Sent => {}
                 Delivery::Stalled => return state.metrics.stream_stalled(),
                 Delivery::Gone | Delivery::ShuttingDown => return,
@@ -454,25 +467,25 @@ async fn watch_loop(
             _ = shutdown.wait_for(|down| *down) => return,
             () = tx.closed() => return,
             () = tokio::time::sleep_until(next_beat) => {
-                pending = Some(proto::WatchEvent {
+                pending = Some(Pending::Ready(proto::WatchEvent {
                     kind: proto::watch_event::Kind::Heartbeat.into(),
                     revision: last_revision.clone(),
                     ..Default::default()
-                });
+                }));
             }
             received = events.recv() => match received {
                 // Already reported (the revision read when the stream opened or resynced).
                 Ok(change) if change.revision == last_revision => {}
                 Ok(change) => {
                     last_revision.clone_from(&change.revision);
-                    pending = Some(change_event(&change, &namespace));
+                    pending = Some(Pending::Change(change));
                 }
                 Err(RecvError::Lagged(_)) => {
                     events = events.resubscribe();
                     if let Some(served) = state.served() {
                         let current = current_event(&served);
                         last_revision.clone_from(&current.revision);
-                        pending = Some(current);
+                        pending = Some(Pending::Ready(current));
                     }
                 }
                 Err(RecvError::Closed) => return,
