@@ -136,6 +136,43 @@ impl Loaded {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn running_out_of_descriptors_fails_the_read_and_judges_no_file() {
+        use std::io::{Error, ErrorKind};
+        // EMFILE and ENFILE (Linux numbers) and out-of-memory are the process's problem ...
+        assert!(super::is_exhaustion(&Error::from_raw_os_error(24)));
+        assert!(super::is_exhaustion(&Error::from_raw_os_error(23)));
+        assert!(super::is_exhaustion(&Error::from(ErrorKind::OutOfMemory)));
+        // ... a missing or unreadable file is the file's.
+        assert!(!super::is_exhaustion(&Error::from(
+            ErrorKind::PermissionDenied
+        )));
+        assert!(!super::is_exhaustion(&Error::from_raw_os_error(2)));
+        let mut walk = super::Walk {
+            root: std::path::PathBuf::from("/"),
+            loaded: super::Loaded::default(),
+            visited: std::collections::HashSet::new(),
+            count: 0,
+            exhausted: None,
+        };
+        walk.io_problem("a.yaml", "cannot read file", Error::from_raw_os_error(24));
+        walk.io_problem(
+            "b.yaml",
+            "cannot read file",
+            Error::from(ErrorKind::PermissionDenied),
+        );
+        assert_eq!(
+            walk.exhausted.as_ref().map(|(p, _)| p.as_str()),
+            Some("a.yaml")
+        );
+        assert_eq!(
+            walk.loaded.diagnostics.len(),
+            1,
+            "{:?}",
+            walk.loaded.diagnostics
+        );
+    }
+
+    #[test]
     fn flag_paths() {
         assert!(super::is_flag_path("a.yaml"));
         assert!(super::is_flag_path("team/b.YML"));
@@ -219,6 +256,21 @@ pub enum SourceError {
     /// A process-wide setting could not be applied (`set_git_timeouts`).
     #[error("{0}")]
     Settings(String),
+    /// The process ran out of descriptors or memory while reading: nothing is known about the
+    /// files (they are not judged invalid), and the next read tries again.
+    #[error("cannot read {path}: {source} (out of resources; the next read tries again)")]
+    Exhausted {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Errors that say nothing about a file and everything about the process: too many open
+/// descriptors (EMFILE, ENFILE) or no memory.
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    e.kind() == std::io::ErrorKind::OutOfMemory || matches!(e.raw_os_error(), Some(ENFILE | EMFILE))
 }
 
 impl SourceError {
@@ -359,8 +411,12 @@ pub fn read_dir(root: &Path) -> Result<Loaded, SourceError> {
         loaded: Loaded::default(),
         visited: HashSet::new(),
         count: 0,
+        exhausted: None,
     };
     walk.dir(&canonical_root, "", 0);
+    if let Some((path, source)) = walk.exhausted {
+        return Err(SourceError::Exhausted { path, source });
+    }
     let mut loaded = walk.loaded;
     loaded.files.sort_by(|a, b| a.path.cmp(&b.path));
     loaded.tests.sort_by(|a, b| a.path.cmp(&b.path));
@@ -398,11 +454,25 @@ struct Walk {
     loaded: Loaded,
     visited: HashSet<PathBuf>,
     count: usize,
+    /// The first error that came from the process running out of resources (the read fails).
+    exhausted: Option<(String, std::io::Error)>,
 }
 
 impl Walk {
     fn problem(&mut self, path: &str, code: Code, message: String) {
         self.loaded.problem(path, code, message);
+    }
+
+    /// An IO error at `path`: a diagnostic, unless the process is out of resources, which
+    /// fails the whole read instead.
+    fn io_problem(&mut self, path: &str, what: &str, e: std::io::Error) {
+        if is_exhaustion(&e) {
+            if self.exhausted.is_none() {
+                self.exhausted = Some((path.to_owned(), e));
+            }
+            return;
+        }
+        self.problem(path, Code::Io, format!("{what}: {e}"));
     }
 
     fn dir(&mut self, dir: &Path, rel: &str, depth: usize) {
@@ -419,7 +489,7 @@ impl Walk {
         let shown = if rel.is_empty() { "." } else { rel };
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) => return self.problem(shown, Code::Io, format!("cannot read directory: {e}")),
+            Err(e) => return self.io_problem(shown, "cannot read directory", e),
         };
         let mut names: Vec<(String, PathBuf)> = Vec::new();
         for entry in entries {
@@ -428,7 +498,7 @@ impl Walk {
                 Err(e) => {
                     // The entries not listed may be flag files or directories of them. The
                     // listing cannot go on after an error (the directory stream ends).
-                    self.problem(shown, Code::Io, format!("cannot list directory: {e}"));
+                    self.io_problem(shown, "cannot list directory", e);
                     break;
                 }
             };
@@ -446,7 +516,7 @@ impl Walk {
                 // Removed since it was listed: nothing is lost (the watch wakes a new read).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    self.problem(&rel_path, Code::Io, format!("cannot read entry: {e}"));
+                    self.io_problem(&rel_path, "cannot read entry", e);
                     continue;
                 }
             };
@@ -541,7 +611,7 @@ impl Walk {
                     }
                 }
             }
-            Err(e) => self.problem(rel, Code::Io, format!("cannot read file: {e}")),
+            Err(e) => self.io_problem(rel, "cannot read file", e),
         }
     }
 }
