@@ -68,6 +68,37 @@ pub enum Protocols {
     Http,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a port serves: a cloneable HTTP service (tonic's routes, axum's router).
+pub trait PortService:
+    tower_service::Service<
+        http::Request<Incoming>,
+        Response = http::Response<Self::ResBody>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+    type ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static;
+}
+
+impl<S, B> PortService for S
+where
+    S: tower_service::Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
+    type ResBody = B;
+}
+
 /// The shared cap on open connections.
 #[derive(Debug, Clone)]
 pub struct ConnectionCap(Arc<Semaphore>);
@@ -82,7 +113,7 @@ impl ConnectionCap {
 /// connection to finish (in-flight calls complete) and returns once all are closed. The caller
 /// bounds how long that may take.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<S, B>(
+pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     protocols: Protocols,
@@ -92,15 +123,7 @@ pub async fn serve<S, B>(
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: PortService,
 {
     let builder = Arc::new(builder(protocols, &limits));
     let open = Arc::new(AtomicUsize::new(0));
@@ -238,17 +261,9 @@ struct Connection<S> {
     _permit: OwnedSemaphorePermit,
 }
 
-impl<S, B> Connection<S>
+impl<S> Connection<S>
 where
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: PortService,
 {
     async fn run(self, stream: TcpStream) -> Closed {
         let opened = Instant::now();
@@ -437,17 +452,11 @@ struct Tracked<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> hyper::service::Service<http::Request<Incoming>> for Tracked<S>
+impl<S> hyper::service::Service<http::Request<Incoming>> for Tracked<S>
 where
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + Unpin + 'static,
+    S: PortService,
 {
-    type Response = http::Response<TrackedBody<B>>;
+    type Response = http::Response<TrackedBody<S::ResBody>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
