@@ -622,10 +622,9 @@ async fn served(server: &Server, revision: &str, within: Duration) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Before the fix every change event held its snapshot, and a stream that stopped reading kept
-/// up to 1,024 events: RSS grew with every swap for as long as the client stayed. Each stream
-/// may still buffer a bounded number of events (after the fix: about 17 per stream, up to a few
-/// MiB each for the flagd stream on this repository), so the first swaps fill those buffers and
-/// only the growth after them is measured.
+/// up to 1,024 events: RSS grew with every swap for as long as the client stayed. A stream may
+/// still hold a bounded number of events, so the first swaps fill whatever it buffers (and warm
+/// the allocator) and only the growth after them is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_never_read_pin_no_snapshots() {
     const FILES: usize = 6;
@@ -634,9 +633,8 @@ async fn streams_that_never_read_pin_no_snapshots() {
     const FILL: usize = 20;
     /// Swaps over which RSS growth is measured.
     const SWAPS: usize = 30;
-    // After the fix RSS stops growing once the buffers are full (a few MiB of allocator noise);
-    // before it, it grew by about 4 to 7 MiB a swap with these streams (debug build).
-    const BOUND_MIB: f64 = 0.0;
+    // Measured (debug builds): 238 MiB (7.9 MiB a swap) before the fix, 8 MiB after it.
+    const BOUND_MIB: f64 = 60.0;
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "-q", "-b", "main"]);
     let write_generation = |generation: usize| {
@@ -679,7 +677,7 @@ async fn streams_that_never_read_pin_no_snapshots() {
     deaf.write_all(&hello).await.unwrap();
 
     let start = rss_mib(server.pid());
-    let mut swap_through = |generations: std::ops::Range<usize>| {
+    let swap_through = |generations: std::ops::Range<usize>| {
         let (server, write_generation) = (&server, &write_generation);
         async move {
             for generation in generations {
