@@ -422,7 +422,6 @@ impl Activity {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.last_change_ms
             .store(ms.min(u64::MAX - 1), Ordering::SeqCst);
-        self.changed.notify_waiters();
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
@@ -438,8 +437,15 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let before = self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
+        // Only the last call ending matters to the watchdog (it then sleeps towards the idle
+        // deadline). A call beginning wakes nothing: whatever deadline the watchdog sleeps
+        // towards, it checks again when it comes. Waking it on every call would cost a task
+        // wake-up per request.
+        if before == 1 {
+            self.0.changed.notify_waiters();
+        }
     }
 }
 
