@@ -32,16 +32,8 @@ async fn streams_that_never_read_pin_no_snapshots() {
         commit_all(repo.path(), &format!("generation {generation}"))
     };
     let first = write_generation(0);
-    let server = Server::start(
-        &[
-            repo.path().to_str().unwrap(),
-            "--ref",
-            "main",
-            "--flags-dir",
-            "flags",
-            "--poll-interval",
-            "50ms",
-        ],
+    let server = Server::on_main(
+        repo.path(),
         // The streams stay stalled for the whole test (the stalled-stream timeout would end
         // them after a minute): what is measured is what a stalled stream holds.
         &[("VEXIL_STALLED_STREAM_TIMEOUT", "1h")],

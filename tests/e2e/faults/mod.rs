@@ -146,6 +146,20 @@ impl Server {
             .unwrap_or_else(|e| panic!("vexil serve {args:?}: {e}"))
     }
 
+    /// A server on `flags/` of `repo`'s `main` branch, polled every 50 ms.
+    async fn on_main(repo: &Path, env: &[(&str, &str)]) -> Server {
+        let args = [
+            repo.to_str().unwrap(),
+            "--ref",
+            "main",
+            "--flags-dir",
+            "flags",
+            "--poll-interval",
+            "50ms",
+        ];
+        Server::start(&args, env).await
+    }
+
     fn pid(&self) -> u32 {
         self.process.pid()
     }

@@ -261,19 +261,7 @@ async fn a_damaged_pack_is_a_source_error_and_reloading_goes_on() {
     }
     let first = commit_all(root, "one");
     git(root, &["repack", "-adq"]);
-    let server = Server::start(
-        &[
-            root.to_str().unwrap(),
-            "--ref",
-            "main",
-            "--flags-dir",
-            "flags",
-            "--poll-interval",
-            "50ms",
-        ],
-        &[],
-    )
-    .await;
+    let server = Server::on_main(root, &[]).await;
     assert!(served(&server, &first, PATIENCE).await);
 
     // The next commit (loose objects) changes f0; f1..f4 stay in the pack. It is made on a side
