@@ -53,10 +53,6 @@ pub const SERVICE_NAME: &str = "vexil.v1.FlagService";
 pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("gRPC server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("HTTP server: {0}")]
-    Http(std::io::Error),
     #[error("reflection: {0}")]
     Reflection(String),
 }
