@@ -189,6 +189,12 @@ impl Live {
         lock(&self.status).clone()
     }
 
+    /// Reads the status in place (no copy of its diagnostics, which may be tens of thousands):
+    /// for metrics and bounded Status answers. `f` runs under the status lock: keep it short.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Status) -> R) -> R {
+        f(&lock(&self.status))
+    }
+
     /// The reloader's state alone (cheap: probes call it; `status` copies diagnostics).
     pub fn reader(&self) -> ReaderState {
         lock(&self.status).reader

@@ -164,6 +164,7 @@ pub async fn serve<S>(
                 continue;
             }
         };
+        // Without TCP_NODELAY small answers wait for the client's delayed ACK (about 40 ms).
         let _ = stream.set_nodelay(true);
         open.fetch_add(1, Ordering::SeqCst);
         state.metrics.connection_opened();
@@ -296,14 +297,15 @@ where
         };
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
-        let mut closing: Option<(Closed, Instant)> = None;
+        // Once closing: why, and by when a client that does not finish is cut off (`None`: no
+        // bound here; shutdown's drain timeout bounds it).
+        let mut closing: Option<(Closed, Option<Instant>)> = None;
         loop {
             let changed = activity.changed.notified();
             // What the watchdog waits for next: the handshake deadline, the idle deadline, or
             // (while calls are in flight) only a change of activity.
             let deadline = match closing {
-                // A graceful close that the client does not complete is cut off.
-                Some((_, by)) => Some(by),
+                Some((_, by)) => by,
                 None if !activity.seen_request() => Some(handshake_deadline),
                 None if activity.in_flight() == 0 => {
                     Some(activity.last_change() + self.limits.idle_timeout)
@@ -330,8 +332,7 @@ where
                 () = changed => {}
                 _ = self.stop.wait_for(|s| *s), if closing.is_none() => {
                     conn.as_mut().graceful_shutdown();
-                    // The caller bounds the drain; this connection waits for its calls.
-                    closing = Some((Closed::Normal, Instant::now() + Duration::from_secs(24 * 3600)));
+                    closing = Some((Closed::Normal, None));
                 }
                 () = sleep => {
                     if let Some((why, _)) = closing {
@@ -345,7 +346,7 @@ where
                         && Instant::now() >= activity.last_change() + self.limits.idle_timeout
                     {
                         conn.as_mut().graceful_shutdown();
-                        closing = Some((Closed::Idle, Instant::now() + self.limits.header_read_timeout));
+                        closing = Some((Closed::Idle, Some(Instant::now() + self.limits.header_read_timeout)));
                     }
                 }
             }

@@ -323,7 +323,7 @@ async fn event_loop(
     // key list, not the snapshot) plus those added since. After falling behind, the ones gone
     // are named as deleted.
     let mut known = state.served().map(|s| Arc::clone(&s.keys));
-    let mut added_since: Vec<FlagRef> = Vec::new();
+    let mut added_since: BTreeSet<FlagRef> = BTreeSet::new();
     let in_scope = |r: &&FlagRef| namespace.as_deref().is_none_or(|ns| *r.namespace == *ns);
     let mut pending = Some(PendingEvent::Ready(("provider_ready", Struct::default())));
     let mut next_beat = tokio::time::Instant::now() + keep_alive;
@@ -353,6 +353,7 @@ async fn event_loop(
             }
             received = events.recv() => match received {
                 Ok(change) => {
+                    // A set: a key added and removed over and over is kept once.
                     added_since.extend(change.changes.added.iter().filter(in_scope).cloned());
                     let lists = [&change.changes.added, &change.changes.changed, &change.changes.removed];
                     if lists.iter().any(|refs| refs.iter().any(|r| in_scope(&r))) {

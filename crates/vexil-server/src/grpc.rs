@@ -406,11 +406,12 @@ impl FlagService for FlagApi {
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let start = Instant::now();
-        let result = Ok(convert::status(
-            &self.state.live.status(),
-            self.state.options.max_status_diagnostics,
-            self.state.reader_health().err(),
-        ));
+        let problem = self.state.reader_health().err();
+        let max = self.state.options.max_status_diagnostics;
+        let result = Ok(self
+            .state
+            .live
+            .inspect(|status| convert::status(status, max, problem)));
         self.timed(Method::Status, start, result).map(Response::new)
     }
 }

@@ -56,6 +56,12 @@ async fn refuse_large_bodies(
     next.run(request).await
 }
 
+/// A request without a valid token, counted.
+fn unauthorized(state: &AppState) -> axum::response::Response {
+    state.metrics.unauthenticated();
+    (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
+}
+
 /// Every flag a mirror exports inexactly or leaves out, and why (behind tokens: it names flags).
 async fn mirror_diagnostics(
     state: Arc<AppState>,
@@ -63,8 +69,7 @@ async fn mirror_diagnostics(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     if !tokens.accepts_http(&headers) {
-        state.metrics.unauthenticated();
-        return (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response();
+        return unauthorized(&state);
     }
     match state.served() {
         Some(served) => served.mirrors.diagnostics.respond(&headers, &[]),
@@ -83,20 +88,14 @@ async fn metrics(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     if !state.options.public_metrics && !tokens.accepts_http(&headers) {
-        state.metrics.unauthenticated();
-        return (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response();
+        return unauthorized(&state);
     }
     let served = state.served();
-    let mut body = state
-        .metrics
-        .render(served.as_ref().map(|s| &s.counters), &state.live.status());
-    let _ = std::fmt::Write::write_fmt(
-        &mut body,
-        format_args!(
-            "# HELP vexil_reloader_healthy 1 while the reloader runs and no read is stuck.\n# TYPE vexil_reloader_healthy gauge\nvexil_reloader_healthy {}\n",
-            u8::from(state.reader_health().is_ok())
-        ),
-    );
+    let counters = served.as_ref().map(|s| &s.counters);
+    let healthy = state.reader_health().is_ok();
+    let body = state
+        .live
+        .inspect(|status| state.metrics.render(counters, status, healthy));
     (
         [(
             header::CONTENT_TYPE,

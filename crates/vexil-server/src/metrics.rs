@@ -233,8 +233,14 @@ impl Metrics {
         self.batch_items.fetch_add(n as u64, Relaxed);
     }
 
-    /// The exposition text: request metrics, evaluation counters and reload state.
-    pub fn render(&self, counters: Option<&EvalCounters>, status: &vexil_core::Status) -> String {
+    /// The exposition text: request metrics, evaluation counters, reload state and whether the
+    /// reloader is healthy (`AppState::reader_health`).
+    pub fn render(
+        &self,
+        counters: Option<&EvalCounters>,
+        status: &vexil_core::Status,
+        reloader_healthy: bool,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -288,6 +294,11 @@ impl Metrics {
             counters.write(&mut out);
         }
         write_reload(&mut out, status);
+        let _ = writeln!(
+            out,
+            "# HELP vexil_reloader_healthy 1 while the reloader runs and no read is stuck.\n# TYPE vexil_reloader_healthy gauge\nvexil_reloader_healthy {}",
+            u8::from(reloader_healthy)
+        );
         out
     }
 }

@@ -24,8 +24,8 @@ pub struct Served {
     pub definitions: OnceLock<Definitions>,
     /// The Flipper and Unleash mirrors' bodies and ETags, built at swap time.
     pub mirrors: Tables,
-    /// Every flag, sorted by namespace then key: what a change stream that fell behind compares
-    /// against (a stream keeps this list, never the snapshot).
+    /// Every flag (namespace and key, in snapshot order): what a change stream that fell behind
+    /// compares against (a stream keeps this list, never the snapshot).
     pub keys: Arc<[FlagRef]>,
 }
 
