@@ -1,0 +1,191 @@
+//! `vexil serve` as a process: signals, the token file, and what it serves without a source.
+
+use super::*;
+
+/// The binary: serves the example repository, reloads on SIGHUP, drains on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = crate::helpers::repo_root().join("flags");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
+        // No periodic rescan during the test: a new read attempt can only come from SIGHUP.
+        .args([
+            "serve",
+            flags.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--rescan-interval",
+            "1h",
+        ])
+        .current_dir(tmp.path())
+        .env("VEXIL_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = |label: &str| -> SocketAddr {
+        line.split(label)
+            .nth(1)
+            .unwrap()
+            .split([',', ' '])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (grpc, http) = (addr("gRPC on "), addr("HTTP on "));
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlagServiceClient::new(channel);
+    let mut req = eval_request("new-checkout");
+    req.namespace = "checkout".into();
+    req.context = ctx("user-43", &[]);
+    let r = client.evaluate(req).await.unwrap().into_inner();
+    assert_eq!(
+        r.value.unwrap().kind,
+        Some(proto::value::Kind::BoolValue(true))
+    );
+    assert_eq!(http_get(http, "/readyz").await.0, 200);
+
+    let pid = child.id().unwrap().to_string();
+    let attempts = client
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .attempts;
+    let kill = |signal: &str| {
+        std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-HUP").success());
+    wait_until("SIGHUP to reload", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .status(proto::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .attempts
+                > attempts
+        }
+    })
+    .await;
+
+    let mut watch = client
+        .watch(proto::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().kind(),
+        Kind::Current
+    );
+    assert!(kill("-TERM").success());
+    let end = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "the stream ends cleanly: {end:?}");
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_token_file_without_tokens_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tokens");
+    std::fs::write(&file, "# no tokens yet\n\n").unwrap();
+    let out = crate::helpers::vexil(&[
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--token-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hold no token"), "{stderr}");
+}
+
+/// Without a source, `vexil serve` serves `./flags` when there is one (the README's run
+/// command, from the repository), else the example repository built into the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_source_uses_flags_or_the_embedded_example() {
+    use tokio::io::AsyncBufReadExt;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let root = crate::helpers::repo_root();
+    for (dir, expected) in [
+        (root.as_path(), "directory flags/"),
+        (elsewhere.path(), "the example repository built into vexil"),
+    ] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir)
+            .env("VEXIL_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(line.contains(&format!("serving {expected} ")), "{line}");
+        let grpc: SocketAddr = line
+            .split("gRPC on ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let channel = Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut req = eval_request("new-checkout");
+        req.namespace = "checkout".into();
+        req.context = ctx("user-43", &[]);
+        let r = FlagServiceClient::new(channel)
+            .evaluate(req)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.value.unwrap().kind,
+            Some(proto::value::Kind::BoolValue(true))
+        );
+        child.kill().await.unwrap();
+    }
+}
