@@ -456,7 +456,10 @@ pub(crate) fn parse_time(s: &str) -> Option<f64> {
     Some(ts.as_second() as f64)
 }
 
-pub(crate) fn parse_number(s: &str) -> Option<f64> {
+/// A string attribute read as a number, as numeric comparisons read it: plain decimal text only
+/// (`"inf"`, `"NaN"` and hex stay text). Public for the mirrors (`vexil-mirror`), which must
+/// decide numbers exactly as evaluation does.
+pub fn parse_number(s: &str) -> Option<f64> {
     let s = s.trim();
     // Only plain decimal numbers: "inf", "NaN" and hex are text, not numbers.
     if s.is_empty()

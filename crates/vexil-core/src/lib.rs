@@ -29,7 +29,6 @@ pub mod expect;
 pub mod export;
 mod format;
 pub mod live;
-pub mod mirror;
 pub mod reload;
 pub mod review;
 pub mod schema;

@@ -48,14 +48,14 @@ fn exports_only(bencher: divan::Bencher, flags: usize) {
     let snapshot = snapshot(flags, 20);
     bencher.bench(|| {
         for ns in snapshot.namespaces() {
-            divan::black_box(vexil_core::mirror::flipper::export(ns));
-            divan::black_box(vexil_core::mirror::unleash::export(
+            divan::black_box(vexil_mirror::flipper::export(ns));
+            divan::black_box(vexil_mirror::unleash::export(
                 ns,
-                vexil_core::mirror::unleash::Profile::Legacy,
+                vexil_mirror::unleash::Profile::Legacy,
             ));
-            divan::black_box(vexil_core::mirror::unleash::export(
+            divan::black_box(vexil_mirror::unleash::export(
                 ns,
-                vexil_core::mirror::unleash::Profile::Modern,
+                vexil_mirror::unleash::Profile::Modern,
             ));
         }
     });

@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
-use vexil_core::mirror::flipper::Form;
 use vexil_core::{FlagType, Value};
+use vexil_mirror::flipper::Form;
 
 use crate::Tokens;
 use crate::mirrors::{Body, FLIPPER_HEAD, FLIPPER_TAIL, Refusal, admit, join, namespace_of};

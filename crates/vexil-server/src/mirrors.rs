@@ -9,8 +9,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
-use vexil_core::mirror::{Finding, Mirror, flipper, unleash};
 use vexil_core::{DEFAULT_NAMESPACE, Snapshot};
+use vexil_mirror::{Finding, Mirror, flipper, unleash};
 
 use crate::Tokens;
 use crate::state::{AppState, Served};
@@ -487,7 +487,7 @@ fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Va
     let omitted_flags = |mirror: Mirror| {
         findings
             .iter()
-            .filter(|f| f.mirror == mirror && f.fidelity == vexil_core::mirror::Fidelity::Omitted)
+            .filter(|f| f.mirror == mirror && f.fidelity == vexil_mirror::Fidelity::Omitted)
             .map(|f| (&f.namespace, &f.flag))
             .collect::<std::collections::HashSet<_>>()
             .len()
@@ -505,8 +505,8 @@ fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Va
             serde_json::json!({
                 "flags": snapshot.flag_count(),
                 "exported": snapshot.flag_count() - omitted_flags(mirror),
-                "inexact": count(vexil_core::mirror::Fidelity::Inexact),
-                "omitted": count(vexil_core::mirror::Fidelity::Omitted),
+                "inexact": count(vexil_mirror::Fidelity::Inexact),
+                "omitted": count(vexil_mirror::Fidelity::Omitted),
             }),
         );
     }

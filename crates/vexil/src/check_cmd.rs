@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use vexil_core::expect::TestRun;
-use vexil_core::mirror::Mirror;
 use vexil_core::{CompileOptions, Loaded, Severity, SourceFile};
+use vexil_mirror::Mirror;
 
 use crate::render;
 
@@ -99,9 +99,9 @@ pub fn run(args: &Args, tests_only: bool) -> anyhow::Result<ExitCode> {
     // `vexil test` is about the tests; `validate` also says what the mirrors cannot carry.
     if let Some(s) = snapshot.as_ref().filter(|_| !tests_only) {
         diagnostics.extend(
-            vexil_core::mirror::findings(s, &args.mirrors.0)
+            vexil_mirror::findings(s, &args.mirrors.0)
                 .iter()
-                .map(vexil_core::mirror::Finding::to_diagnostic),
+                .map(vexil_mirror::Finding::to_diagnostic),
         );
     }
     diagnostics.sort();

@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use vexil_core::mirror::Mirror;
 use vexil_core::source::{DirOptions, DirSource};
 use vexil_core::{AttrValue, Context, FlagType, Namespace, ReloadOptions, Reloader, Snapshot};
+use vexil_mirror::Mirror;
 use vexil_server::{Options, Tokens};
 
 use crate::helpers::{http, repo_root};
@@ -99,7 +99,7 @@ fn load(root: &Path) -> Snapshot {
 /// inputs only (numbers with spaces, `inf`, build metadata, ...) do not count: the corpus has
 /// no such inputs, so those flags must agree on it.
 fn exact(snapshot: &Snapshot, ns: &Namespace, mirror: Mirror) -> Vec<String> {
-    let findings: BTreeSet<(String, Mirror)> = vexil_core::mirror::findings(snapshot, &[mirror])
+    let findings: BTreeSet<(String, Mirror)> = vexil_mirror::findings(snapshot, &[mirror])
         .into_iter()
         .filter(|f| *f.namespace == *ns.name)
         .filter(|f| !f.reason.contains("for unusual inputs only"))
@@ -521,7 +521,7 @@ async fn real_clients_agree_with_vexil_on_the_example_repository() {
 #[test]
 fn fixture_findings_are_pinned() {
     let snapshot = load(&repo_root().join("tests/mirrors/flags"));
-    let got: String = vexil_core::mirror::findings(&snapshot, &Mirror::ALL)
+    let got: String = vexil_mirror::findings(&snapshot, &Mirror::ALL)
         .iter()
         .map(|f| {
             format!(
@@ -609,7 +609,7 @@ async fn flipper_wire_contract() {
     );
     // Every boolean flag Flipper can carry, in flag order; the rest are left out.
     let ns = snapshot.namespace("default").unwrap();
-    let exported: Vec<String> = vexil_core::mirror::flipper::export(ns)
+    let exported: Vec<String> = vexil_mirror::flipper::export(ns)
         .features
         .iter()
         .map(|f| f.key.to_string())

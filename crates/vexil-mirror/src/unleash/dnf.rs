@@ -1,9 +1,10 @@
 //! The algebra of disjunctive normal forms: conjunctions, combinations and segments.
 
+use vexil_core::snapshot::{Condition, Mode};
+
 use super::constraints::condition_dnf;
 use super::wire::{Atom, Constraint};
 use super::{MAX_STRATEGIES, Profile};
-use crate::snapshot::{Condition, Mode};
 
 pub(super) fn too_many() -> String {
     format!("needs more than {MAX_STRATEGIES} Unleash strategies")
@@ -41,7 +42,7 @@ pub(super) fn combine<T: Clone>(mode: Mode, parts: Vec<Vec<Vec<T>>>) -> Option<V
 
 /// A segment: its ids, or any of its condition groups.
 pub(super) fn segment_dnf(
-    segment: &crate::snapshot::Segment,
+    segment: &vexil_core::snapshot::Segment,
     profile: Profile,
 ) -> Result<Vec<Vec<Constraint>>, String> {
     let mut out = Vec::new();

@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value as Json;
-
-use super::{Fidelity, Finding, Mirror, can_serve, is_on, percent_text};
-use crate::snapshot::{
+use vexil_core::snapshot::{
     BucketBy, Flag, FlagType, Gate, Hashing, Matcher, Mode, Namespace, Origin, Outcome, Rule,
 };
+
+use super::{Fidelity, Finding, Mirror, can_serve, is_on, percent_text};
 
 /// A feature's gate values.
 #[derive(Debug, Clone, PartialEq, Eq)]

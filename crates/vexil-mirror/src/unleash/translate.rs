@@ -3,16 +3,16 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value as Json, json};
+use vexil_core::snapshot::{
+    BucketBy, Condition, Flag, FlagType, Gate, Hashing, Matcher, Namespace, Origin, Outcome, Rule,
+    Value,
+};
 
 use super::constraints::{Edge, context_name, edge_kind, legacy_field};
 use super::dnf::{and, combine, conditions_dnf, segment_dnf, too_many};
 use super::wire::{Atom, Conj, Constraint, Export, Feature, Strategy};
 use super::{MAX_STRATEGIES, Profile};
-use crate::mirror::{Fidelity, Finding, is_on};
-use crate::snapshot::{
-    BucketBy, Condition, Flag, FlagType, Gate, Hashing, Matcher, Namespace, Origin, Outcome, Rule,
-    Value,
-};
+use crate::{Fidelity, Finding, is_on};
 
 pub fn export(ns: &Namespace, profile: Profile) -> Export {
     let mut out = Export {
@@ -182,11 +182,7 @@ impl<'a> Cx<'a> {
         let default_on = is_on(flag, flag.default);
         if !flag.enabled || flag.rules.is_empty() || default_on {
             if default_on && flag.enabled {
-                if let Some(rule) = flag
-                    .rules
-                    .iter()
-                    .find(|r| crate::mirror::can_serve(flag, r, false))
-                {
+                if let Some(rule) = flag.rules.iter().find(|r| crate::can_serve(flag, r, false)) {
                     return Err((
                         &rule.origin,
                         format!(
@@ -204,7 +200,7 @@ impl<'a> Cx<'a> {
         }
         let mut blocker: Option<&Rule> = None;
         for rule in &flag.rules {
-            if crate::mirror::can_serve(flag, rule, true) {
+            if crate::can_serve(flag, rule, true) {
                 if let Some(b) = blocker {
                     return Err((
                         &rule.origin,
@@ -223,7 +219,7 @@ impl<'a> Cx<'a> {
                         ..template.clone()
                     }));
             }
-            if crate::mirror::can_serve(flag, rule, false) {
+            if crate::can_serve(flag, rule, false) {
                 blocker = Some(rule);
             }
         }
@@ -403,7 +399,7 @@ impl<'a> Cx<'a> {
                 format!(
                     "rule `{}` serves {}% of calls, and Unleash SDKs draw whole percentages",
                     rule.name,
-                    crate::mirror::percent_text(threshold)
+                    crate::percent_text(threshold)
                 ),
             ));
         }

@@ -1,17 +1,31 @@
-//! Flags in the shapes other flag systems' clients read: the Flipper HTTP API and the Unleash
-//! client API. Those clients evaluate the definitions themselves, so each export is faithful or
-//! flagged: a flag is exported with the exact meaning it has in Vexil, or exported with a
-//! finding that says why the client's answers can differ (`Inexact`), or left out with a
-//! finding that says why (`Omitted`). Nothing is guessed silently.
+//! Vexil's mirrors: flags in the shapes other flag systems' clients read, the Flipper HTTP API
+//! and the Unleash client API. Built on `vexil-core` (a compiled `Namespace` in, wire models and
+//! findings out); no IO and no async runtime here: `vexil-server` serves the bodies and
+//! `vexil check` reports the findings.
+//!
+//! Those clients evaluate the definitions themselves, so each export is faithful or flagged: a
+//! flag is exported with the exact meaning it has in Vexil, or exported with a finding that says
+//! why the client's answers can differ (`Inexact`), or left out with a finding that says why
+//! (`Omitted`). Nothing is guessed silently.
 //!
 //! Invariant: exports are pure functions of a namespace; the server serialises them once per
 //! snapshot.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::panic,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod flipper;
 pub mod unleash;
 
-use crate::diag::{Code, Diagnostic, Severity};
-use crate::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
+use vexil_core::diag::{Code, Diagnostic, Severity};
+use vexil_core::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
 
 /// A mirror: a wire protocol and the client capabilities it is exported for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,7 +85,7 @@ pub struct Finding {
     pub reason: String,
     /// The flag, or the rule at fault.
     pub file: String,
-    pub pos: crate::diag::Pos,
+    pub pos: vexil_core::diag::Pos,
 }
 
 impl Finding {

@@ -1,18 +1,18 @@
 //! What each mirror says about small flags. The real clients check the meaning end to end
-//! (tests/e2e/mirrors.rs); these pin the shapes and the findings.
+//! (tests/e2e/mirrors/); these pin the shapes and the findings.
 
 use serde_json::json;
+use vexil_core::{CompileOptions, Snapshot, SourceFile};
 
 use super::unleash::{self, Profile, Segments};
 use super::{Fidelity, Mirror, flipper};
-use crate::{CompileOptions, Snapshot, SourceFile};
 
 fn snapshot(yaml: &str) -> Snapshot {
     let files = [SourceFile {
         path: "f.yaml".into(),
         text: yaml.into(),
     }];
-    let compiled = crate::compile(&files, &CompileOptions::default());
+    let compiled = vexil_core::compile(&files, &CompileOptions::default());
     compiled
         .snapshot
         .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics))
@@ -70,8 +70,7 @@ flags:
 
 #[test]
 fn unsayable_flags_are_left_out_with_a_reason() {
-    let got = findings(
-        r#"
+    let yaml = r#"
 flags:
   color:
     type: string
@@ -87,8 +86,8 @@ flags:
   crc:
     rules:
       - rollout: 20
-"#,
-    );
+"#;
+    let got = findings(yaml);
     let has = |flag: &str, mirror: &str, fidelity: &str, fragment: &str| {
         assert!(
             got.iter().any(|(f, m, fi, r)| f == flag
@@ -114,7 +113,47 @@ flags:
         !got.iter()
             .any(|(f, m, _, _)| f == "color" && m.starts_with("unleash"))
     );
-    assert_eq!(Fidelity::Omitted.as_str(), "omitted");
+    // What each fidelity means for the export itself: an omitted flag is absent from the
+    // mirror's features, an inexact one is present.
+    let s = snapshot(yaml);
+    let ns = &s.namespaces()[0];
+    let exported = |mirror: Mirror| -> Vec<String> {
+        match mirror {
+            Mirror::Flipper => flipper::export(ns)
+                .features
+                .iter()
+                .map(|f| f.key.to_string())
+                .collect(),
+            Mirror::Unleash | Mirror::UnleashLegacy => {
+                let profile = if mirror == Mirror::Unleash {
+                    Profile::Modern
+                } else {
+                    Profile::Legacy
+                };
+                unleash::export(ns, profile)
+                    .features
+                    .iter()
+                    .map(|f| f.name.to_string())
+                    .collect()
+            }
+        }
+    };
+    for mirror in Mirror::ALL {
+        let keys = exported(mirror);
+        for flag in ["color", "off-first", "attrs", "crc"] {
+            let fidelity = super::findings(&s, &[mirror])
+                .into_iter()
+                .find(|f| &*f.flag == flag)
+                .map(|f| f.fidelity);
+            assert_eq!(
+                keys.iter().any(|k| k == flag),
+                fidelity != Some(Fidelity::Omitted),
+                "{flag} in {}: {fidelity:?}, exported {keys:?}",
+                mirror.as_str()
+            );
+        }
+    }
+    assert_eq!(exported(Mirror::Flipper), ["crc"]);
 }
 
 #[test]

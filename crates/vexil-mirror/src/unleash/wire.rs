@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value as Json, json};
 
-use crate::mirror::Finding;
+use crate::Finding;
 
 /// An Unleash constraint.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,10 @@
 //! Conditions as Unleash constraints, operator by operator.
 
 use serde_json::Value as Json;
+use vexil_core::snapshot::{AttrPath, Cmp, Condition, Op};
 
 use super::Profile;
 use super::wire::Constraint;
-use crate::snapshot::{AttrPath, Cmp, Condition, Op};
 
 /// The context fields ruby-unleash 3.2.5 can read without raising: it snake-cases a
 /// constraint's field name and fetches any other field from `properties` with no default,
@@ -216,7 +216,7 @@ fn equality(
             Json::Bool(b) if is_equals => texts.extend(casings(if *b { "true" } else { "false" })),
             Json::Bool(b) => texts.push(b.to_string()),
             Json::String(s) => {
-                if let Some(n) = crate::eval::parse_number(s) {
+                if let Some(n) = vexil_core::eval::parse_number(s) {
                     numbers.push(number_text(n));
                 } else if is_equals
                     && (s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false"))
