@@ -135,6 +135,7 @@ fn compile_files(
             revision: revision(files),
             namespaces: built,
             namespace_index,
+            derived: Default::default(),
         }
     });
     Compiled {

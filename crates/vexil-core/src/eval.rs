@@ -10,7 +10,7 @@ use std::fmt;
 use crate::bucket::{self, BUCKETS, NumBuf};
 use crate::context::{Attr, AttrValue, Context};
 use crate::snapshot::{
-    BucketBy, Cmp, Condition, Flag, FlagType, Gate, Hashing, Matcher, Mode, Namespace, Op, Outcome,
+    BucketBy, Cmp, Condition, Flag, Gate, Hashing, Matcher, Mode, Namespace, Op, Outcome,
     Rule, Scalar, Snapshot, Value, Variant,
 };
 
@@ -52,18 +52,12 @@ impl fmt::Display for Reason {
 pub enum EvalError {
     #[error("flag not found")]
     FlagNotFound,
-    #[error("type mismatch: the flag is {actual}, not {expected}", actual = .actual.as_str(), expected = .expected.as_str())]
-    TypeMismatch {
-        expected: FlagType,
-        actual: FlagType,
-    },
 }
 
 impl EvalError {
     pub fn code(self) -> &'static str {
         match self {
             EvalError::FlagNotFound => "FLAG_NOT_FOUND",
-            EvalError::TypeMismatch { .. } => "TYPE_MISMATCH",
         }
     }
 }
@@ -93,24 +87,6 @@ impl Snapshot {
         ctx: &Context,
     ) -> Result<Evaluation<'s>, EvalError> {
         let (ns, flag) = self.find(namespace, flag)?;
-        Ok(ns.evaluate_flag(flag, ctx))
-    }
-
-    /// Evaluates a flag the caller expects to be of type `expected`.
-    pub fn evaluate_as<'s>(
-        &'s self,
-        namespace: &str,
-        flag: &str,
-        expected: FlagType,
-        ctx: &Context,
-    ) -> Result<Evaluation<'s>, EvalError> {
-        let (ns, flag) = self.find(namespace, flag)?;
-        if flag.flag_type != expected {
-            return Err(EvalError::TypeMismatch {
-                expected,
-                actual: flag.flag_type,
-            });
-        }
         Ok(ns.evaluate_flag(flag, ctx))
     }
 

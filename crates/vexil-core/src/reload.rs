@@ -23,6 +23,7 @@ use crate::compile::{CompileOptions, FileCache};
 use crate::diag::{Diagnostic, Severity};
 use crate::diff::flag_changes;
 use crate::live::{Attempt, AttemptResult, Live};
+use crate::snapshot::Snapshot;
 use crate::source::{Fetched, Source, SourceError};
 
 /// Under a constant stream of events, read at the latest this long after the first.
@@ -36,12 +37,36 @@ const MAX_PANIC_PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default)]
 pub struct ReloadOptions {
+    /// Builds what a server derives from each snapshot (see `Snapshot::derived`), on the
+    /// reloader thread, before the snapshot is swapped in.
+    pub prepare: Option<Prepare>,
     /// Start even if the first read fails or is invalid, serving nothing until a good revision.
     /// `Reloader::start` then returns at once, and the first read happens on the reloader
     /// thread (a source that hangs must not hold up start-up).
     pub start_empty: bool,
     /// The date expiry warnings compare against; `None`: today (UTC) at each reload.
     pub today: Option<jiff::civil::Date>,
+}
+
+type PrepareFn = dyn Fn(&Snapshot, Option<&Snapshot>) -> Arc<dyn Any + Send + Sync> + Send + Sync;
+
+/// Derives a server's per-snapshot data from a new snapshot and the one it replaces (whose own
+/// derived data it may reuse, such as counters that must not restart).
+#[derive(Clone)]
+pub struct Prepare(Arc<PrepareFn>);
+
+impl Prepare {
+    pub fn new(
+        f: impl Fn(&Snapshot, Option<&Snapshot>) -> Arc<dyn Any + Send + Sync> + Send + Sync + 'static,
+    ) -> Prepare {
+        Prepare(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Prepare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepare(..)")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -514,6 +539,21 @@ impl Worker {
                 snapshot.revision = fetched.revision;
                 let changes = flag_changes(current.as_deref(), &snapshot);
                 let count = changes.len();
+                if let Some(prepare) = &self.options.prepare {
+                    let previous = current.as_deref();
+                    match catch_unwind(AssertUnwindSafe(|| (prepare.0)(&snapshot, previous))) {
+                        Ok(derived) => snapshot.derived = crate::snapshot::Derived(Some(derived)),
+                        Err(payload) => {
+                            self.note_panic();
+                            return AttemptResult::SourceError {
+                                message: format!(
+                                    "preparing the snapshot for serving panicked: {}",
+                                    panic_text(&*payload)
+                                ),
+                            };
+                        }
+                    }
+                }
                 self.live.swap(snapshot, changes, compiled.diagnostics);
                 AttemptResult::Swapped { changes: count }
             }

@@ -4,6 +4,8 @@
 //! (variant, segment) points inside its vectors; nothing in it changes after compilation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::any::Any;
+use std::sync::Arc;
 
 use crate::diag::Pos;
 
@@ -327,9 +329,27 @@ pub struct Snapshot {
     /// Sorted by name.
     pub(crate) namespaces: Vec<Namespace>,
     pub(crate) namespace_index: FastMap<Box<str>, usize>,
+    /// What a server derived from this snapshot (tables, serialised bodies), built by
+    /// `ReloadOptions::prepare` before the swap: readers never see the snapshot without it.
+    pub(crate) derived: Derived,
+}
+
+/// A server's per-snapshot data, opaque to the core.
+#[derive(Clone, Default)]
+pub(crate) struct Derived(pub(crate) Option<Arc<dyn Any + Send + Sync>>);
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Derived(..)" } else { "Derived(none)" })
+    }
 }
 
 impl Snapshot {
+    /// What `ReloadOptions::prepare` built for this snapshot, if it is a `T`.
+    pub fn derived<T: Any>(&self) -> Option<&T> {
+        self.derived.0.as_deref()?.downcast_ref()
+    }
+
     /// The revision id: a commit id for git sources, else a content hash of the files.
     pub fn revision(&self) -> &str {
         &self.revision
@@ -348,10 +368,6 @@ impl Snapshot {
     /// The position of a namespace in `namespaces()` (stable for the life of the snapshot).
     pub fn namespace_position(&self, name: &str) -> Option<usize> {
         self.namespace_index.get(name).copied()
-    }
-
-    pub fn flag(&self, namespace: &str, key: &str) -> Option<&Flag> {
-        self.namespace(namespace)?.flag(key)
     }
 
     pub fn flag_count(&self) -> usize {

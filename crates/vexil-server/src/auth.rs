@@ -1,11 +1,11 @@
-//! Optional bearer tokens: when any are configured, every RPC but health checks must carry
-//! `authorization: Bearer <token>`.
+//! Optional tokens: when any are configured, every gRPC call but health checks must carry
+//! `authorization: Bearer <token>`, and every HTTP front request one of the forms its clients
+//! send. The check itself is a layer (`layers::Gate`), attached once per port or front.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
-use tonic::{Request, Status};
 
 /// Accepted tokens, kept as SHA-256 digests (a lookup then compares digests, not secrets).
 #[derive(Clone, Default)]
@@ -84,28 +84,6 @@ impl Tokens {
         ["x-api-key", "flipper-cloud-token"]
             .into_iter()
             .any(|name| header(name).is_some_and(|t| self.accepts_token(Some(t))))
-    }
-
-    /// A tonic interceptor enforcing the tokens; `on_reject` is called for each refused call.
-    pub fn interceptor<F: Fn() + Clone + Send + Sync>(
-        &self,
-        on_reject: F,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + use<F> {
-        let tokens = self.clone();
-        move |req: Request<()>| {
-            let header = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if tokens.accepts(header) {
-                Ok(req)
-            } else {
-                on_reject();
-                Err(Status::unauthenticated(
-                    "missing or unknown bearer token: send `authorization: Bearer <token>`",
-                ))
-            }
-        }
     }
 }
 

@@ -1,127 +1,15 @@
-//! Conversions between the vexil.v1 messages and the core's types.
+//! Conversions from the core's types to the vexil.v1 messages (and OpenFeature's reasons).
 
 use std::time::SystemTime;
 
 use prost_types::value::Kind;
-use tonic::Status;
 use vexil_core::diff::FlagRef;
 use vexil_core::eval::Reason;
 use vexil_core::snapshot::{FlagType, Value};
-use vexil_core::{AttemptResult, AttrValue, Context, Diagnostic, Severity};
+use vexil_core::{AttemptResult, Diagnostic, Severity};
 
+use crate::evaluation::Error;
 use crate::proto;
-
-/// Bounds on what a request may carry.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// The largest request message accepted, in bytes.
-    pub max_message_bytes: usize,
-    /// The most flags one EvaluateBatch may name.
-    pub max_batch: usize,
-    /// How deeply context attributes may nest (lists and objects).
-    pub max_context_depth: usize,
-    /// The most attribute values (nested ones included) one context may carry.
-    pub max_context_values: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_message_bytes: 1 << 20,
-            max_batch: 1000,
-            max_context_depth: 8,
-            max_context_values: 1000,
-        }
-    }
-}
-
-/// The request context in core form; INVALID_ARGUMENT when it is too deep or too large.
-pub fn context(ctx: Option<proto::Context>, limits: &Limits) -> Result<Context, Status> {
-    let Some(ctx) = ctx else {
-        return Ok(Context::new());
-    };
-    let mut budget = limits.max_context_values;
-    let mut out = Context {
-        targeting_key: (!ctx.targeting_key.is_empty()).then_some(ctx.targeting_key),
-        attributes: Default::default(),
-    };
-    for (name, value) in ctx.attributes {
-        let value = attr(value, 1, limits.max_context_depth, &mut budget)?;
-        out.attributes.insert(name, value);
-    }
-    Ok(out)
-}
-
-/// An OpenFeature context (a Struct whose `targetingKey` is the targeting key) in core form.
-pub fn struct_context(
-    ctx: Option<prost_types::Struct>,
-    limits: &Limits,
-) -> Result<Context, Status> {
-    let Some(ctx) = ctx else {
-        return Ok(Context::new());
-    };
-    let mut budget = limits.max_context_values;
-    let mut out = Context::new();
-    for (name, value) in ctx.fields {
-        if name == "targetingKey" {
-            match value.kind {
-                Some(Kind::StringValue(s)) => out.targeting_key = Some(s),
-                None | Some(Kind::NullValue(_)) => {}
-                _ => return Err(Status::invalid_argument("targetingKey must be a string")),
-            }
-            continue;
-        }
-        let value = attr(value, 1, limits.max_context_depth, &mut budget)?;
-        out.attributes.insert(name, value);
-    }
-    Ok(out)
-}
-
-/// The same from JSON (OFREP); `None` when the context is not an object.
-pub fn json_context(ctx: &serde_json::Value, limits: &Limits) -> Result<Context, String> {
-    let serde_json::Value::Object(map) = ctx else {
-        return Err("the context must be a JSON object".into());
-    };
-    let mut out = Context::new();
-    let mut budget = limits.max_context_values;
-    for (name, value) in map {
-        if name == "targetingKey" {
-            match value {
-                serde_json::Value::String(s) => out.targeting_key = Some(s.clone()),
-                serde_json::Value::Null => {}
-                _ => return Err("targetingKey must be a string".into()),
-            }
-            continue;
-        }
-        json_budget(value, 1, limits.max_context_depth, &mut budget)?;
-        out.attributes
-            .insert(name.clone(), AttrValue::from_json(value));
-    }
-    Ok(out)
-}
-
-fn json_budget(
-    v: &serde_json::Value,
-    depth: usize,
-    max: usize,
-    budget: &mut usize,
-) -> Result<(), String> {
-    if depth > max {
-        return Err(format!("context attributes nest deeper than {max} levels"));
-    }
-    *budget = budget
-        .checked_sub(1)
-        .ok_or_else(|| "context has too many attribute values".to_owned())?;
-    match v {
-        serde_json::Value::Array(items) => items
-            .iter()
-            .try_for_each(|i| json_budget(i, depth + 1, max, budget)),
-        serde_json::Value::Object(m) => m
-            .values()
-            .try_for_each(|i| json_budget(i, depth + 1, max, budget)),
-        _ => Ok(()),
-    }
-}
 
 /// OpenFeature's reason for an evaluation: STATIC only when the answer cannot depend on the
 /// context (clients cache those), TARGETING_MATCH for any rule (splits included), DEFAULT,
@@ -135,42 +23,6 @@ pub fn openfeature_reason(r: Reason) -> &'static str {
     }
 }
 
-fn attr(
-    value: prost_types::Value,
-    depth: usize,
-    max_depth: usize,
-    budget: &mut usize,
-) -> Result<AttrValue, Status> {
-    if depth > max_depth {
-        return Err(Status::invalid_argument(format!(
-            "context attributes nest deeper than {max_depth} levels"
-        )));
-    }
-    *budget = budget.checked_sub(1).ok_or_else(|| {
-        Status::invalid_argument(
-            "context has too many attribute values (the limit is set by --max-context-values)",
-        )
-    })?;
-    Ok(match value.kind {
-        None | Some(Kind::NullValue(_)) => AttrValue::Null,
-        Some(Kind::BoolValue(b)) => AttrValue::Bool(b),
-        Some(Kind::NumberValue(n)) => AttrValue::Number(n),
-        Some(Kind::StringValue(s)) => AttrValue::String(s),
-        Some(Kind::ListValue(list)) => AttrValue::List(
-            list.values
-                .into_iter()
-                .map(|v| attr(v, depth + 1, max_depth, budget))
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(Kind::StructValue(s)) => AttrValue::Object(
-            s.fields
-                .into_iter()
-                .map(|(k, v)| Ok((k, attr(v, depth + 1, max_depth, budget)?)))
-                .collect::<Result<_, Status>>()?,
-        ),
-    })
-}
-
 pub fn flag_type(t: FlagType) -> proto::FlagType {
     match t {
         FlagType::Boolean => proto::FlagType::Boolean,
@@ -182,7 +34,7 @@ pub fn flag_type(t: FlagType) -> proto::FlagType {
 }
 
 /// The core type a request's `expected_type` names (`None`: any).
-pub fn expected_type(t: i32) -> Result<Option<FlagType>, Status> {
+pub fn expected_type(t: i32) -> Result<Option<FlagType>, Error> {
     Ok(match proto::FlagType::try_from(t) {
         Ok(proto::FlagType::Unspecified) => None,
         Ok(proto::FlagType::Boolean) => Some(FlagType::Boolean),
@@ -191,17 +43,9 @@ pub fn expected_type(t: i32) -> Result<Option<FlagType>, Status> {
         Ok(proto::FlagType::Float) => Some(FlagType::Float),
         Ok(proto::FlagType::Object) => Some(FlagType::Object),
         Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "unknown expected_type {t}"
-            )));
+            return Err(Error::BadRequest(format!("unknown expected_type {t}")));
         }
     })
-}
-
-/// Whether a flag of type `actual` may be read as `expected`: the same type, or an integer
-/// read as a float.
-pub fn type_fits(actual: FlagType, expected: FlagType) -> bool {
-    actual == expected || (actual == FlagType::Integer && expected == FlagType::Float)
 }
 
 pub fn reason(r: Reason) -> proto::Reason {

@@ -15,22 +15,21 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use prost_types::value::Kind;
 use prost_types::{Struct, Value as PValue};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use vexil_core::diff::FlagRef;
 use vexil_core::snapshot::{FlagType, Value};
-use vexil_core::{DEFAULT_NAMESPACE, Reason};
+use vexil_core::{ChangeEvent, DEFAULT_NAMESPACE, Reason};
 
+use crate::context;
 use crate::convert;
-use crate::metrics::Method;
-use crate::state::{AppState, Served};
-use crate::streams::{self, Delivery};
+use crate::evaluation::Error;
+use crate::pump::{self, Feed, Pace};
+use crate::state::AppState;
 
 #[allow(
     clippy::all,
@@ -62,24 +61,26 @@ enum Want {
 }
 
 impl Want {
-    fn accepts(self, t: FlagType) -> bool {
-        matches!(
-            (self, t),
-            (Want::Bool, FlagType::Boolean)
-                | (Want::String, FlagType::String)
-                | (Want::Float, FlagType::Float | FlagType::Integer)
-                | (Want::Int, FlagType::Integer)
-                | (Want::Object, FlagType::Object)
-        )
-    }
-
-    fn name(self) -> &'static str {
+    fn flag_type(self) -> FlagType {
         match self {
-            Want::Bool => "boolean",
-            Want::String => "string",
-            Want::Float => "float",
-            Want::Int => "integer",
-            Want::Object => "object",
+            Want::Bool => FlagType::Boolean,
+            Want::String => FlagType::String,
+            Want::Float => FlagType::Float,
+            Want::Int => FlagType::Integer,
+            Want::Object => FlagType::Object,
+        }
+    }
+}
+
+/// Every core error as a gRPC status: the one place this front words them.
+fn status(e: Error) -> Status {
+    let text = e.to_string();
+    match e {
+        Error::Unauthenticated => Status::unauthenticated(text),
+        Error::NoSnapshot => Status::unavailable(text),
+        Error::UnknownNamespace(_) | Error::FlagNotFound { .. } => Status::not_found(text),
+        Error::TypeMismatch { .. } | Error::InvalidContext(_) | Error::BadRequest(_) => {
+            Status::invalid_argument(text)
         }
     }
 }
@@ -104,12 +105,6 @@ impl FlagdApi {
         FlagdApi { state }
     }
 
-    fn served(&self) -> Result<Arc<Served>, Status> {
-        self.state
-            .served()
-            .ok_or_else(|| Status::unavailable("no valid flag snapshot loaded yet"))
-    }
-
     fn resolve(
         &self,
         meta: &MetadataMap,
@@ -117,15 +112,7 @@ impl FlagdApi {
         context: Option<Struct>,
         want: Want,
     ) -> Result<Answer, Status> {
-        let start = Instant::now();
-        let result = self.resolve_inner(meta, key, context, want);
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state
-            .metrics
-            .observe(Method::FlagdResolve, start.elapsed(), code);
-        result
+        self.resolve_inner(meta, key, context, want).map_err(status)
     }
 
     fn resolve_inner(
@@ -134,66 +121,47 @@ impl FlagdApi {
         key: &str,
         context: Option<Struct>,
         want: Want,
-    ) -> Result<Answer, Status> {
-        let served = self.served()?;
-        let ctx = convert::struct_context(context, &self.state.options.limits)?;
+    ) -> Result<Answer, Error> {
+        let current = self.state.current();
+        let served = current.served()?;
+        let ctx = context::from_struct(context, &self.state.options.limits)?;
         let ns_name = namespace(meta);
-        let snapshot = &served.snapshot;
-        let ni = snapshot
-            .namespace_position(&ns_name)
-            .ok_or_else(|| Status::not_found(format!("flag set `{ns_name}` not found")))?;
-        let ns = snapshot
-            .namespaces()
-            .get(ni)
-            // Unreachable on a compiled snapshot (positions come from its own index).
-            .ok_or_else(|| Status::data_loss("the snapshot's namespace index is inconsistent"))?;
-        let (fi, flag) = ns
-            .flag_position(key)
-            .and_then(|i| ns.flags.get(i).map(|f| (i, f)))
-            .ok_or_else(|| {
-                Status::not_found(format!("flag `{key}` not found in flag set `{ns_name}`"))
-            })?;
-        if !want.accepts(flag.flag_type) {
-            return Err(Status::invalid_argument(format!(
-                "flag `{key}` is {}, not {}",
-                flag.flag_type.as_str(),
-                want.name()
-            )));
-        }
-        let eval = ns.evaluate_flag(flag, &ctx);
-        served.counters.record(ni, fi, eval.reason);
+        let (found, eval) = served.evaluate(&ns_name, key, Some(want.flag_type()), &ctx)?;
         let value = match (want, &eval.variant.value) {
             // An integer flag read as a float.
             (Want::Float, Value::Integer(i)) => Value::Float(*i as f64),
             (_, v) => v.clone(),
         };
-        let mut metadata = Struct::default();
-        metadata.fields.insert(
-            "flagSetId".into(),
-            PValue {
-                kind: Some(Kind::StringValue(ns_name.clone())),
-            },
-        );
-        // OpenFeature metadata values are scalars: nested ones are left out.
-        for (k, v) in &flag.metadata {
-            let scalar = matches!(
-                v,
-                serde_json::Value::Bool(_)
-                    | serde_json::Value::Number(_)
-                    | serde_json::Value::String(_)
-            );
-            if scalar {
-                metadata.fields.insert(k.clone(), convert::json_value(v));
-            }
-        }
         Ok(Answer {
             value,
             variant: eval.variant.name.to_string(),
             reason: convert::openfeature_reason(eval.reason),
             disabled: eval.reason == Reason::Disabled,
-            metadata,
+            metadata: metadata(&ns_name, found.flag),
         })
     }
+}
+
+/// `flagSetId` and the flag's scalar metadata (OpenFeature metadata values are scalars:
+/// nested ones are left out).
+fn metadata(namespace: &str, flag: &vexil_core::Flag) -> Struct {
+    let mut metadata = Struct::default();
+    metadata.fields.insert(
+        "flagSetId".into(),
+        PValue {
+            kind: Some(Kind::StringValue(namespace.to_owned())),
+        },
+    );
+    for (k, v) in &flag.metadata {
+        let scalar = matches!(
+            v,
+            serde_json::Value::Bool(_) | serde_json::Value::Number(_) | serde_json::Value::String(_)
+        );
+        if scalar {
+            metadata.fields.insert(k.clone(), convert::json_value(v));
+        }
+    }
+    metadata
 }
 
 /// The namespace a `flagd-selector` names (`flagSetId=x`, `source=x` or `x`), if any.
@@ -248,26 +216,6 @@ fn object_of(v: &Value) -> Struct {
 /// What an EventStream sends: (type, data).
 type Event = (&'static str, Struct);
 
-/// `data.flags.{key}.type` for a change event, for the stream's namespace (`None`: every
-/// namespace, for streams opened without a selector: Node's provider opens its stream without
-/// one even when its Resolve calls carry one, and an extra eviction is harmless).
-fn change_data(change: &vexil_core::ChangeEvent, namespace: Option<&str>) -> Option<Struct> {
-    let lists = [
-        (&change.changes.added, "write"),
-        (&change.changes.changed, "update"),
-        (&change.changes.removed, "delete"),
-    ];
-    let entries: Vec<(String, &'static str)> = lists
-        .into_iter()
-        .flat_map(|(refs, kind)| {
-            refs.iter()
-                .filter(|r| namespace.is_none_or(|ns| *r.namespace == *ns))
-                .map(move |r| (r.key.to_string(), kind))
-        })
-        .collect();
-    (!entries.is_empty()).then(|| flags_data(entries))
-}
-
 fn flags_data(entries: impl IntoIterator<Item = (String, &'static str)>) -> Struct {
     let mut flags = Struct::default();
     for (key, kind) in entries {
@@ -295,102 +243,102 @@ fn flags_data(entries: impl IntoIterator<Item = (String, &'static str)>) -> Stru
     data
 }
 
-/// The next event of an EventStream: a change stays the shared broadcast event until the
-/// stream has room for it (see `streams`).
-enum PendingEvent {
-    Ready(Event),
-    Change(Arc<vexil_core::ChangeEvent>),
+/// What an EventStream says: `provider_ready` once a snapshot is served, a
+/// `configuration_change` naming the flags written, updated and deleted by each swap that
+/// touches the stream's namespace (every namespace for streams opened without a selector: Node's
+/// provider opens its stream without one even when its Resolve calls carry one, and an extra
+/// eviction is harmless), `keep_alive`, and `provider_shutdown`.
+struct FlagdFeed {
+    namespace: Option<String>,
+    /// What this client may have cached: the flags of the snapshot it last synced to (a shared
+    /// key list, not the snapshot) plus those added since. After falling behind, the ones gone
+    /// are named as deleted.
+    known: Option<Arc<[FlagRef]>>,
+    added_since: BTreeSet<FlagRef>,
 }
 
-/// Feeds one EventStream until the client leaves, stops reading, or the server shuts down.
-async fn event_loop(
-    state: Arc<AppState>,
-    namespace: Option<String>,
-    tx: tokio::sync::mpsc::Sender<Event>,
-) {
-    let mut events = state.events.subscribe();
-    let mut shutdown = state.shutdown.subscribe();
-    let mut ready = state.ready.subscribe();
-    let keep_alive = state.options.flagd_keep_alive;
-    let stall = state.options.stalled_stream_timeout;
-    // Ready only once something can be served (resolutions fail before that).
-    tokio::select! {
-        _ = shutdown.wait_for(|d| *d) => return,
-        () = tx.closed() => return,
-        r = ready.wait_for(|r| *r) => if r.is_err() { return },
+impl FlagdFeed {
+    fn in_scope(&self, r: &FlagRef) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| *r.namespace == *ns)
     }
-    // What this client may have cached: the flags of the snapshot it last synced to (a shared
-    // key list, not the snapshot) plus those added since. After falling behind, the ones gone
-    // are named as deleted.
-    let mut known = state.served().map(|s| Arc::clone(&s.keys));
-    let mut added_since: BTreeSet<FlagRef> = BTreeSet::new();
-    let in_scope = |r: &&FlagRef| namespace.as_deref().is_none_or(|ns| *r.namespace == *ns);
-    let mut pending = Some(PendingEvent::Ready(("provider_ready", Struct::default())));
-    let mut next_beat = tokio::time::Instant::now() + keep_alive;
-    loop {
-        if let Some(event) = pending.take() {
-            let make = || match event {
-                PendingEvent::Ready(event) => event,
-                PendingEvent::Change(change) => (
-                    "configuration_change",
-                    change_data(&change, namespace.as_deref()).unwrap_or_default(),
-                ),
-            };
-            match streams::deliver(&tx, make, &mut shutdown, stall).await {
-                Delivery::Sent => {}
-                Delivery::ShuttingDown => break,
-                Delivery::Stalled => return state.metrics.stream_stalled(),
-                Delivery::Gone => return,
-            }
-            next_beat = tokio::time::Instant::now() + keep_alive;
-            continue;
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|d| *d) => break,
-            () = tx.closed() => return,
-            () = tokio::time::sleep_until(next_beat) => {
-                pending = Some(PendingEvent::Ready(("keep_alive", Struct::default())));
-            }
-            received = events.recv() => match received {
-                Ok(change) => {
-                    // A set: a key added and removed over and over is kept once.
-                    added_since.extend(change.changes.added.iter().filter(in_scope).cloned());
-                    let lists = [&change.changes.added, &change.changes.changed, &change.changes.removed];
-                    if lists.iter().any(|refs| refs.iter().any(|r| in_scope(&r))) {
-                        pending = Some(PendingEvent::Change(change));
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    // Fell behind: every flag may have changed, and some may be gone.
-                    events = events.resubscribe();
-                    let current = state.served().map(|s| Arc::clone(&s.keys));
-                    let now: BTreeSet<&FlagRef> =
-                        current.iter().flat_map(|k| k.iter()).filter(in_scope).collect();
-                    let before: BTreeSet<&FlagRef> = known
-                        .iter()
-                        .flat_map(|k| k.iter())
-                        .chain(&added_since)
-                        .filter(in_scope)
-                        .collect();
-                    let entries = now
-                        .iter()
-                        .map(|r| (r.key.to_string(), "update"))
-                        .chain(before.difference(&now).map(|r| (r.key.to_string(), "delete")))
-                        .collect::<Vec<_>>();
-                    pending = Some(PendingEvent::Ready(("configuration_change", flags_data(entries))));
-                    known = current;
-                    added_since.clear();
-                }
-                Err(RecvError::Closed) => break,
-            },
-        }
+}
+
+fn served_keys(state: &AppState) -> Option<Arc<[FlagRef]>> {
+    let current = state.current();
+    current.served().ok().map(|s| Arc::clone(&s.derived.keys))
+}
+
+impl Feed for FlagdFeed {
+    type Event = Event;
+
+    fn opening(&mut self) -> Event {
+        ("provider_ready", Struct::default())
     }
-    // Shutting down: say so, waiting a little for a slow client but not forever.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        tx.send(("provider_shutdown", Struct::default())),
-    )
-    .await;
+
+    fn heartbeat(&mut self) -> Event {
+        ("keep_alive", Struct::default())
+    }
+
+    fn wants(&mut self, change: &ChangeEvent) -> bool {
+        // A set: a key added and removed over and over is kept once.
+        let added: Vec<FlagRef> = change
+            .changes
+            .added
+            .iter()
+            .filter(|r| self.in_scope(r))
+            .cloned()
+            .collect();
+        self.added_since.extend(added);
+        let lists = [&change.changes.added, &change.changes.changed, &change.changes.removed];
+        lists.iter().any(|refs| refs.iter().any(|r| self.in_scope(r)))
+    }
+
+    fn change(&mut self, change: &ChangeEvent) -> Event {
+        let lists = [
+            (&change.changes.added, "write"),
+            (&change.changes.changed, "update"),
+            (&change.changes.removed, "delete"),
+        ];
+        let entries: Vec<(String, &'static str)> = lists
+            .into_iter()
+            .flat_map(|(refs, kind)| {
+                refs.iter()
+                    .filter(|r| self.in_scope(r))
+                    .map(move |r| (r.key.to_string(), kind))
+            })
+            .collect();
+        ("configuration_change", flags_data(entries))
+    }
+
+    fn resync(&mut self, state: &AppState) -> Option<Event> {
+        // Fell behind: every flag may have changed, and some may be gone.
+        let current = served_keys(state);
+        let now: BTreeSet<&FlagRef> = current
+            .iter()
+            .flat_map(|k| k.iter())
+            .filter(|r| self.in_scope(r))
+            .collect();
+        let before: BTreeSet<&FlagRef> = self
+            .known
+            .iter()
+            .flat_map(|k| k.iter())
+            .chain(&self.added_since)
+            .filter(|r| self.in_scope(r))
+            .collect();
+        let entries = now
+            .iter()
+            .map(|r| (r.key.to_string(), "update"))
+            .chain(before.difference(&now).map(|r| (r.key.to_string(), "delete")))
+            .collect::<Vec<_>>();
+        let event = ("configuration_change", flags_data(entries));
+        self.known = current;
+        self.added_since.clear();
+        Some(event)
+    }
+
+    fn closing(&mut self) -> Option<Event> {
+        Some(("provider_shutdown", Struct::default()))
+    }
 }
 
 fn open_stream<T: Send + 'static>(
@@ -398,8 +346,18 @@ fn open_stream<T: Send + 'static>(
     meta: &MetadataMap,
     wrap: fn(Event) -> T,
 ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(streams::STREAM_BUFFER);
-    tokio::spawn(event_loop(Arc::clone(state), selected(meta), tx));
+    let events = state.events.subscribe();
+    let feed = FlagdFeed {
+        namespace: selected(meta),
+        known: served_keys(state),
+        added_since: BTreeSet::new(),
+    };
+    let pace = Pace {
+        heartbeat: state.options.flagd_keep_alive,
+        wait_ready: true,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(pump::STREAM_BUFFER);
+    tokio::spawn(pump::pump(Arc::clone(state), events, feed, pace, tx));
     Box::pin(tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         move |e| Ok(wrap(e)),
@@ -676,38 +634,32 @@ impl v1::service_server::Service for FlagdApi {
         request: Request<v1::ResolveAllRequest>,
     ) -> Result<Response<v1::ResolveAllResponse>, Status> {
         let (meta, _, r) = request.into_parts();
-        let served = self.served()?;
+        let current = self.state.current();
+        let served = current.served().map_err(status)?;
         let ns_name = namespace(&meta);
-        let ns = served
-            .snapshot
-            .namespace(&ns_name)
-            .ok_or_else(|| Status::not_found(format!("flag set `{ns_name}` not found")))?;
-        let ctx = convert::struct_context(r.context, &self.state.options.limits)?;
-        let start = Instant::now();
+        let ctx = context::from_struct(r.context, &self.state.options.limits).map_err(status)?;
         let mut out = v1::ResolveAllResponse::default();
         // As flagd does, disabled flags are left out (the client uses its code default).
-        for flag in ns.flags.iter().filter(|f| f.enabled) {
-            let eval = ns.evaluate_flag(flag, &ctx);
-            let value = match &eval.variant.value {
-                Value::Bool(b) => v1::any_flag::Value::BoolValue(*b),
-                Value::String(s) => v1::any_flag::Value::StringValue(s.to_string()),
-                Value::Integer(i) => v1::any_flag::Value::DoubleValue(*i as f64),
-                Value::Float(f) => v1::any_flag::Value::DoubleValue(*f),
-                Value::Object(o) => v1::any_flag::Value::ObjectValue(convert::json_struct(o)),
-            };
-            out.flags.insert(
-                flag.key.to_string(),
-                v1::AnyFlag {
-                    reason: convert::openfeature_reason(eval.reason).to_owned(),
-                    variant: eval.variant.name.to_string(),
-                    value: Some(value),
-                    metadata: None,
-                },
-            );
-        }
-        self.state
-            .metrics
-            .observe(Method::FlagdResolve, start.elapsed(), tonic::Code::Ok);
+        served
+            .evaluate_all(&ns_name, &ctx, |f| f.enabled, |found, eval| {
+                let value = match &eval.variant.value {
+                    Value::Bool(b) => v1::any_flag::Value::BoolValue(*b),
+                    Value::String(s) => v1::any_flag::Value::StringValue(s.to_string()),
+                    Value::Integer(i) => v1::any_flag::Value::DoubleValue(*i as f64),
+                    Value::Float(f) => v1::any_flag::Value::DoubleValue(*f),
+                    Value::Object(o) => v1::any_flag::Value::ObjectValue(convert::json_struct(o)),
+                };
+                out.flags.insert(
+                    found.flag.key.to_string(),
+                    v1::AnyFlag {
+                        reason: convert::openfeature_reason(eval.reason).to_owned(),
+                        variant: eval.variant.name.to_string(),
+                        value: Some(value),
+                        metadata: None,
+                    },
+                );
+            })
+            .map_err(status)?;
         Ok(Response::new(out))
     }
 

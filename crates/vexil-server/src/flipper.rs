@@ -4,7 +4,8 @@
 //! `GET /features` (`keys=`, `exclude_gates=`, `exclude_gate_names=`), `GET /features/{name}`
 //! and `GET /actors/{flipper_id}` (evaluated by Vexil). Every other method answers 405 with
 //! Flipper's error JSON naming where the flags live. Bodies and ETags come from the
-//! per-snapshot tables (`mirrors.rs`); only `keys=` bodies are assembled per request.
+//! per-snapshot tables (`mirrors.rs`); only `keys=` bodies are assembled per request. Tokens
+//! and metrics are the front's layer's (`http::front`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,19 +19,16 @@ use serde_json::json;
 use vexil_core::{FlagType, Value};
 use vexil_mirror::flipper::Form;
 
-use crate::Tokens;
-use crate::mirrors::{Body, FLIPPER_HEAD, FLIPPER_TAIL, Refusal, admit, join, namespace_of};
+use crate::conditional::Body;
+use crate::evaluation::Error;
+use crate::mirrors::{FLIPPER_HEAD, FLIPPER_TAIL, admit, join};
 use crate::state::AppState;
 
 const MORE_INFO: &str = "https://flippercloud.io/docs/api#error-code-reference";
 
-#[derive(Debug, Clone)]
-struct Flipper {
-    state: Arc<AppState>,
-    tokens: Tokens,
-}
+type Flipper = Arc<AppState>;
 
-pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new();
     for prefix in ["/flipper/api", "/ns/{namespace}/flipper/api"] {
         router = router
@@ -50,7 +48,20 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
             .route(&format!("{prefix}/"), any(unknown))
             .route(prefix, any(unknown));
     }
-    router.with_state(Flipper { state, tokens })
+    router.with_state(state)
+}
+
+/// The metrics name of a matched route.
+pub fn method(path: &str) -> &'static str {
+    if path.ends_with("/features") {
+        "features"
+    } else if path.contains("/features/") {
+        "feature"
+    } else if path.contains("/actors/") {
+        "actor"
+    } else {
+        "other"
+    }
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
@@ -62,27 +73,28 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
         .into_response()
 }
 
-/// A refused read, in Flipper's error format.
-fn refused(why: Refusal, params: &HashMap<String, String>) -> Response {
-    match why {
-        Refusal::Unauthorized => error(
+/// Every core error in Flipper's error format: the one place this front words them.
+pub fn refused(e: &Error) -> Response {
+    match e {
+        Error::Unauthenticated => error(
             StatusCode::UNAUTHORIZED,
             401,
             "Missing or unknown token: configure the Flipper HTTP adapter with basic auth (the token as password) or an `Authorization: Bearer <token>` header.",
         ),
-        Refusal::NoSnapshot => error(
+        Error::NoSnapshot => error(
             StatusCode::SERVICE_UNAVAILABLE,
             503,
             "No valid flag snapshot yet: the flag repository has not been read successfully.",
         ),
-        Refusal::UnknownNamespace => error(
+        Error::UnknownNamespace(namespace) => error(
             StatusCode::NOT_FOUND,
             404,
-            &format!(
-                "Namespace `{}` not found: no flag file declares it.",
-                namespace_of(params)
-            ),
+            &format!("Namespace `{namespace}` not found: no flag file declares it."),
         ),
+        Error::FlagNotFound { .. } => error(StatusCode::NOT_FOUND, 1, "Feature not found."),
+        Error::TypeMismatch { .. } | Error::InvalidContext(_) | Error::BadRequest(_) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, 4, &e.to_string())
+        }
     }
 }
 
@@ -146,7 +158,7 @@ fn form_index(form: Form) -> usize {
 fn extra(f: &Flipper) -> [(&'static str, HeaderValue); 1] {
     [(
         "poll-interval",
-        HeaderValue::from(f.state.options.flipper_poll_interval.as_secs()),
+        HeaderValue::from(f.options.flipper_poll_interval.as_secs()),
     )]
 }
 
@@ -156,12 +168,13 @@ async fn features(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match admit(&f.state, &f.tokens, &headers, &params) {
+    let current = f.current();
+    let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(why) => return refused(why, &params),
+        Err(e) => return refused(&e),
     };
-    let Some(table) = served.mirrors.flipper.get(namespace) else {
-        return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
+    let Some(table) = served.derived.mirrors.flipper.get(namespace) else {
+        return refused(&Error::UnknownNamespace(namespace.to_owned()));
     };
     let query = Query::parse(raw.as_deref());
     let form = form_index(query.form());
@@ -188,13 +201,15 @@ async fn feature(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match admit(&f.state, &f.tokens, &headers, &params) {
+    let current = f.current();
+    let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(why) => return refused(why, &params),
+        Err(e) => return refused(&e),
     };
     let name = params.get("name").map_or("", String::as_str);
     let form = form_index(Query::parse(raw.as_deref()).form());
     match served
+        .derived
         .mirrors
         .flipper
         .get(namespace)
@@ -202,7 +217,10 @@ async fn feature(
         .and_then(|bodies| bodies.get(form))
     {
         Some(body) => body.respond(&headers, &extra(&f)),
-        None => error(StatusCode::NOT_FOUND, 1, "Feature not found."),
+        None => refused(&Error::FlagNotFound {
+            namespace: namespace.to_owned(),
+            flag: name.to_owned(),
+        }),
     }
 }
 
@@ -214,12 +232,10 @@ async fn actor(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match admit(&f.state, &f.tokens, &headers, &params) {
+    let current = f.current();
+    let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(why) => return refused(why, &params),
-    };
-    let Some(ns) = served.snapshot.namespace(namespace) else {
-        return error(StatusCode::NOT_FOUND, 404, "Namespace not found.");
+        Err(e) => return refused(&e),
     };
     let id = params.get("flipper_id").map_or("", String::as_str);
     if id.is_empty() {
@@ -230,46 +246,40 @@ async fn actor(
         );
     }
     let ctx = vexil_core::Context::with_key(id);
-    let enabled = |key: &str| {
-        ns.flag(key)
-            .filter(|flag| flag.flag_type == FlagType::Boolean)
-            .is_some_and(|flag| {
-                matches!(
-                    ns.evaluate_flag(flag, &ctx).variant.value,
-                    Value::Bool(true)
-                )
-            })
-    };
+    let on = |value: &Value| matches!(value, Value::Bool(true));
     let mut features = serde_json::Map::new();
     match Query::parse(raw.as_deref()).keys {
         Some(keys) => {
             for key in keys {
-                let on = enabled(&key);
-                features.insert(key, json!({ "enabled": on }));
+                // Unknown and non-boolean flags are off.
+                let enabled = served
+                    .evaluate(namespace, &key, Some(FlagType::Boolean), &ctx)
+                    .is_ok_and(|(_, eval)| on(&eval.variant.value));
+                features.insert(key, json!({ "enabled": enabled }));
             }
         }
         None => {
-            for flag in ns.flags.iter().filter(|f| f.flag_type == FlagType::Boolean) {
+            let boolean = |flag: &vexil_core::Flag| flag.flag_type == FlagType::Boolean;
+            let each = |found: crate::evaluation::Found<'_>, eval: vexil_core::Evaluation<'_>| {
                 features.insert(
-                    flag.key.to_string(),
-                    json!({ "enabled": enabled(&flag.key) }),
+                    found.flag.key.to_string(),
+                    json!({ "enabled": on(&eval.variant.value) }),
                 );
+            };
+            if let Err(e) = served.evaluate_all(namespace, &ctx, boolean, each) {
+                return refused(&e);
             }
         }
     }
     Body::json(&json!({ "flipper_id": id, "features": features })).respond(&headers, &extra(&f))
 }
 
-/// Any write: 405, saying where the flags live and how to change them (only to a caller with
-/// a token, when tokens are configured: the message names the source).
-async fn refuse(State(f): State<Flipper>, method: Method, headers: HeaderMap) -> Response {
-    if !f.tokens.accepts_http(&headers) {
-        f.state.metrics.unauthenticated();
-        return refused(Refusal::Unauthorized, &HashMap::new());
-    }
+/// Any write: 405, saying where the flags live and how to change them (the layer lets only a
+/// caller with a token this far, when tokens are configured: the message names the source).
+async fn refuse(State(f): State<Flipper>, method: Method) -> Response {
     let message = format!(
         "This Flipper API is a read-only mirror served by Vexil: {method} is not allowed. The flags are managed in git ({}); to change one, edit its YAML flag file there and merge a pull request, and this server picks up the new commit.",
-        f.state.options.source
+        f.options.source
     );
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, 405, &message);
     response
@@ -280,7 +290,7 @@ async fn refuse(State(f): State<Flipper>, method: Method, headers: HeaderMap) ->
 
 /// Paths of the API that are not routes: writes (`POST /import`, ...) are refused with 405,
 /// anything else is Flipper's 404 `{}`.
-async fn unknown(state: State<Flipper>, method: Method, headers: HeaderMap) -> Response {
+async fn unknown(state: State<Flipper>, method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return (
             StatusCode::NOT_FOUND,
@@ -289,5 +299,5 @@ async fn unknown(state: State<Flipper>, method: Method, headers: HeaderMap) -> R
         )
             .into_response();
     }
-    refuse(state, method, headers).await
+    refuse(state, method).await
 }

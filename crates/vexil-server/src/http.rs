@@ -1,32 +1,110 @@
-//! The HTTP port: Prometheus metrics and the probes (`/healthz`: the process answers;
-//! `/readyz`: a snapshot is served and the server is not shutting down), and OFREP (`ofrep`).
+//! The HTTP port: the probes (`/healthz`: the process answers; `/readyz`: a snapshot is served
+//! and the server is not shutting down), Prometheus metrics, and the fronts (OFREP, the
+//! Flipper and Unleash mirrors, `/mirrors/diagnostics`), each behind its one `Gate` layer
+//! (tokens, metrics), attached once in `router`.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{MatchedPath, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::auth::Tokens;
+use crate::evaluation::Error;
+use crate::layers::{GateLayer, Rules};
+use crate::metrics::{Code, Endpoint, Front, ReloadFigures, Scrape};
 use crate::state::AppState;
 
-/// The HTTP port: probes and metrics (never behind tokens), and OFREP (behind them).
-pub fn router(state: Arc<AppState>, tokens: crate::Tokens) -> Router {
+/// Tokens and metrics for one HTTP front.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontRules {
+    front: Front,
+    /// Whether the front needs a token (when tokens are configured).
+    guarded: bool,
+}
+
+impl FrontRules {
+    fn method(self, path: &str) -> &'static str {
+        match self.front {
+            Front::Ofrep => crate::ofrep::method(path),
+            Front::Flipper => crate::flipper::method(path),
+            Front::Unleash => crate::unleash::method(path),
+            Front::Vexil | Front::Flagd | Front::Http => {
+                if path == "/metrics" {
+                    "metrics"
+                } else if path == "/mirrors/diagnostics" {
+                    "diagnostics"
+                } else {
+                    "other"
+                }
+            }
+        }
+    }
+}
+
+impl Rules for FrontRules {
+    type Body = axum::body::Body;
+
+    fn classify<B>(&self, request: &Request<B>) -> Option<(Endpoint, bool)> {
+        let path = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| request.uri().path(), MatchedPath::as_str);
+        Some((Endpoint::of(self.front, self.method(path)), self.guarded))
+    }
+
+    /// Every form a client can be set up to send (see `Tokens::accepts_http`).
+    fn authorized(&self, tokens: &Tokens, headers: &HeaderMap) -> bool {
+        tokens.accepts_http(headers)
+    }
+
+    fn refuse<B>(&self, _endpoint: Endpoint, request: &Request<B>) -> Response {
+        let e = Error::Unauthenticated;
+        match self.front {
+            Front::Ofrep => crate::ofrep::error(&e, crate::ofrep::key_of(request.uri().path())),
+            Front::Flipper => crate::flipper::refused(&e),
+            Front::Unleash => crate::unleash::refused(&e),
+            Front::Vexil | Front::Flagd | Front::Http => {
+                (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
+            }
+        }
+    }
+
+    fn code(&self, response: &Response) -> Code {
+        Code::http(response.status())
+    }
+}
+
+/// The HTTP port's router.
+pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     let max_body = state.options.limits.max_message_bytes;
-    Router::new()
+    let front = |router: Router, front: Front, guarded: bool| {
+        let rules = FrontRules { front, guarded };
+        router.layer(GateLayer::new(
+            rules,
+            tokens.clone(),
+            Arc::clone(&state.metrics),
+        ))
+    };
+    let own = Router::new()
+        .route("/mirrors/diagnostics", get(mirror_diagnostics))
+        .with_state(Arc::clone(&state));
+    let metrics = Router::new()
         .route("/metrics", get(metrics))
-        .with_state((Arc::clone(&state), tokens.clone()))
+        .with_state(Arc::clone(&state));
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Arc::clone(&state))
-        .merge(crate::ofrep::router(Arc::clone(&state), tokens.clone()))
-        .merge(crate::flipper::router(Arc::clone(&state), tokens.clone()))
-        .merge(crate::unleash::router(Arc::clone(&state), tokens.clone()))
-        .route(
-            "/mirrors/diagnostics",
-            get(move |headers: axum::http::HeaderMap| mirror_diagnostics(state, tokens, headers)),
-        )
+        .merge(front(crate::ofrep::router(Arc::clone(&state)), Front::Ofrep, true))
+        .merge(front(crate::flipper::router(Arc::clone(&state)), Front::Flipper, true))
+        .merge(front(crate::unleash::router(Arc::clone(&state)), Front::Unleash, true))
+        .merge(front(own, Front::Http, true))
+        // Metrics name flags and the commit served: behind the tokens, when there are any,
+        // unless `--public-metrics` (Prometheus sends `authorization` from its scrape config).
+        .merge(front(metrics, Front::Http, !state.options.public_metrics))
         // One body limit for every route: a declared length over it is refused before the
         // handler runs (even one that ignores bodies), and extractors stop reading at it.
         .layer(axum::middleware::from_fn_with_state(
@@ -40,7 +118,7 @@ async fn refuse_large_bodies(
     State(max): State<usize>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
-) -> axum::response::Response {
+) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -56,52 +134,28 @@ async fn refuse_large_bodies(
     next.run(request).await
 }
 
-/// A request without a valid token, counted.
-fn unauthorized(state: &AppState) -> axum::response::Response {
-    state.metrics.unauthenticated();
-    (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
-}
-
 /// Every flag a mirror exports inexactly or leaves out, and why (behind tokens: it names flags).
-async fn mirror_diagnostics(
-    state: Arc<AppState>,
-    tokens: crate::Tokens,
-    headers: axum::http::HeaderMap,
-) -> axum::response::Response {
-    if !tokens.accepts_http(&headers) {
-        return unauthorized(&state);
-    }
-    match state.served() {
-        Some(served) => served.mirrors.diagnostics.respond(&headers, &[]),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no valid flag snapshot yet\n",
-        )
-            .into_response(),
+async fn mirror_diagnostics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let current = state.current();
+    match current.served() {
+        Ok(served) => served.derived.mirrors.diagnostics.respond(&headers, &[]),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 
-/// Metrics name flags and the commit served: behind the tokens, when there are any, unless
-/// `--public-metrics` (Prometheus sends `authorization` from its scrape config).
-async fn metrics(
-    State((state, tokens)): State<(Arc<AppState>, crate::Tokens)>,
-    headers: axum::http::HeaderMap,
-) -> axum::response::Response {
-    if !state.options.public_metrics && !tokens.accepts_http(&headers) {
-        return unauthorized(&state);
-    }
-    let served = state.served();
-    let counters = served.as_ref().map(|s| &s.counters);
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let healthy = state.reader_health().is_ok();
-    let body = state
-        .live
-        .inspect(|status| state.metrics.render(counters, status, healthy));
+    let scrape = Scrape {
+        metrics: Arc::clone(&state.metrics),
+        snapshot: state.current().snapshot(),
+        reload: state.live.inspect(|status| ReloadFigures::of(status, healthy)),
+    };
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        scrape.render(),
     )
         .into_response()
 }
@@ -120,32 +174,32 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
             format!("not ready: {why}\n"),
         );
     }
-    match state.served() {
-        Some(served) => (
+    if let Some(revision) = state.revision() {
+        return (
             StatusCode::OK,
-            format!("ready: serving revision {}\n", served.snapshot.revision()),
-        ),
-        None => {
-            let status = state.live.status();
-            let why = status
-                .last_error
-                .map(|a| match a.result {
-                    vexil_core::AttemptResult::Invalid { diagnostics } => format!(
-                        "the source is invalid ({} diagnostics, first: {})",
-                        diagnostics.len(),
-                        diagnostics
-                            .first()
-                            .map(ToString::to_string)
-                            .unwrap_or_default()
-                    ),
-                    vexil_core::AttemptResult::SourceError { message } => message,
-                    _ => String::new(),
-                })
-                .unwrap_or_else(|| "waiting for the first read".into());
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: no valid flag snapshot yet: {why}\n"),
-            )
-        }
+            format!("ready: serving revision {revision}\n"),
+        );
     }
+    let why = state.live.inspect(|status| {
+        status
+            .last_error
+            .as_ref()
+            .map(|a| match &a.result {
+                vexil_core::AttemptResult::Invalid { diagnostics } => format!(
+                    "the source is invalid ({} diagnostics, first: {})",
+                    diagnostics.len(),
+                    diagnostics
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+                vexil_core::AttemptResult::SourceError { message } => message.clone(),
+                _ => String::new(),
+            })
+            .unwrap_or_else(|| "waiting for the first read".into())
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {}: {why}\n", Error::NoSnapshot),
+    )
 }

@@ -1,23 +1,30 @@
-//! Vexil's servers: the vexil.v1 gRPC API (with grpc.health.v1 and server reflection, optional
-//! bearer tokens and TLS) and the HTTP port (Prometheus metrics, health and readiness probes).
+//! Vexil's servers: the gRPC port (vexil.v1, flagd's evaluation API, grpc.health.v1 and server
+//! reflection) and the HTTP port (OFREP, the Flipper and Unleash mirrors, Prometheus metrics,
+//! health and readiness probes), with optional tokens and TLS.
 //!
-//! Routers are built by functions (`grpc_routes`, `http::router`) that tests can drive; `serve`
-//! runs both on listeners the caller bound, until a shutdown signal, then drains.
+//! Every front goes through one evaluation core (`evaluation`) and one gate layer for tokens
+//! and metrics (`layers`). Services are built by functions (`grpc_service`, `http::router`)
+//! that tests can drive; `serve` runs both on listeners the caller bound, until a shutdown
+//! signal, then drains.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 mod codec;
+pub mod conditional;
 pub mod conn;
+pub mod context;
 pub mod convert;
+pub mod evaluation;
 pub mod flagd;
 pub mod flipper;
 pub mod grpc;
 pub mod http;
+pub mod layers;
 pub mod metrics;
 pub mod mirrors;
 pub mod ofrep;
+pub mod pump;
 pub mod state;
-pub mod streams;
 pub mod unleash;
 
 use std::future::Future;
@@ -28,7 +35,7 @@ use tonic_health::ServingStatus;
 
 pub use auth::Tokens;
 pub use conn::ConnLimits;
-pub use convert::Limits;
+pub use context::Limits;
 pub use state::{AppState, Options};
 
 /// The generated vexil.v1 messages and services.
@@ -70,15 +77,62 @@ impl std::fmt::Debug for TlsPem {
     }
 }
 
-/// Everything the gRPC port serves: the flag service and reflection (both behind the tokens,
-/// when configured) and health (never behind them).
-pub fn grpc_routes(
+/// Tokens and metrics for the gRPC port: health checks pass untouched; everything else needs a
+/// token (when tokens are configured) and is measured by front and method.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcRules;
+
+impl layers::Rules for GrpcRules {
+    type Body = tonic::body::Body;
+
+    fn classify<B>(&self, request: &::http::Request<B>) -> Option<(metrics::Endpoint, bool)> {
+        use metrics::{Endpoint, Front};
+        let path = request.uri().path();
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or(("", ""));
+        let endpoint = match service {
+            "grpc.health.v1.Health" => return None,
+            "vexil.v1.FlagService" => Endpoint::of(Front::Vexil, method),
+            "flagd.evaluation.v1.Service" | "flagd.evaluation.v2.Service" => {
+                Endpoint::of(Front::Flagd, method)
+            }
+            _ => Endpoint::of(Front::Vexil, method),
+        };
+        Some((endpoint, true))
+    }
+
+    fn authorized(&self, tokens: &Tokens, headers: &::http::HeaderMap) -> bool {
+        tokens.accepts(headers.get("authorization").and_then(|v| v.to_str().ok()))
+    }
+
+    fn refuse<B>(&self, _endpoint: metrics::Endpoint, _request: &::http::Request<B>) -> ::http::Response<tonic::body::Body> {
+        grpc::status(evaluation::Error::Unauthenticated).into_http()
+    }
+
+    fn code(&self, response: &::http::Response<tonic::body::Body>) -> metrics::Code {
+        // Errors are trailers-only answers, with the status in the headers; a call that
+        // answers has no status there (it comes in the trailers, OK).
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+        metrics::Code::grpc(code)
+    }
+}
+
+/// Everything the gRPC port serves: the flag services and reflection (behind the tokens, when
+/// configured) and health (never behind them), with the one gate layer in front.
+pub fn grpc_service(
     state: &Arc<AppState>,
     tokens: &Tokens,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> Result<tonic::service::Routes, ServeError> {
+) -> Result<layers::Gate<tonic::service::Routes, GrpcRules>, ServeError> {
     let limits = &state.options.limits;
     let api =
         proto::flag_service_server::FlagServiceServer::new(grpc::FlagApi::new(Arc::clone(state)))
@@ -93,34 +147,20 @@ pub fn grpc_routes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let counted = Arc::clone(state);
-    let intercept = tokens.interceptor(move || counted.metrics.unauthenticated());
     let flagd = flagd::FlagdApi::new(Arc::clone(state));
     let flagd_v2 = flagd::v2::service_server::ServiceServer::new(flagd.clone())
         .max_decoding_message_size(limits.max_message_bytes);
     let flagd_v1 = flagd::v1::service_server::ServiceServer::new(flagd)
         .max_decoding_message_size(limits.max_message_bytes);
-    Ok(tonic::service::Routes::new(health)
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            api,
-            intercept.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            flagd_v2,
-            intercept.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            flagd_v1,
-            intercept.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            reflection,
-            intercept.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            reflection_alpha,
-            intercept,
-        )))
+    let routes = tonic::service::Routes::new(health)
+        .add_service(api)
+        .add_service(flagd_v2)
+        .add_service(flagd_v1)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .prepare();
+    let gate = layers::GateLayer::new(GrpcRules, tokens.clone(), Arc::clone(&state.metrics));
+    Ok(tower_layer::Layer::layer(&gate, routes))
 }
 
 /// Serves gRPC and HTTP on the given listeners until `shutdown` resolves; then health turns
@@ -146,7 +186,7 @@ pub async fn serve(
     let initial = health_status(&state);
     reporter.set_service_status("", initial).await;
     reporter.set_service_status(SERVICE_NAME, initial).await;
-    let routes = grpc_routes(&state, &tokens, health)?;
+    let routes = grpc_service(&state, &tokens, health)?;
 
     // Set when the listeners close (after the drain window that follows a shutdown signal).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -212,7 +252,7 @@ pub async fn serve(
     let cap = conn::ConnectionCap::new(limits.max_connections);
     let grpc_server = conn::serve(
         grpc,
-        routes.prepare(),
+        routes,
         conn::Protocols::Grpc,
         tls,
         limits.clone(),

@@ -1,22 +1,31 @@
-//! Prometheus metrics, kept in atomics and written in the text exposition format by hand.
+//! Prometheus metrics: counted in atomics on the request path (pre-registered label sets: an
+//! endpoint and a status code index a fixed table, so counting costs a relaxed atomic add and
+//! no lookup, lock or allocation), written by prometheus-client at scrape time.
 //!
 //! Evaluation counters are a table per snapshot (one row per flag, one column per reason),
-//! built at swap time and indexed by the positions evaluation already looked up, so counting
-//! costs one relaxed atomic add and no lookup, lock or allocation.
+//! built before the swap (`state::Derived`) and indexed by the `FlagId` lookup returned.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 use vexil_core::Snapshot;
 use vexil_core::eval::Reason;
 
-const REASONS: [(Reason, &str); 5] = [
-    (Reason::Static, "STATIC"),
-    (Reason::TargetingMatch, "TARGETING_MATCH"),
-    (Reason::Split, "SPLIT"),
-    (Reason::Default, "DEFAULT"),
-    (Reason::Disabled, "DISABLED"),
+use crate::evaluation::FlagId;
+use crate::state::Derived;
+
+const REASONS: [Reason; 5] = [
+    Reason::Static,
+    Reason::TargetingMatch,
+    Reason::Split,
+    Reason::Default,
+    Reason::Disabled,
 ];
 
 fn reason_index(r: Reason) -> usize {
@@ -29,7 +38,7 @@ fn reason_index(r: Reason) -> usize {
     }
 }
 
-type Row = std::sync::Arc<[AtomicU64; 5]>;
+type Row = Arc<[AtomicU64; 5]>;
 
 /// Evaluation counts of one snapshot's flags.
 #[derive(Debug, Default)]
@@ -70,8 +79,8 @@ impl EvalCounters {
         table
     }
 
-    pub fn record(&self, namespace: usize, flag: usize, reason: Reason) {
-        let row = self.offsets.get(namespace).map(|o| o + flag);
+    pub fn record(&self, id: FlagId, reason: Reason) {
+        let row = self.offsets.get(id.namespace).map(|o| o + id.flag);
         if let Some(cell) = row.and_then(|r| self.counts.get(r)) {
             if let Some(c) = cell.get(reason_index(reason)) {
                 c.fetch_add(1, Relaxed);
@@ -79,54 +88,184 @@ impl EvalCounters {
         }
     }
 
-    fn write(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP vexil_evaluations_total Flag evaluations, by namespace, flag and reason.\n# TYPE vexil_evaluations_total counter"
-        );
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut metric = encoder.encode_descriptor(
+            "vexil_evaluations",
+            "Flag evaluations from every front, by namespace, flag and reason.",
+            None,
+            MetricType::Counter,
+        )?;
         for ((ns, flag), counts) in self.keys.iter().zip(&self.counts) {
-            for ((_, name), c) in REASONS.iter().zip(counts.iter()) {
+            for (reason, c) in REASONS.iter().zip(counts.iter()) {
                 let n = c.load(Relaxed);
                 if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "vexil_evaluations_total{{namespace=\"{}\",flag=\"{}\",reason=\"{name}\"}} {n}",
-                        escape(ns),
-                        escape(flag)
-                    );
+                    let labels = [
+                        ("namespace", &**ns),
+                        ("flag", &**flag),
+                        ("reason", reason.as_str()),
+                    ];
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// The protocols Vexil speaks, as metrics name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    Vexil = 0,
+    Flagd,
+    Ofrep,
+    Flipper,
+    Unleash,
+    /// `/mirrors/diagnostics` and `/metrics`: the HTTP port's own reads.
+    Http,
+}
+
+impl Front {
+    pub const ALL: [Front; 6] = [
+        Front::Vexil,
+        Front::Flagd,
+        Front::Ofrep,
+        Front::Flipper,
+        Front::Unleash,
+        Front::Http,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Front::Vexil => "vexil",
+            Front::Flagd => "flagd",
+            Front::Ofrep => "ofrep",
+            Front::Flipper => "flipper",
+            Front::Unleash => "unleash",
+            Front::Http => "http",
         }
     }
 }
 
-/// The gRPC methods measured.
-#[derive(Debug, Clone, Copy)]
-pub enum Method {
-    Evaluate,
-    EvaluateBatch,
-    ListFlags,
-    GetFlag,
-    Watch,
-    Reload,
-    Status,
-    /// flagd's Resolve* calls (v1 and v2).
-    FlagdResolve,
-    /// OFREP's single and bulk evaluations.
-    OfrepEvaluate,
+/// Every measured endpoint: a front and a method name, fixed at compile time.
+pub const ENDPOINTS: [(Front, &str); 30] = [
+    (Front::Vexil, "Evaluate"),
+    (Front::Vexil, "EvaluateBatch"),
+    (Front::Vexil, "ListFlags"),
+    (Front::Vexil, "GetFlag"),
+    (Front::Vexil, "Watch"),
+    (Front::Vexil, "Reload"),
+    (Front::Vexil, "Status"),
+    (Front::Vexil, "ServerReflectionInfo"),
+    (Front::Vexil, "other"),
+    (Front::Flagd, "ResolveBoolean"),
+    (Front::Flagd, "ResolveString"),
+    (Front::Flagd, "ResolveFloat"),
+    (Front::Flagd, "ResolveInt"),
+    (Front::Flagd, "ResolveObject"),
+    (Front::Flagd, "ResolveAll"),
+    (Front::Flagd, "EventStream"),
+    (Front::Ofrep, "evaluate"),
+    (Front::Ofrep, "bulk"),
+    (Front::Flipper, "features"),
+    (Front::Flipper, "feature"),
+    (Front::Flipper, "actor"),
+    (Front::Flipper, "other"),
+    (Front::Unleash, "features"),
+    (Front::Unleash, "feature"),
+    (Front::Unleash, "register"),
+    (Front::Unleash, "metrics"),
+    (Front::Unleash, "other"),
+    (Front::Http, "diagnostics"),
+    (Front::Http, "metrics"),
+    (Front::Http, "other"),
+];
+
+/// An index into `ENDPOINTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(usize);
+
+impl Endpoint {
+    /// The endpoint named `method` of `front` (its `other` endpoint for unknown names).
+    pub fn of(front: Front, method: &str) -> Endpoint {
+        let known = ENDPOINTS
+            .iter()
+            .position(|(f, m)| *f == front && *m == method);
+        let other = || ENDPOINTS.iter().position(|(f, m)| *f == front && *m == "other");
+        Endpoint(known.or_else(other).unwrap_or(ENDPOINTS.len() - 1))
+    }
+
+    pub fn front(self) -> Front {
+        ENDPOINTS.get(self.0).map_or(Front::Http, |(f, _)| *f)
+    }
 }
 
-const METHODS: [&str; 9] = [
-    "Evaluate",
-    "EvaluateBatch",
-    "ListFlags",
-    "GetFlag",
-    "Watch",
-    "Reload",
-    "Status",
-    "flagd.Resolve",
-    "ofrep.Evaluate",
+/// gRPC status codes, by `tonic::Code` number.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
 ];
+
+/// HTTP statuses the fronts answer with; anything else is counted as `other`.
+const HTTP_CODES: [(u16, &str); 13] = [
+    (200, "200"),
+    (202, "202"),
+    (204, "204"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (404, "404"),
+    (405, "405"),
+    (413, "413"),
+    (422, "422"),
+    (500, "500"),
+    (503, "503"),
+    (0, "other"),
+];
+
+const CODES: usize = GRPC_CODES.len() + HTTP_CODES.len();
+
+/// A response's status, as a column of the request table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code(usize);
+
+impl Code {
+    pub fn grpc(code: tonic::Code) -> Code {
+        Code((code as usize).min(GRPC_CODES.len() - 1))
+    }
+
+    pub fn http(status: StatusCode) -> Code {
+        let i = HTTP_CODES
+            .iter()
+            .position(|(n, _)| *n == status.as_u16())
+            .unwrap_or(HTTP_CODES.len() - 1);
+        Code(GRPC_CODES.len() + i)
+    }
+
+    fn label(i: usize) -> &'static str {
+        GRPC_CODES.get(i).copied().unwrap_or_else(|| {
+            HTTP_CODES
+                .get(i - GRPC_CODES.len())
+                .map_or("other", |(_, l)| l)
+        })
+    }
+}
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -155,39 +294,27 @@ impl Histogram {
     }
 }
 
-/// gRPC status codes counted per method: OK and every error code.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-#[derive(Debug, Default)]
-struct MethodStats {
+#[derive(Debug)]
+struct EndpointStats {
     latency: Histogram,
-    codes: [AtomicU64; 17],
+    codes: [AtomicU64; CODES],
+}
+
+impl Default for EndpointStats {
+    fn default() -> EndpointStats {
+        EndpointStats {
+            latency: Histogram::default(),
+            codes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// Process-wide request metrics (evaluation counters live with each snapshot).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    methods: [MethodStats; 9],
+    endpoints: [EndpointStats; ENDPOINTS.len()],
+    unauthenticated: [AtomicU64; Front::ALL.len()],
     batch_items: AtomicU64,
-    unauthenticated: AtomicU64,
     connections_opened: AtomicU64,
     /// Per `conn::Closed` kind.
     connections_closed: [AtomicU64; 4],
@@ -195,19 +322,36 @@ pub struct Metrics {
     streams_stalled: AtomicU64,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            endpoints: std::array::from_fn(|_| EndpointStats::default()),
+            unauthenticated: Default::default(),
+            batch_items: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connections_closed: Default::default(),
+            accept_errors: AtomicU64::new(0),
+            streams_stalled: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
-    pub fn observe(&self, method: Method, took: Duration, code: tonic::Code) {
-        if let Some(m) = self.methods.get(method as usize) {
+    /// One answered request (for streams: the stream opened).
+    pub fn observe(&self, endpoint: Endpoint, took: Duration, code: Code) {
+        if let Some(m) = self.endpoints.get(endpoint.0) {
             m.latency.observe(took);
-            if let Some(c) = m.codes.get(code as usize) {
+            if let Some(c) = m.codes.get(code.0) {
                 c.fetch_add(1, Relaxed);
             }
         }
     }
 
-    /// A call refused for a missing or unknown token (before it reached a method).
-    pub fn unauthenticated(&self) {
-        self.unauthenticated.fetch_add(1, Relaxed);
+    /// A request refused for a missing or unknown token.
+    pub fn unauthenticated(&self, front: Front) {
+        if let Some(c) = self.unauthenticated.get(front as usize) {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn connection_opened(&self) {
@@ -232,167 +376,259 @@ impl Metrics {
     pub fn batch_items(&self, n: usize) {
         self.batch_items.fetch_add(n as u64, Relaxed);
     }
+}
 
-    /// The exposition text: request metrics, evaluation counters, reload state and whether the
-    /// reloader is healthy (`AppState::reader_health`).
-    pub fn render(
-        &self,
-        counters: Option<&EvalCounters>,
-        status: &vexil_core::Status,
-        reloader_healthy: bool,
-    ) -> String {
-        let mut out = String::with_capacity(4096);
-        let _ = writeln!(
-            out,
-            "# HELP vexil_grpc_requests_total gRPC requests, by method and status code.\n# TYPE vexil_grpc_requests_total counter"
-        );
-        for (name, m) in METHODS.iter().zip(&self.methods) {
-            for (code, c) in CODES.iter().zip(&m.codes) {
-                let n = c.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "vexil_grpc_requests_total{{method=\"{name}\",code=\"{code}\"}} {n}"
-                    );
-                }
-            }
+/// The reload figures a scrape reports (copied out of the status, without its diagnostics).
+#[derive(Debug, Clone, Default)]
+pub struct ReloadFigures {
+    pub counts: vexil_core::live::Counts,
+    pub consecutive_failures: u32,
+    pub last_attempt_unix_ms: Option<i64>,
+    /// When the served snapshot was swapped in, its revision and flag count.
+    pub serving: Option<(i64, String, usize)>,
+    pub reloader_healthy: bool,
+}
+
+impl ReloadFigures {
+    pub fn of(s: &vexil_core::Status, reloader_healthy: bool) -> ReloadFigures {
+        ReloadFigures {
+            counts: s.counts,
+            consecutive_failures: s.consecutive_failures,
+            last_attempt_unix_ms: s.last_attempt.as_ref().map(|a| crate::convert::unix_ms(a.at)),
+            serving: s.serving.as_ref().map(|v| {
+                (
+                    crate::convert::unix_ms(v.since),
+                    v.revision.clone(),
+                    v.flags,
+                )
+            }),
+            reloader_healthy,
         }
-        let _ = writeln!(
-            out,
-            "# HELP vexil_grpc_request_duration_seconds Time to answer a gRPC request (for Watch: to open the stream).\n# TYPE vexil_grpc_request_duration_seconds histogram"
-        );
-        for (name, m) in METHODS.iter().zip(&self.methods) {
-            let mut cumulative = 0u64;
-            for (i, b) in m.latency.buckets.iter().enumerate() {
-                cumulative += b.load(Relaxed);
-                let le = BUCKETS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-                let _ = writeln!(
-                    out,
-                    "vexil_grpc_request_duration_seconds_bucket{{method=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let sum = m.latency.sum_nanos.load(Relaxed) as f64 / 1e9;
-            let _ = writeln!(
-                out,
-                "vexil_grpc_request_duration_seconds_sum{{method=\"{name}\"}} {sum}\nvexil_grpc_request_duration_seconds_count{{method=\"{name}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP vexil_batch_evaluations_total Flags evaluated through EvaluateBatch.\n# TYPE vexil_batch_evaluations_total counter\nvexil_batch_evaluations_total {}",
-            self.batch_items.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vexil_grpc_unauthenticated_total Calls refused for a missing or unknown bearer token.\n# TYPE vexil_grpc_unauthenticated_total counter\nvexil_grpc_unauthenticated_total {}",
-            self.unauthenticated.load(Relaxed)
-        );
-        self.write_connections(&mut out);
-        if let Some(counters) = counters {
-            counters.write(&mut out);
-        }
-        write_reload(&mut out, status);
-        let _ = writeln!(
-            out,
-            "# HELP vexil_reloader_healthy 1 while the reloader runs and no read is stuck.\n# TYPE vexil_reloader_healthy gauge\nvexil_reloader_healthy {}",
-            u8::from(reloader_healthy)
-        );
+    }
+}
+
+/// One scrape: everything `/metrics` writes.
+#[derive(Debug)]
+pub struct Scrape {
+    pub metrics: Arc<Metrics>,
+    /// The served snapshot (its evaluation counters travel with it).
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub reload: ReloadFigures,
+}
+
+impl Scrape {
+    /// The exposition in Prometheus' text format (0.0.4).
+    pub fn render(self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail; a collector error would leave a partial text.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }
 
-impl Metrics {
-    fn write_connections(&self, out: &mut String) {
-        let closed: u64 = self
-            .connections_closed
-            .iter()
-            .map(|c| c.load(Relaxed))
-            .sum();
-        let _ = writeln!(
-            out,
-            "# HELP vexil_connections_open Open connections on both ports.\n# TYPE vexil_connections_open gauge\nvexil_connections_open {}",
-            self.connections_opened.load(Relaxed).saturating_sub(closed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vexil_connections_closed_total Closed connections, by why.\n# TYPE vexil_connections_closed_total counter"
-        );
-        for (how, c) in crate::conn::Closed::ALL
-            .iter()
-            .zip(&self.connections_closed)
-        {
-            let _ = writeln!(
-                out,
-                "vexil_connections_closed_total{{reason=\"{}\"}} {}",
-                how.label(),
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP vexil_accept_errors_total Failed accepts (out of descriptors, ...), each followed by a back-off.\n# TYPE vexil_accept_errors_total counter\nvexil_accept_errors_total {}",
-            self.accept_errors.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vexil_streams_stalled_total Watch and EventStream streams ended because the client stopped reading.\n# TYPE vexil_streams_stalled_total counter\nvexil_streams_stalled_total {}",
-            self.streams_stalled.load(Relaxed)
-        );
+fn plain(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => prometheus_client::metrics::counter::ConstCounter::new(value).encode(metric),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric),
     }
 }
 
-fn write_reload(out: &mut String, s: &vexil_core::Status) {
-    let c = &s.counts;
-    let _ = writeln!(
-        out,
-        "# HELP vexil_reloads_total Reads of the flag source, by result.\n# TYPE vexil_reloads_total counter\n\
-         vexil_reloads_total{{result=\"swapped\"}} {}\n\
-         vexil_reloads_total{{result=\"unchanged\"}} {}\n\
-         vexil_reloads_total{{result=\"invalid\"}} {}\n\
-         vexil_reloads_total{{result=\"source_error\"}} {}",
-        c.swaps,
-        c.attempts
+fn gauge_f64(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.metrics;
+        let mut requests = encoder.encode_descriptor(
+            "vexil_requests",
+            "Requests, by front, method and status code (for streams: opened).",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((front, method), stats) in ENDPOINTS.iter().zip(&m.endpoints) {
+            for (i, c) in stats.codes.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let labels = [
+                        ("front", front.label()),
+                        ("method", method),
+                        ("code", Code::label(i)),
+                    ];
+                    requests
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        let mut durations = encoder.encode_descriptor(
+            "vexil_request_duration_seconds",
+            "Time to answer a request (for streams: to open them), by front and method.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for ((front, method), stats) in ENDPOINTS.iter().zip(&m.endpoints) {
+            let counts: Vec<u64> = stats.latency.buckets.iter().map(|b| b.load(Relaxed)).collect();
+            let count: u64 = counts.iter().sum();
+            if count == 0 {
+                continue;
+            }
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(counts)
+                .collect();
+            let sum = stats.latency.sum_nanos.load(Relaxed) as f64 / 1e9;
+            let labels = [("front", front.label()), ("method", *method)];
+            durations
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "vexil_unauthenticated",
+            "Requests refused for a missing or unknown token, by front.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (front, c) in Front::ALL.iter().zip(&m.unauthenticated) {
+            refused
+                .encode_family(&[("front", front.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(&c.load(Relaxed), None)?;
+        }
+        plain(
+            &mut encoder,
+            "vexil_batch_evaluations",
+            "Flags evaluated through EvaluateBatch.",
+            MetricType::Counter,
+            m.batch_items.load(Relaxed),
+        )?;
+        let closed: u64 = m.connections_closed.iter().map(|c| c.load(Relaxed)).sum();
+        plain(
+            &mut encoder,
+            "vexil_connections_open",
+            "Open connections on both ports.",
+            MetricType::Gauge,
+            m.connections_opened.load(Relaxed).saturating_sub(closed),
+        )?;
+        let mut by_reason = encoder.encode_descriptor(
+            "vexil_connections_closed",
+            "Closed connections, by why.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (how, c) in crate::conn::Closed::ALL.iter().zip(&m.connections_closed) {
+            by_reason
+                .encode_family(&[("reason", how.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(&c.load(Relaxed), None)?;
+        }
+        plain(
+            &mut encoder,
+            "vexil_accept_errors",
+            "Failed accepts (out of descriptors, ...), each followed by a back-off.",
+            MetricType::Counter,
+            m.accept_errors.load(Relaxed),
+        )?;
+        plain(
+            &mut encoder,
+            "vexil_streams_stalled",
+            "Watch and EventStream streams ended because the client stopped reading.",
+            MetricType::Counter,
+            m.streams_stalled.load(Relaxed),
+        )?;
+        if let Some(derived) = self.snapshot.as_deref().and_then(Snapshot::derived::<Derived>) {
+            derived.counters.encode(&mut encoder)?;
+        }
+        self.encode_reload(&mut encoder)
+    }
+}
+
+impl Scrape {
+    fn encode_reload(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let r = &self.reload;
+        let c = &r.counts;
+        let mut reloads = encoder.encode_descriptor(
+            "vexil_reloads",
+            "Reads of the flag source, by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        let unchanged = c
+            .attempts
             .saturating_sub(c.swaps)
             .saturating_sub(c.invalid)
-            .saturating_sub(c.source_errors),
-        c.invalid,
-        c.source_errors
-    );
-    let _ = writeln!(
-        out,
-        "# HELP vexil_reload_errors_total Failed reloads (invalid revisions and source errors).\n# TYPE vexil_reload_errors_total counter\nvexil_reload_errors_total {}",
-        c.invalid + c.source_errors
-    );
-    let _ = writeln!(
-        out,
-        "# HELP vexil_reload_consecutive_failures Failed reloads since the last success.\n# TYPE vexil_reload_consecutive_failures gauge\nvexil_reload_consecutive_failures {}",
-        s.consecutive_failures
-    );
-    if let Some(a) = &s.last_attempt {
-        let _ = writeln!(
-            out,
-            "# HELP vexil_last_reload_timestamp_seconds When the source was last read.\n# TYPE vexil_last_reload_timestamp_seconds gauge\nvexil_last_reload_timestamp_seconds {}",
-            crate::convert::unix_ms(a.at) as f64 / 1000.0
-        );
+            .saturating_sub(c.source_errors);
+        for (result, n) in [
+            ("swapped", c.swaps),
+            ("unchanged", unchanged),
+            ("invalid", c.invalid),
+            ("source_error", c.source_errors),
+        ] {
+            reloads
+                .encode_family(&[("result", result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        plain(
+            encoder,
+            "vexil_reload_errors",
+            "Failed reloads (invalid revisions and source errors).",
+            MetricType::Counter,
+            c.invalid + c.source_errors,
+        )?;
+        plain(
+            encoder,
+            "vexil_reload_consecutive_failures",
+            "Failed reloads since the last success.",
+            MetricType::Gauge,
+            u64::from(r.consecutive_failures),
+        )?;
+        if let Some(at) = r.last_attempt_unix_ms {
+            gauge_f64(
+                encoder,
+                "vexil_last_reload_timestamp_seconds",
+                "When the source was last read.",
+                at as f64 / 1000.0,
+            )?;
+        }
+        if let Some((since, revision, flags)) = &r.serving {
+            gauge_f64(
+                encoder,
+                "vexil_last_swap_timestamp_seconds",
+                "When the served snapshot was swapped in.",
+                *since as f64 / 1000.0,
+            )?;
+            let info = encoder.encode_descriptor(
+                "vexil_snapshot_info",
+                "The revision served (value 1).",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut info = info;
+            ConstGauge::new(1i64).encode(info.encode_family(&[("revision", revision.as_str())])?)?;
+            plain(
+                encoder,
+                "vexil_flags",
+                "Flags in the served snapshot.",
+                MetricType::Gauge,
+                *flags as u64,
+            )?;
+        }
+        plain(
+            encoder,
+            "vexil_reloader_healthy",
+            "1 while the reloader runs and no read is stuck.",
+            MetricType::Gauge,
+            u64::from(r.reloader_healthy),
+        )
     }
-    if let Some(serving) = &s.serving {
-        let _ = writeln!(
-            out,
-            "# HELP vexil_last_swap_timestamp_seconds When the served snapshot was swapped in.\n# TYPE vexil_last_swap_timestamp_seconds gauge\nvexil_last_swap_timestamp_seconds {}\n\
-             # HELP vexil_snapshot_info The revision served (value 1).\n# TYPE vexil_snapshot_info gauge\nvexil_snapshot_info{{revision=\"{}\"}} 1\n\
-             # HELP vexil_flags Flags in the served snapshot.\n# TYPE vexil_flags gauge\nvexil_flags {}",
-            crate::convert::unix_ms(serving.since) as f64 / 1000.0,
-            escape(&serving.revision),
-            serving.flags
-        );
-    }
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -1,44 +1,55 @@
-//! What every front shares: the served snapshot with its per-snapshot tables, the reloader,
-//! metrics, limits, change events and the shutdown signal.
+//! What every front shares: the served snapshot with what the server derives from it, the
+//! reloader, metrics, limits, change events and the shutdown signal.
+//!
+//! There is one served snapshot: the core's `Live`. The server's per-snapshot data (counter
+//! rows, definitions, mirror tables, the key list) is built by `prepare` on the reloader
+//! thread before the swap and travels inside the snapshot, so a reader that sees a snapshot
+//! always sees its tables, and one atomic swap replaces both.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, watch};
 use vexil_core::diff::FlagRef;
-use vexil_core::{AttemptResult, ChangeEvent, Live, Reloader, Snapshot};
+use vexil_core::{AttemptResult, ChangeEvent, Live, Prepare, ReloadOptions, Reloader, Snapshot};
 
 use crate::conn::ConnLimits;
-use crate::convert::Limits;
+use crate::context::Limits;
+use crate::evaluation::Error;
 use crate::grpc::Definitions;
 use crate::metrics::{EvalCounters, Metrics};
 use crate::mirrors::Tables;
 
-/// A snapshot and what is derived from it once, at swap time (or at first use).
+/// What the server derives from a snapshot, once, before it is served.
 #[derive(Debug)]
-pub struct Served {
-    pub snapshot: Arc<Snapshot>,
+pub struct Derived {
     pub counters: EvalCounters,
     /// Flag and segment definitions as messages, built at the first ListFlags/GetFlag.
     pub definitions: OnceLock<Definitions>,
-    /// The Flipper and Unleash mirrors' bodies and ETags, built at swap time.
+    /// The Flipper and Unleash mirrors' bodies and ETags.
     pub mirrors: Tables,
     /// Every flag (namespace and key, in snapshot order): what a change stream that fell behind
     /// compares against (a stream keeps this list, never the snapshot).
     pub keys: Arc<[FlagRef]>,
 }
 
-impl Served {
-    fn new(snapshot: Arc<Snapshot>, previous: Option<&Served>) -> Served {
-        Served {
-            counters: EvalCounters::new(&snapshot, previous.map(|p| &p.counters)),
-            mirrors: Tables::build(&snapshot),
-            keys: flag_keys(&snapshot),
-            snapshot,
+impl Derived {
+    fn new(snapshot: &Snapshot, previous: Option<&Derived>) -> Derived {
+        Derived {
+            counters: EvalCounters::new(snapshot, previous.map(|p| &p.counters)),
+            mirrors: Tables::build(snapshot),
+            keys: flag_keys(snapshot),
             definitions: OnceLock::new(),
         }
     }
+}
+
+/// The reloader's hook that builds `Derived` for every new snapshot.
+pub fn prepare() -> Prepare {
+    Prepare::new(|snapshot, previous| {
+        let previous = previous.and_then(Snapshot::derived::<Derived>);
+        Arc::new(Derived::new(snapshot, previous))
+    })
 }
 
 fn flag_keys(snapshot: &Snapshot) -> Arc<[FlagRef]> {
@@ -52,6 +63,36 @@ fn flag_keys(snapshot: &Snapshot) -> Arc<[FlagRef]> {
             })
         })
         .collect()
+}
+
+/// The served snapshot and its derived data, borrowed for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub snapshot: &'a Snapshot,
+    pub derived: &'a Derived,
+}
+
+/// The snapshot served when a request began (held without touching its reference count).
+pub struct Current(arc_swap::Guard<Option<Arc<Snapshot>>>);
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Current(..)")
+    }
+}
+
+impl Current {
+    /// The snapshot with its tables, or `NoSnapshot` before the first valid revision.
+    pub fn served(&self) -> Result<Served<'_>, Error> {
+        let snapshot = self.0.as_deref().ok_or(Error::NoSnapshot)?;
+        let derived = snapshot.derived::<Derived>().ok_or(Error::NoSnapshot)?;
+        Ok(Served { snapshot, derived })
+    }
+
+    /// The snapshot itself, kept (for streams that outlive the request).
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.0.as_ref().map(Arc::clone)
+    }
 }
 
 /// How many change events the broadcast keeps for streams that are behind. Events hold flag
@@ -111,10 +152,9 @@ impl Default for Options {
 pub struct AppState {
     pub live: Arc<Live>,
     pub reloader: Arc<Reloader>,
-    pub served: ArcSwapOption<Served>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub options: Options,
-    /// Every swap (with its flag changes, possibly none), for Watch streams.
+    /// Every swap (with its flag changes, possibly none), for change streams.
     pub events: broadcast::Sender<Arc<ChangeEvent>>,
     /// True once a snapshot is served (drives health).
     pub ready: watch::Sender<bool>,
@@ -123,17 +163,33 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Wires the state to the reloader: every swap builds the per-snapshot tables, every change
-    /// is broadcast to Watch streams, every attempt is logged.
-    pub fn new(reloader: Reloader, options: Options) -> Arc<AppState> {
+    /// Starts the reloader on `source` with the server's `prepare` hook (so every snapshot is
+    /// served with its tables) and wires the state to it.
+    pub fn start(
+        source: Box<dyn vexil_core::Source>,
+        reload: ReloadOptions,
+        options: Options,
+    ) -> Result<Arc<AppState>, vexil_core::StartError> {
+        let reloader = Reloader::start(
+            source,
+            ReloadOptions {
+                prepare: Some(prepare()),
+                ..reload
+            },
+        )?;
+        Ok(AppState::new(reloader, options))
+    }
+
+    /// Wires the state to a reloader started with `prepare()`: every change is broadcast to
+    /// change streams, every attempt is logged.
+    fn new(reloader: Reloader, options: Options) -> Arc<AppState> {
         let reloader = Arc::new(reloader);
         let live = Arc::clone(reloader.live());
         let (events, _) = broadcast::channel(CHANGE_BUFFER);
         let state = Arc::new(AppState {
             live: Arc::clone(&live),
             reloader,
-            served: ArcSwapOption::empty(),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             options,
             events,
             ready: watch::channel(false).0,
@@ -143,33 +199,28 @@ impl AppState {
         live.observe(move |attempt, swap| {
             let Some(state) = weak.upgrade() else { return };
             if let Some(swap) = swap {
-                state.serve(Arc::clone(swap.snapshot));
+                state.ready.send_replace(true);
                 // Every swap, in order, after it is served. No receivers is fine: nobody
                 // is watching right now.
                 let _ = state.events.send(Arc::clone(swap.event));
             }
             log_attempt(attempt);
         });
-        // The first snapshot was loaded before the observer existed.
-        if let Some(snapshot) = live.snapshot() {
-            let fresh = Arc::new(Served::new(snapshot, None));
-            state
-                .served
-                .compare_and_swap(&None::<Arc<Served>>, Some(fresh));
+        // The first snapshot may have been loaded before the observer existed.
+        if live.load().is_some() {
             state.ready.send_replace(true);
         }
         state
     }
 
-    fn serve(&self, snapshot: Arc<Snapshot>) {
-        let previous = self.served.load_full();
-        let served = Served::new(snapshot, previous.as_deref());
-        self.served.store(Some(Arc::new(served)));
-        self.ready.send_replace(true);
+    /// The snapshot served now.
+    pub fn current(&self) -> Current {
+        Current(self.live.load())
     }
 
-    pub fn served(&self) -> Option<Arc<Served>> {
-        self.served.load_full()
+    /// The revision served now, if any.
+    pub fn revision(&self) -> Option<String> {
+        self.live.load().as_ref().map(|s| s.revision().to_owned())
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -5,7 +5,7 @@
 //! The body depends on the client (`mirrors::Kind`, from `Unleash-Client-Spec`): legacy
 //! clients get only what they evaluate exactly, spec >= 4.2.0 gets segments separately.
 //! Bodies and ETags come from the per-snapshot tables; filtered bodies are joined from
-//! pre-serialised fragments.
+//! pre-serialised fragments. Tokens and metrics are the front's layer's (`http::front`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,17 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
 
-use crate::Tokens;
-use crate::mirrors::{Body, Fragment, Kind, Refusal, UnleashTable, admit, join, namespace_of};
+use crate::conditional::Body;
+use crate::evaluation::Error;
+use crate::mirrors::{Fragment, Kind, UnleashTable, admit, join};
 use crate::state::AppState;
 
-#[derive(Debug, Clone)]
-struct Unleash {
-    state: Arc<AppState>,
-    tokens: Tokens,
-}
+type Unleash = Arc<AppState>;
 
-pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new();
     for prefix in ["/api", "/ns/{namespace}/api"] {
         router = router
@@ -49,7 +46,22 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
             )
             .route(&format!("{prefix}/client/{{*rest}}"), any(unknown));
     }
-    router.with_state(Unleash { state, tokens })
+    router.with_state(state)
+}
+
+/// The metrics name of a matched route.
+pub fn method(path: &str) -> &'static str {
+    if path.ends_with("/client/features") {
+        "features"
+    } else if path.contains("/client/features/") {
+        "feature"
+    } else if path.ends_with("/client/register") {
+        "register"
+    } else if path.ends_with("/client/metrics") {
+        "metrics"
+    } else {
+        "other"
+    }
 }
 
 fn message(status: StatusCode, text: &str) -> Response {
@@ -61,24 +73,30 @@ fn message(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
-/// A refused read, as the Unleash API words it.
-fn refused(why: Refusal, params: &HashMap<String, String>) -> Response {
-    match why {
-        Refusal::Unauthorized => message(
+/// Every core error as the Unleash API words it: the one place this front does.
+pub fn refused(e: &Error) -> Response {
+    match e {
+        Error::Unauthenticated => message(
             StatusCode::UNAUTHORIZED,
             "Missing or unknown token: set the SDK's `Authorization` header to a token this server accepts.",
         ),
-        Refusal::NoSnapshot => message(
+        Error::NoSnapshot => message(
             StatusCode::SERVICE_UNAVAILABLE,
             "No valid flag snapshot yet: the flag repository has not been read successfully.",
         ),
-        Refusal::UnknownNamespace => message(
+        Error::UnknownNamespace(namespace) => message(
+            StatusCode::NOT_FOUND,
+            &format!("Namespace `{namespace}` not found: no flag file declares it."),
+        ),
+        Error::FlagNotFound { flag, .. } => message(
             StatusCode::NOT_FOUND,
             &format!(
-                "Namespace `{}` not found: no flag file declares it.",
-                namespace_of(params)
+                "Feature `{flag}` not found (or not mirrored to this client; see /mirrors/diagnostics)."
             ),
         ),
+        Error::TypeMismatch { .. } | Error::InvalidContext(_) | Error::BadRequest(_) => {
+            message(StatusCode::BAD_REQUEST, &e.to_string())
+        }
     }
 }
 
@@ -88,11 +106,12 @@ async fn features(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match admit(&u.state, &u.tokens, &headers, &params) {
+    let current = u.current();
+    let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(why) => return refused(why, &params),
+        Err(e) => return refused(&e),
     };
-    let Some(t) = served.mirrors.unleash.get(namespace) else {
+    let Some(t) = served.derived.mirrors.unleash.get(namespace) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let kind = Kind::of(&headers) as usize;
@@ -145,13 +164,15 @@ async fn feature(
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let (served, namespace) = match admit(&u.state, &u.tokens, &headers, &params) {
+    let current = u.current();
+    let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(why) => return refused(why, &params),
+        Err(e) => return refused(&e),
     };
     let name = params.get("name").map_or("", String::as_str);
     let kind = Kind::of(&headers) as usize;
     match served
+        .derived
         .mirrors
         .unleash
         .get(namespace)
@@ -159,48 +180,35 @@ async fn feature(
         .and_then(|per_kind| per_kind.get(kind))
     {
         Some(Some(body)) => body.respond(&headers, &[]),
-        _ => message(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "Feature `{name}` not found (or not mirrored to this client; see /mirrors/diagnostics)."
-            ),
-        ),
+        _ => refused(&Error::FlagNotFound {
+            namespace: namespace.to_owned(),
+            flag: name.to_owned(),
+        }),
     }
 }
 
 /// Registration and metrics: accepted and dropped (Vexil keeps its own counters).
-/// Namespaces and snapshots do not matter here; tokens do.
-async fn accepted(State(u): State<Unleash>, headers: HeaderMap) -> Response {
-    if !u.tokens.accepts_http(&headers) {
-        u.state.metrics.unauthenticated();
-        return refused(Refusal::Unauthorized, &HashMap::new());
-    }
+/// Namespaces and snapshots do not matter here; tokens do (the layer's).
+async fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
 }
 
-async fn refuse(State(u): State<Unleash>, method: Method, headers: HeaderMap) -> Response {
-    refusal(&u, &method, &headers, "GET, HEAD")
+async fn refuse(State(u): State<Unleash>, method: Method) -> Response {
+    refusal(&u, &method, "GET, HEAD")
 }
 
-async fn refuse_post_only(
-    State(u): State<Unleash>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    refusal(&u, &method, &headers, "POST")
+async fn refuse_post_only(State(u): State<Unleash>, method: Method) -> Response {
+    refusal(&u, &method, "POST")
 }
 
-/// 405 naming where the flags live (only to a caller with a token, when tokens are set).
-fn refusal(u: &Unleash, method: &Method, headers: &HeaderMap, allow: &'static str) -> Response {
-    if !u.tokens.accepts_http(headers) {
-        u.state.metrics.unauthenticated();
-        return refused(Refusal::Unauthorized, &HashMap::new());
-    }
+/// 405 naming where the flags live (the layer lets only a caller with a token this far, when
+/// tokens are set).
+fn refusal(u: &AppState, method: &Method, allow: &'static str) -> Response {
     let mut response = message(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!(
             "This Unleash API is a read-only mirror served by Vexil: {method} is not allowed. The flags are managed in git ({}); change them with a pull request.",
-            u.state.options.source
+            u.options.source
         ),
     );
     response
@@ -209,9 +217,9 @@ fn refusal(u: &Unleash, method: &Method, headers: &HeaderMap, allow: &'static st
     response
 }
 
-async fn unknown(state: State<Unleash>, method: Method, headers: HeaderMap) -> Response {
+async fn unknown(state: State<Unleash>, method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return message(StatusCode::NOT_FOUND, "Not found.");
     }
-    refuse(state, method, headers).await
+    refuse(state, method).await
 }

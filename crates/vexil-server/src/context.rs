@@ -1,0 +1,168 @@
+//! Request contexts in core form: one conversion per wire shape (vexil.v1's `Context`, an
+//! OpenFeature `Struct`, OFREP's JSON) and one limits check (`Budget`) for all of them.
+
+use prost_types::value::Kind;
+use serde_json::Value as Json;
+use vexil_core::{AttrValue, Context};
+
+use crate::evaluation::Error;
+use crate::proto;
+
+/// Bounds on what a request may carry.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// The most flags one EvaluateBatch may name.
+    pub max_batch: usize,
+    /// How deeply context attributes may nest (lists and objects).
+    pub max_context_depth: usize,
+    /// The most attribute values (nested ones included) one context may carry.
+    pub max_context_values: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_bytes: 1 << 20,
+            max_batch: 1000,
+            max_context_depth: 8,
+            max_context_values: 1000,
+        }
+    }
+}
+
+/// The limits check every conversion makes for every attribute value.
+struct Budget {
+    values_left: usize,
+    max_depth: usize,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget {
+            values_left: limits.max_context_values,
+            max_depth: limits.max_context_depth,
+        }
+    }
+
+    /// One more value, at `depth` (1 for a top-level attribute).
+    fn take(&mut self, depth: usize) -> Result<(), Error> {
+        if depth > self.max_depth {
+            return Err(Error::InvalidContext(format!(
+                "context attributes nest deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        self.values_left = self.values_left.checked_sub(1).ok_or_else(|| {
+            Error::InvalidContext(
+                "context has too many attribute values (the limit is set by --max-context-values)"
+                    .into(),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// vexil.v1's context.
+pub fn from_proto(ctx: Option<proto::Context>, limits: &Limits) -> Result<Context, Error> {
+    let Some(ctx) = ctx else {
+        return Ok(Context::new());
+    };
+    let mut budget = Budget::new(limits);
+    let mut out = Context {
+        targeting_key: (!ctx.targeting_key.is_empty()).then_some(ctx.targeting_key),
+        attributes: Default::default(),
+    };
+    for (name, value) in ctx.attributes {
+        let value = from_value(value, 1, &mut budget)?;
+        out.attributes.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// An OpenFeature context (flagd): a Struct whose `targetingKey` is the targeting key.
+pub fn from_struct(ctx: Option<prost_types::Struct>, limits: &Limits) -> Result<Context, Error> {
+    let Some(ctx) = ctx else {
+        return Ok(Context::new());
+    };
+    let mut budget = Budget::new(limits);
+    let mut out = Context::new();
+    for (name, value) in ctx.fields {
+        if name == "targetingKey" {
+            match value.kind {
+                Some(Kind::StringValue(s)) => out.targeting_key = Some(s),
+                None | Some(Kind::NullValue(_)) => {}
+                _ => return Err(targeting_key_not_a_string()),
+            }
+            continue;
+        }
+        let value = from_value(value, 1, &mut budget)?;
+        out.attributes.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// An OpenFeature context as JSON (OFREP).
+pub fn from_json(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
+    let Json::Object(map) = ctx else {
+        return Err(Error::InvalidContext(
+            "the context must be a JSON object".into(),
+        ));
+    };
+    let mut budget = Budget::new(limits);
+    let mut out = Context::new();
+    for (name, value) in map {
+        if name == "targetingKey" {
+            match value {
+                Json::String(s) => out.targeting_key = Some(s.clone()),
+                Json::Null => {}
+                _ => return Err(targeting_key_not_a_string()),
+            }
+            continue;
+        }
+        check_json(value, 1, &mut budget)?;
+        out.attributes
+            .insert(name.clone(), AttrValue::from_json(value));
+    }
+    Ok(out)
+}
+
+fn targeting_key_not_a_string() -> Error {
+    Error::InvalidContext("targetingKey must be a string".into())
+}
+
+fn check_json(v: &Json, depth: usize, budget: &mut Budget) -> Result<(), Error> {
+    budget.take(depth)?;
+    match v {
+        Json::Array(items) => items
+            .iter()
+            .try_for_each(|i| check_json(i, depth + 1, budget)),
+        Json::Object(m) => m
+            .values()
+            .try_for_each(|i| check_json(i, depth + 1, budget)),
+        _ => Ok(()),
+    }
+}
+
+fn from_value(value: prost_types::Value, depth: usize, budget: &mut Budget) -> Result<AttrValue, Error> {
+    budget.take(depth)?;
+    Ok(match value.kind {
+        None | Some(Kind::NullValue(_)) => AttrValue::Null,
+        Some(Kind::BoolValue(b)) => AttrValue::Bool(b),
+        Some(Kind::NumberValue(n)) => AttrValue::Number(n),
+        Some(Kind::StringValue(s)) => AttrValue::String(s),
+        Some(Kind::ListValue(list)) => AttrValue::List(
+            list.values
+                .into_iter()
+                .map(|v| from_value(v, depth + 1, budget))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Kind::StructValue(s)) => AttrValue::Object(
+            s.fields
+                .into_iter()
+                .map(|(k, v)| Ok((k, from_value(v, depth + 1, budget)?)))
+                .collect::<Result<_, Error>>()?,
+        ),
+    })
+}
