@@ -1,5 +1,6 @@
 //! Vexil's servers: the vexil.v1 gRPC API (with grpc.health.v1 and server reflection, optional
-//! bearer tokens and TLS) and the HTTP port (Prometheus metrics, health and readiness probes).
+//! bearer tokens and TLS) and the HTTP port (Prometheus metrics, health and readiness probes,
+//! OFREP, the mirrors; optional TLS). TLS certificates are reread on demand (`tls`).
 //!
 //! Routers are built by functions (`grpc_routes`, `http::router`) that tests can drive; `serve`
 //! runs both on listeners the caller bound, until a shutdown signal, then drains.
@@ -18,6 +19,7 @@ pub mod mirrors;
 pub mod ofrep;
 pub mod state;
 pub mod streams;
+pub mod tls;
 pub mod unleash;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ pub use auth::Tokens;
 pub use conn::ConnLimits;
 pub use convert::Limits;
 pub use state::{AppState, Options};
+pub use tls::{CertSource, TlsConfig, TlsError};
 
 /// The generated vexil.v1 messages and services.
 #[allow(
@@ -52,12 +55,12 @@ pub const SERVICE_NAME: &str = "vexil.v1.FlagService";
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
     #[error("reflection: {0}")]
     Reflection(String),
 }
 
-/// PEM certificate chain and private key.
+/// PEM certificate chain and private key, held in memory (`CertSource::from_pem`).
 #[derive(Clone)]
 pub struct TlsPem {
     pub cert: Vec<u8>,
@@ -124,11 +127,13 @@ pub fn grpc_routes(
 }
 
 /// Serves gRPC and HTTP on the given listeners until `shutdown` resolves; then health turns
-/// NOT_SERVING, readiness fails, Watch streams end, and in-flight calls finish.
+/// NOT_SERVING, readiness fails, Watch streams end, and in-flight calls finish. Each port serves
+/// TLS when `tls` has a certificate for it (gRPC: ALPN `h2`; HTTP: `h2` and `http/1.1`);
+/// `TlsConfig::reload` on a clone of `tls` changes the certificate of new handshakes.
 pub async fn serve(
     state: Arc<AppState>,
     tokens: Tokens,
-    tls: Option<TlsPem>,
+    tls: TlsConfig,
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -187,10 +192,16 @@ pub async fn serve(
         })
     };
 
-    let tls = tls
-        .map(|pem| conn::tls_acceptor(&pem.cert, &pem.key))
-        .transpose()
-        .map_err(ServeError::Tls)?;
+    let grpc_tls = tls
+        .grpc
+        .as_ref()
+        .map(|source| source.acceptor(&[b"h2"]))
+        .transpose()?;
+    let http_tls = tls
+        .http
+        .as_ref()
+        .map(|source| source.acceptor(&[b"h2", b"http/1.1"]))
+        .transpose()?;
 
     // Shutdown in three steps: first readiness fails (and health, and change streams end)
     // while both ports still accept, for the drain window, so that load balancers notice
@@ -214,7 +225,7 @@ pub async fn serve(
         grpc,
         routes.prepare(),
         conn::Protocols::Grpc,
-        tls,
+        grpc_tls,
         limits.clone(),
         cap.clone(),
         Arc::clone(&state),
@@ -224,7 +235,7 @@ pub async fn serve(
         http,
         http::router(Arc::clone(&state), tokens.clone()),
         conn::Protocols::Http,
-        None,
+        http_tls,
         limits.clone(),
         cap,
         Arc::clone(&state),
