@@ -228,7 +228,7 @@ fn main() {
         let server = server_handle.spawn(vexil_server::serve(
             Arc::clone(&state),
             Tokens::default(),
-            None,
+            vexil_server::TlsConfig::default(),
             grpc,
             http,
             async move {

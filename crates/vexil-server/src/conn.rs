@@ -64,7 +64,8 @@ pub enum Protocols {
     /// gRPC: HTTP/2 only, with wide flow-control windows (batch and list answers are several
     /// kilobytes; HTTP/2's default 64 KiB connection window would stall concurrent streams).
     Grpc,
-    /// The HTTP port: HTTP/1.1 and HTTP/2 (prior knowledge).
+    /// The HTTP port: HTTP/1.1 and HTTP/2 (prior knowledge, or over TLS whichever the client
+    /// sends; ALPN offers both).
     Http,
 }
 
@@ -111,7 +112,8 @@ impl ConnectionCap {
 
 /// Accepts and serves connections until `stop` turns true; then stops accepting, asks every
 /// connection to finish (in-flight calls complete) and returns once all are closed. The caller
-/// bounds how long that may take.
+/// bounds how long that may take. With `tls`, every connection is a TLS handshake first, within
+/// the handshake timeout (`crate::tls` keeps the acceptor's certificate current).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<S>(
     listener: TcpListener,
@@ -506,28 +508,6 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// A TLS acceptor for PEM files (HTTP/2 only: gRPC).
-pub fn tls_acceptor(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_slice_iter(cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
-    if certs.is_empty() {
-        return Err("certificate: no PEM certificate found".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Vexil's servers: the gRPC port (vexil.v1, flagd's evaluation API, grpc.health.v1 and server
 //! reflection) and the HTTP port (OFREP, the Flipper and Unleash mirrors, Prometheus metrics,
-//! health and readiness probes), with optional tokens and TLS.
+//! health and readiness probes), with optional tokens and TLS on both (certificates reread on
+//! demand: `tls`).
 //!
 //! Every front goes through one evaluation core (`evaluation`) and one gate layer for tokens
 //! and metrics (`layers`). Services are built by functions (`grpc_service`, `http::router`)
@@ -25,6 +26,7 @@ pub mod mirrors;
 pub mod ofrep;
 pub mod pump;
 pub mod state;
+pub mod tls;
 pub mod unleash;
 
 use std::future::Future;
@@ -37,6 +39,7 @@ pub use auth::Tokens;
 pub use conn::ConnLimits;
 pub use context::Limits;
 pub use state::{AppState, Options};
+pub use tls::{CertSource, TlsConfig, TlsError};
 
 /// The generated vexil.v1 messages and services.
 #[allow(
@@ -59,12 +62,12 @@ pub const SERVICE_NAME: &str = "vexil.v1.FlagService";
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
     #[error("reflection: {0}")]
     Reflection(String),
 }
 
-/// PEM certificate chain and private key.
+/// PEM certificate chain and private key, held in memory (`CertSource::from_pem`).
 #[derive(Clone)]
 pub struct TlsPem {
     pub cert: Vec<u8>,
@@ -164,11 +167,13 @@ pub fn grpc_service(
 }
 
 /// Serves gRPC and HTTP on the given listeners until `shutdown` resolves; then health turns
-/// NOT_SERVING, readiness fails, Watch streams end, and in-flight calls finish.
+/// NOT_SERVING, readiness fails, Watch streams end, and in-flight calls finish. Each port serves
+/// TLS when `tls` has a certificate for it (gRPC: ALPN `h2`; HTTP: `h2` and `http/1.1`);
+/// `TlsConfig::reload` on a clone of `tls` changes the certificate of new handshakes.
 pub async fn serve(
     state: Arc<AppState>,
     tokens: Tokens,
-    tls: Option<TlsPem>,
+    tls: TlsConfig,
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -227,10 +232,16 @@ pub async fn serve(
         })
     };
 
-    let tls = tls
-        .map(|pem| conn::tls_acceptor(&pem.cert, &pem.key))
-        .transpose()
-        .map_err(ServeError::Tls)?;
+    let grpc_tls = tls
+        .grpc
+        .as_ref()
+        .map(|source| source.acceptor(&[b"h2"]))
+        .transpose()?;
+    let http_tls = tls
+        .http
+        .as_ref()
+        .map(|source| source.acceptor(&[b"h2", b"http/1.1"]))
+        .transpose()?;
 
     // Shutdown in three steps: first readiness fails (and health, and change streams end)
     // while both ports still accept, for the drain window, so that load balancers notice
@@ -254,7 +265,7 @@ pub async fn serve(
         grpc,
         routes,
         conn::Protocols::Grpc,
-        tls,
+        grpc_tls,
         limits.clone(),
         cap.clone(),
         Arc::clone(&state),
@@ -264,7 +275,7 @@ pub async fn serve(
         http,
         http::router(Arc::clone(&state), tokens.clone()),
         conn::Protocols::Http,
-        None,
+        http_tls,
         limits.clone(),
         cap,
         Arc::clone(&state),

@@ -14,7 +14,7 @@ use vexil_core::source::{
     RemoteSource,
 };
 use vexil_core::{ReloadOptions, Reloader, Source, StartError};
-use vexil_server::{AppState, ConnLimits, Limits, Options, TlsPem, Tokens};
+use vexil_server::{AppState, CertSource, ConnLimits, Limits, Options, TlsConfig, Tokens};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_flags.rs"));
@@ -64,12 +64,19 @@ pub struct Args {
     /// comma-separated tokens. With any token, every RPC but health checks needs one.
     #[arg(long, env = "VEXIL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reread on SIGHUP.
     #[arg(long, env = "VEXIL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
+    /// PEM private key for --tls-cert. Reread on SIGHUP.
     #[arg(long, env = "VEXIL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM certificate chain: serve the HTTP port (OFREP, the mirrors, /metrics, probes) over
+    /// TLS (with --http-tls-key; HTTP/1.1 and HTTP/2 by ALPN). Reread on SIGHUP.
+    #[arg(long, env = "VEXIL_HTTP_TLS_CERT", requires = "http_tls_key")]
+    http_tls_cert: Option<PathBuf>,
+    /// PEM private key for --http-tls-cert. Reread on SIGHUP.
+    #[arg(long, env = "VEXIL_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    http_tls_key: Option<PathBuf>,
     /// On SIGTERM, how long to wait for in-flight calls and open connections before stopping.
     #[arg(long, env = "VEXIL_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     drain_timeout: Duration,
@@ -265,16 +272,20 @@ fn tokens(args: &Args) -> anyhow::Result<Tokens> {
     Ok(tokens)
 }
 
-fn tls(args: &Args) -> anyhow::Result<Option<TlsPem>> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
+/// Each port's certificate, read now (a missing or broken file stops the start); SIGHUP rereads.
+fn tls(args: &Args) -> anyhow::Result<TlsConfig> {
+    let source = |cert: &Option<PathBuf>, key: &Option<PathBuf>, port: &str| {
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Ok(None);
+        };
+        CertSource::from_files(cert, key)
+            .map(Some)
+            .with_context(|| format!("cannot serve the {port} port over TLS"))
     };
-    let read =
-        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    Ok(Some(TlsPem {
-        cert: read(cert)?,
-        key: read(key)?,
-    }))
+    Ok(TlsConfig {
+        grpc: source(&args.tls_cert, &args.tls_key, "gRPC")?,
+        http: source(&args.http_tls_cert, &args.http_tls_key, "HTTP")?,
+    })
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -367,7 +378,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             %revision,
             grpc = %grpc_addr,
             http = %http_addr,
-            tls = tls.is_some(),
+            grpc_tls = tls.grpc.is_some(),
+            http_tls = tls.http.is_some(),
             tokens = tokens.len(),
             max_connections,
             "vexil serving"
@@ -378,7 +390,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         if !tokens.is_enabled() && !http_addr.ip().is_loopback() {
             tracing::warn!(%http_addr, "no tokens: anyone who reaches this address can read every flag definition through the Flipper and Unleash mirrors");
         }
-        let shutdown = signals(Arc::clone(&state))?;
+        let shutdown = signals(Arc::clone(&state), tls.clone())?;
         // One plain line on stdout (after the signal handlers are in place), for scripts and
         // tests that started us on port 0. A closed stdout is no reason to stop serving.
         {
@@ -420,9 +432,13 @@ fn raise_descriptor_limit() -> Option<u64> {
     None
 }
 
-/// SIGTERM and SIGINT end the server (the future resolves); SIGHUP reloads.
+/// SIGTERM and SIGINT end the server (the future resolves); SIGHUP reloads the source and both
+/// ports' TLS certificates.
 #[cfg(unix)]
-fn signals(state: Arc<AppState>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+fn signals(
+    state: Arc<AppState>,
+    tls: TlsConfig,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -431,6 +447,14 @@ fn signals(state: Arc<AppState>) -> anyhow::Result<impl std::future::Future<Outp
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
             state.reloader.trigger();
+            if tls.is_enabled() {
+                // File reads, off the async workers; one reload at a time. A failed reload
+                // keeps the certificates in use (and is logged by `reload`).
+                let tls = tls.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || tls.reload()).await {
+                    tracing::error!(error = %e, "TLS certificate reload did not finish");
+                }
+            }
         }
     });
     Ok(async move {
@@ -442,7 +466,10 @@ fn signals(state: Arc<AppState>) -> anyhow::Result<impl std::future::Future<Outp
 }
 
 #[cfg(not(unix))]
-fn signals(_state: Arc<AppState>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+fn signals(
+    _state: Arc<AppState>,
+    _tls: TlsConfig,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -1,6 +1,7 @@
 //! `vexil serve` end to end: the vexil.v1 gRPC API with a tonic client, health, reflection, auth,
 //! metrics and probes, on 127.0.0.1:0 against temp git repositories; and the binary itself
-//! (signals). Waits are bounded polls for a state, never timing assertions.
+//! (signals); TLS on both ports and its reload on SIGHUP (`tls`). Waits are bounded polls for a
+//! state, never timing assertions.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +18,7 @@ use vexil_server::{AppState, Options, Tokens};
 use crate::helpers::git;
 
 mod binary;
+mod tls;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -38,7 +40,7 @@ impl TestServer {
         let task = tokio::spawn(vexil_server::serve(
             state,
             tokens,
-            None,
+            vexil_server::TlsConfig::default(),
             grpc_listener,
             http_listener,
             async move {
@@ -718,66 +720,4 @@ async fn watch_heartbeats_and_namespace_filter() {
         (Kind::Heartbeat, second.as_str())
     );
     server.stop().await;
-}
-
-/// gRPC over TLS with a self-signed certificate made for the test; plaintext is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_only_tls_clients() {
-    use tonic::transport::{Certificate, ClientTlsConfig};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_pem = cert.cert.pem();
-    let key_pem = cert.signing_key.serialize_pem();
-    let repo = repo_with(&flags_yaml("secure"));
-    let state = AppState::new(
-        git_reloader(repo.path(), false).unwrap(),
-        Options::default(),
-    );
-    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = grpc_listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(vexil_server::serve(
-        state,
-        Tokens::default(),
-        Some(vexil_server::TlsPem {
-            cert: cert_pem.clone().into_bytes(),
-            key: key_pem.into_bytes(),
-        }),
-        grpc_listener,
-        http_listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cert_pem))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{grpc}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlagServiceClient::new(channel);
-    assert_eq!(eval_a(&mut client).await, "secure");
-
-    // A plaintext client gets no answer.
-    let plain = Channel::from_shared(format!("http://{grpc}"))
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(plain) = plain {
-        let err = FlagServiceClient::new(plain)
-            .evaluate(eval_request("a"))
-            .await
-            .unwrap_err();
-        assert_ne!(err.code(), Code::Ok);
-    }
-    let _ = stop.send(());
-    tokio::time::timeout(PATIENCE, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
 }
