@@ -74,16 +74,20 @@ fn run_case(snapshot: &vexil_core::Snapshot, case: &Json) -> Result<(), String> 
             ctx.attributes.insert(k.clone(), AttrValue::from_json(v));
         }
     }
-    let result = match case["type"].as_str() {
-        Some(t) => {
-            snapshot.evaluate_as(namespace, flag, FlagType::parse(t).ok_or("bad type")?, &ctx)
-        }
-        None => snapshot.evaluate(namespace, flag, &ctx),
+    let expected = match case["type"].as_str() {
+        Some(t) => Some(FlagType::parse(t).ok_or("bad type")?),
+        None => None,
     };
+    // The server's own path: lookup, its one type rule, evaluation.
+    let result = vexil_server::evaluation::evaluate(snapshot, namespace, flag, expected, &ctx)
+        .map(|(_, eval)| eval);
     let expect = &case["expect"];
     match (result, expect["error"].as_str()) {
-        (Err(e), Some(code)) if e.code() == code => Ok(()),
-        (Err(e), _) => Err(format!("got error {}, expected {expect}", e.code())),
+        (Err(e), Some(code)) if e.openfeature_code() == code => Ok(()),
+        (Err(e), _) => Err(format!(
+            "got error {}, expected {expect}",
+            e.openfeature_code()
+        )),
         (Ok(e), Some(code)) => Err(format!(
             "expected error {code}, got {} ({})",
             e.value().to_json(),

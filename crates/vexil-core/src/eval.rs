@@ -10,8 +10,8 @@ use std::fmt;
 use crate::bucket::{self, BUCKETS, NumBuf};
 use crate::context::{Attr, AttrValue, Context};
 use crate::snapshot::{
-    BucketBy, Cmp, Condition, Flag, Gate, Hashing, Matcher, Mode, Namespace, Op, Outcome,
-    Rule, Scalar, Snapshot, Value, Variant,
+    BucketBy, Cmp, Condition, Flag, Gate, Hashing, Matcher, Mode, Namespace, Op, Outcome, Rule,
+    Scalar, Snapshot, Value, Variant,
 };
 
 /// Why a value was served (OpenFeature's reasons).

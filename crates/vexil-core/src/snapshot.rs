@@ -3,8 +3,8 @@
 //! Invariants: a `Snapshot` only exists for a fully valid set of files; every index in it
 //! (variant, segment) points inside its vectors; nothing in it changes after compilation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::diag::Pos;
@@ -340,7 +340,11 @@ pub(crate) struct Derived(pub(crate) Option<Arc<dyn Any + Send + Sync>>);
 
 impl std::fmt::Debug for Derived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Derived(..)" } else { "Derived(none)" })
+        f.write_str(if self.0.is_some() {
+            "Derived(..)"
+        } else {
+            "Derived(none)"
+        })
     }
 }
 

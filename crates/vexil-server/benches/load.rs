@@ -210,7 +210,10 @@ fn main() {
         let generation = Arc::new(AtomicU64::new(0));
         let reloader = Reloader::start(
             Box::new(Flags { generation: Arc::clone(&generation) }),
-            ReloadOptions::default(),
+            ReloadOptions {
+                prepare: Some(vexil_server::state::prepare()),
+                ..ReloadOptions::default()
+            },
         )
         .unwrap();
         let state = AppState::new(reloader, Options::default());

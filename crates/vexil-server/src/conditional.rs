@@ -184,4 +184,3 @@ pub fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
         .map(str::trim)
         .any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == want)
 }
-

@@ -145,7 +145,11 @@ fn check_json(v: &Json, depth: usize, budget: &mut Budget) -> Result<(), Error> 
     }
 }
 
-fn from_value(value: prost_types::Value, depth: usize, budget: &mut Budget) -> Result<AttrValue, Error> {
+fn from_value(
+    value: prost_types::Value,
+    depth: usize,
+    budget: &mut Budget,
+) -> Result<AttrValue, Error> {
     budget.take(depth)?;
     Ok(match value.kind {
         None | Some(Kind::NullValue(_)) => AttrValue::Null,

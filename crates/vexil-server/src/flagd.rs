@@ -155,7 +155,9 @@ fn metadata(namespace: &str, flag: &vexil_core::Flag) -> Struct {
     for (k, v) in &flag.metadata {
         let scalar = matches!(
             v,
-            serde_json::Value::Bool(_) | serde_json::Value::Number(_) | serde_json::Value::String(_)
+            serde_json::Value::Bool(_)
+                | serde_json::Value::Number(_)
+                | serde_json::Value::String(_)
         );
         if scalar {
             metadata.fields.insert(k.clone(), convert::json_value(v));
@@ -259,7 +261,9 @@ struct FlagdFeed {
 
 impl FlagdFeed {
     fn in_scope(&self, r: &FlagRef) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| *r.namespace == *ns)
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| *r.namespace == *ns)
     }
 }
 
@@ -289,8 +293,14 @@ impl Feed for FlagdFeed {
             .cloned()
             .collect();
         self.added_since.extend(added);
-        let lists = [&change.changes.added, &change.changes.changed, &change.changes.removed];
-        lists.iter().any(|refs| refs.iter().any(|r| self.in_scope(r)))
+        let lists = [
+            &change.changes.added,
+            &change.changes.changed,
+            &change.changes.removed,
+        ];
+        lists
+            .iter()
+            .any(|refs| refs.iter().any(|r| self.in_scope(r)))
     }
 
     fn change(&mut self, change: &ChangeEvent) -> Event {
@@ -328,7 +338,11 @@ impl Feed for FlagdFeed {
         let entries = now
             .iter()
             .map(|r| (r.key.to_string(), "update"))
-            .chain(before.difference(&now).map(|r| (r.key.to_string(), "delete")))
+            .chain(
+                before
+                    .difference(&now)
+                    .map(|r| (r.key.to_string(), "delete")),
+            )
             .collect::<Vec<_>>();
         let event = ("configuration_change", flags_data(entries));
         self.known = current;
@@ -641,24 +655,31 @@ impl v1::service_server::Service for FlagdApi {
         let mut out = v1::ResolveAllResponse::default();
         // As flagd does, disabled flags are left out (the client uses its code default).
         served
-            .evaluate_all(&ns_name, &ctx, |f| f.enabled, |found, eval| {
-                let value = match &eval.variant.value {
-                    Value::Bool(b) => v1::any_flag::Value::BoolValue(*b),
-                    Value::String(s) => v1::any_flag::Value::StringValue(s.to_string()),
-                    Value::Integer(i) => v1::any_flag::Value::DoubleValue(*i as f64),
-                    Value::Float(f) => v1::any_flag::Value::DoubleValue(*f),
-                    Value::Object(o) => v1::any_flag::Value::ObjectValue(convert::json_struct(o)),
-                };
-                out.flags.insert(
-                    found.flag.key.to_string(),
-                    v1::AnyFlag {
-                        reason: convert::openfeature_reason(eval.reason).to_owned(),
-                        variant: eval.variant.name.to_string(),
-                        value: Some(value),
-                        metadata: None,
-                    },
-                );
-            })
+            .evaluate_all(
+                &ns_name,
+                &ctx,
+                |f| f.enabled,
+                |found, eval| {
+                    let value = match &eval.variant.value {
+                        Value::Bool(b) => v1::any_flag::Value::BoolValue(*b),
+                        Value::String(s) => v1::any_flag::Value::StringValue(s.to_string()),
+                        Value::Integer(i) => v1::any_flag::Value::DoubleValue(*i as f64),
+                        Value::Float(f) => v1::any_flag::Value::DoubleValue(*f),
+                        Value::Object(o) => {
+                            v1::any_flag::Value::ObjectValue(convert::json_struct(o))
+                        }
+                    };
+                    out.flags.insert(
+                        found.flag.key.to_string(),
+                        v1::AnyFlag {
+                            reason: convert::openfeature_reason(eval.reason).to_owned(),
+                            variant: eval.variant.name.to_string(),
+                            value: Some(value),
+                            metadata: None,
+                        },
+                    );
+                },
+            )
             .map_err(status)?;
         Ok(Response::new(out))
     }

@@ -163,9 +163,14 @@ impl FlagApi {
         };
         let items: Vec<proto::BatchItem> = if r.flags.is_empty() {
             let mut items = Vec::new();
-            served.evaluate_all(namespace, &ctx, |_| true, |found, eval| {
-                items.push(item(found.flag, eval));
-            })?;
+            served.evaluate_all(
+                namespace,
+                &ctx,
+                |_| true,
+                |found, eval| {
+                    items.push(item(found.flag, eval));
+                },
+            )?;
             items
         } else {
             evaluation::namespace(served.snapshot, namespace)?;
@@ -302,7 +307,10 @@ impl FlagService for FlagApi {
         let namespace = request.into_inner().namespace;
         // Subscribe before reading the revision: no swap can fall between the two.
         let events = self.state.events.subscribe();
-        let revision = self.state.revision().ok_or_else(|| status(Error::NoSnapshot))?;
+        let revision = self
+            .state
+            .revision()
+            .ok_or_else(|| status(Error::NoSnapshot))?;
         let feed = WatchFeed {
             namespace,
             last_revision: revision,
@@ -398,7 +406,8 @@ impl Feed for WatchFeed {
 
     fn change(&mut self, change: &ChangeEvent) -> proto::WatchEvent {
         let namespace = &self.namespace;
-        let keep = |r: &&vexil_core::diff::FlagRef| namespace.is_empty() || *r.namespace == **namespace;
+        let keep =
+            |r: &&vexil_core::diff::FlagRef| namespace.is_empty() || *r.namespace == **namespace;
         let pick = |refs: &[vexil_core::diff::FlagRef]| -> Vec<proto::FlagKey> {
             refs.iter().filter(keep).map(convert::flag_key).collect()
         };

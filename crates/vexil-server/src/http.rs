@@ -98,9 +98,21 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Arc::clone(&state))
-        .merge(front(crate::ofrep::router(Arc::clone(&state)), Front::Ofrep, true))
-        .merge(front(crate::flipper::router(Arc::clone(&state)), Front::Flipper, true))
-        .merge(front(crate::unleash::router(Arc::clone(&state)), Front::Unleash, true))
+        .merge(front(
+            crate::ofrep::router(Arc::clone(&state)),
+            Front::Ofrep,
+            true,
+        ))
+        .merge(front(
+            crate::flipper::router(Arc::clone(&state)),
+            Front::Flipper,
+            true,
+        ))
+        .merge(front(
+            crate::unleash::router(Arc::clone(&state)),
+            Front::Unleash,
+            true,
+        ))
         .merge(front(own, Front::Http, true))
         // Metrics name flags and the commit served: behind the tokens, when there are any,
         // unless `--public-metrics` (Prometheus sends `authorization` from its scrape config).
@@ -148,7 +160,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let scrape = Scrape {
         metrics: Arc::clone(&state.metrics),
         snapshot: state.current().snapshot(),
-        reload: state.live.inspect(|status| ReloadFigures::of(status, healthy)),
+        reload: state
+            .live
+            .inspect(|status| ReloadFigures::of(status, healthy)),
     };
     (
         [(

@@ -110,7 +110,11 @@ impl layers::Rules for GrpcRules {
         tokens.accepts(headers.get("authorization").and_then(|v| v.to_str().ok()))
     }
 
-    fn refuse<B>(&self, _endpoint: metrics::Endpoint, _request: &::http::Request<B>) -> ::http::Response<tonic::body::Body> {
+    fn refuse<B>(
+        &self,
+        _endpoint: metrics::Endpoint,
+        _request: &::http::Request<B>,
+    ) -> ::http::Response<tonic::body::Body> {
         grpc::status(evaluation::Error::Unauthenticated).into_http()
     }
 

@@ -192,7 +192,11 @@ impl Endpoint {
         let known = ENDPOINTS
             .iter()
             .position(|(f, m)| *f == front && *m == method);
-        let other = || ENDPOINTS.iter().position(|(f, m)| *f == front && *m == "other");
+        let other = || {
+            ENDPOINTS
+                .iter()
+                .position(|(f, m)| *f == front && *m == "other")
+        };
         Endpoint(known.or_else(other).unwrap_or(ENDPOINTS.len() - 1))
     }
 
@@ -394,7 +398,10 @@ impl ReloadFigures {
         ReloadFigures {
             counts: s.counts,
             consecutive_failures: s.consecutive_failures,
-            last_attempt_unix_ms: s.last_attempt.as_ref().map(|a| crate::convert::unix_ms(a.at)),
+            last_attempt_unix_ms: s
+                .last_attempt
+                .as_ref()
+                .map(|a| crate::convert::unix_ms(a.at)),
             serving: s.serving.as_ref().map(|v| {
                 (
                     crate::convert::unix_ms(v.since),
@@ -437,12 +444,19 @@ fn plain(
 ) -> std::fmt::Result {
     let metric = encoder.encode_descriptor(name, help, None, kind)?;
     match kind {
-        MetricType::Counter => prometheus_client::metrics::counter::ConstCounter::new(value).encode(metric),
+        MetricType::Counter => {
+            prometheus_client::metrics::counter::ConstCounter::new(value).encode(metric)
+        }
         _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric),
     }
 }
 
-fn gauge_f64(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+fn gauge_f64(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> std::fmt::Result {
     let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     ConstGauge::new(value).encode(metric)
 }
@@ -478,7 +492,12 @@ impl Collector for Scrape {
             MetricType::Histogram,
         )?;
         for ((front, method), stats) in ENDPOINTS.iter().zip(&m.endpoints) {
-            let counts: Vec<u64> = stats.latency.buckets.iter().map(|b| b.load(Relaxed)).collect();
+            let counts: Vec<u64> = stats
+                .latency
+                .buckets
+                .iter()
+                .map(|b| b.load(Relaxed))
+                .collect();
             let count: u64 = counts.iter().sum();
             if count == 0 {
                 continue;
@@ -546,7 +565,11 @@ impl Collector for Scrape {
             MetricType::Counter,
             m.streams_stalled.load(Relaxed),
         )?;
-        if let Some(derived) = self.snapshot.as_deref().and_then(Snapshot::derived::<Derived>) {
+        if let Some(derived) = self
+            .snapshot
+            .as_deref()
+            .and_then(Snapshot::derived::<Derived>)
+        {
             derived.counters.encode(&mut encoder)?;
         }
         self.encode_reload(&mut encoder)
@@ -614,7 +637,8 @@ impl Scrape {
                 MetricType::Gauge,
             )?;
             let mut info = info;
-            ConstGauge::new(1i64).encode(info.encode_family(&[("revision", revision.as_str())])?)?;
+            ConstGauge::new(1i64)
+                .encode(info.encode_family(&[("revision", revision.as_str())])?)?;
             plain(
                 encoder,
                 "vexil_flags",

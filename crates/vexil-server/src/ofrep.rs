@@ -161,10 +161,16 @@ fn bulk(state: &AppState, namespace: &str, headers: &HeaderMap, body: &Bytes) ->
             return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
         }
         let mut flags = Vec::new();
-        served.evaluate_all(namespace, &ctx, |_| true, |found, eval| {
-            flags.push(item(namespace, found.flag, &eval));
-        })?;
-        let body = json!({ "flags": flags, "metadata": { "flagSetId": namespace, "revision": revision } });
+        served.evaluate_all(
+            namespace,
+            &ctx,
+            |_| true,
+            |found, eval| {
+                flags.push(item(namespace, found.flag, &eval));
+            },
+        )?;
+        let body =
+            json!({ "flags": flags, "metadata": { "flagSetId": namespace, "revision": revision } });
         let mut response = json_response(StatusCode::OK, &body);
         response.headers_mut().insert(header::ETAG, etag);
         Ok(response)

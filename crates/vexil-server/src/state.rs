@@ -180,9 +180,10 @@ impl AppState {
         Ok(AppState::new(reloader, options))
     }
 
-    /// Wires the state to a reloader started with `prepare()`: every change is broadcast to
+    /// Wires the state to a reloader started with `prepare()` in its options (snapshots read
+    /// without it are never served: they lack their tables): every change is broadcast to
     /// change streams, every attempt is logged.
-    fn new(reloader: Reloader, options: Options) -> Arc<AppState> {
+    pub fn new(reloader: Reloader, options: Options) -> Arc<AppState> {
         let reloader = Arc::new(reloader);
         let live = Arc::clone(reloader.live());
         let (events, _) = broadcast::channel(CHANGE_BUFFER);

@@ -13,7 +13,7 @@ use vexil_core::source::{
     Credentials, DirOptions, DirSource, GitOptions, GitSource, MemorySource, RemoteOptions,
     RemoteSource,
 };
-use vexil_core::{ReloadOptions, Reloader, Source, StartError};
+use vexil_core::{ReloadOptions, Source, StartError};
 use vexil_server::{AppState, CertSource, ConnLimits, Limits, Options, TlsConfig, Tokens};
 
 mod embedded {
@@ -305,25 +305,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     http.set_nonblocking(true)?;
     let source = build_source(args)?;
     let source_name = source.describe();
-    let reloader = match Reloader::start(
-        source,
-        ReloadOptions {
-            start_empty: args.start_empty,
-            today: None,
-        },
-    ) {
-        Ok(reloader) => reloader,
-        Err(StartError::Invalid { diagnostics, .. }) => {
-            eprintln!(
-                "error: the flags in {source_name} are invalid; not starting (use --start-empty to wait for a fix)"
-            );
-            for d in &diagnostics {
-                eprintln!("  {d}");
-            }
-            return Ok(ExitCode::from(1));
-        }
-        Err(e) => return Err(e.into()),
-    };
     // Connections may use every descriptor but a reserve for the reloader, logs and files.
     let max_connections = match descriptors {
         Some(limit) => {
@@ -359,6 +340,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         public_metrics: args.public_metrics,
         ..Options::default()
     };
+    // Starts reading the source (before the runtime: the first read may take a while).
+    let state = match AppState::start(
+        source,
+        ReloadOptions {
+            start_empty: args.start_empty,
+            ..ReloadOptions::default()
+        },
+        options,
+    ) {
+        Ok(state) => state,
+        Err(StartError::Invalid { diagnostics, .. }) => {
+            eprintln!(
+                "error: the flags in {source_name} are invalid; not starting (use --start-empty to wait for a fix)"
+            );
+            for d in &diagnostics {
+                eprintln!("  {d}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vexil-server")
@@ -367,10 +369,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let grpc = tokio::net::TcpListener::from_std(grpc)?;
         let http = tokio::net::TcpListener::from_std(http)?;
-        let state = AppState::new(reloader, options);
-        let revision = state
-            .served()
-            .map_or_else(|| "none yet".to_owned(), |s| s.snapshot.revision().to_owned());
+        let revision = state.revision().unwrap_or_else(|| "none yet".to_owned());
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         tracing::info!(

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 use vexil_core::source::{DirOptions, DirSource};
-use vexil_core::{AttrValue, Context, FlagType, Namespace, ReloadOptions, Reloader, Snapshot};
+use vexil_core::{AttrValue, Context, FlagType, Namespace, Reloader, Snapshot};
 use vexil_mirror::Mirror;
 use vexil_server::{Options, Tokens};
 
@@ -85,7 +85,7 @@ fn ruby() -> &'static str {
 fn dir_server_reloader(root: PathBuf) -> Reloader {
     Reloader::start(
         Box::new(DirSource::new(root, DirOptions::default())),
-        ReloadOptions::default(),
+        crate::serve::served_reload_options(),
     )
     .unwrap()
 }

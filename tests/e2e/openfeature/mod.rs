@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 use vexil_core::source::{DirOptions, DirSource};
-use vexil_core::{FlagType, ReloadOptions, Reloader};
+use vexil_core::{FlagType, Reloader};
 use vexil_server::proto;
 use vexil_server::{Options, Tokens};
 
 use crate::helpers::repo_root;
-use crate::serve::{TestServer, commit, git_reloader, repo_with};
+use crate::serve::{TestServer, commit, git_reloader, repo_with, served_reload_options};
 
 mod wire;
 
@@ -452,7 +452,7 @@ async fn example_server() -> TestServer {
             repo_root().join("flags"),
             DirOptions::default(),
         )),
-        ReloadOptions::default(),
+        served_reload_options(),
     )
     .unwrap();
     TestServer::start(reloader, Tokens::default(), Options::default()).await

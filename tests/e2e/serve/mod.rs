@@ -134,9 +134,17 @@ pub fn git_reloader(repo: &Path, start_empty: bool) -> Result<Reloader, vexil_co
         )),
         ReloadOptions {
             start_empty,
-            ..ReloadOptions::default()
+            ..served_reload_options()
         },
     )
+}
+
+/// Reload options for a reloader whose snapshots a server serves (with their tables).
+pub fn served_reload_options() -> ReloadOptions {
+    ReloadOptions {
+        prepare: Some(vexil_server::state::prepare()),
+        ..ReloadOptions::default()
+    }
 }
 
 fn ctx(key: &str, attrs: &[(&str, prost_types::Value)]) -> Option<proto::Context> {
@@ -285,7 +293,16 @@ async fn commits_are_served_watched_and_an_invalid_commit_is_reported() {
         ),
         "{metrics}"
     );
-    assert!(metrics.contains("vexil_grpc_requests_total{method=\"Evaluate\",code=\"OK\"} 3"));
+    assert!(
+        metrics.contains("vexil_requests_total{front=\"vexil\",method=\"Evaluate\",code=\"OK\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "vexil_request_duration_seconds_count{front=\"vexil\",method=\"Evaluate\"} 3"
+        ),
+        "{metrics}"
+    );
 
     // Reload answers with the attempt (the source still holds the invalid commit).
     let reload = client
@@ -523,10 +540,18 @@ async fn tokens_guard_every_rpc_but_health() {
     )
     .await;
     assert_eq!(code, 200);
-    assert!(
-        metrics.contains("vexil_grpc_unauthenticated_total 7"),
-        "{metrics}"
-    );
+    // Refusals are counted by front, and as requests with their code.
+    for line in [
+        "vexil_unauthenticated_total{front=\"vexil\"} 6",
+        "vexil_unauthenticated_total{front=\"http\"} 1",
+        "vexil_unauthenticated_total{front=\"ofrep\"} 0",
+        "vexil_requests_total{front=\"vexil\",method=\"Evaluate\",code=\"UNAUTHENTICATED\"} 2",
+        "vexil_requests_total{front=\"vexil\",method=\"Evaluate\",code=\"OK\"} 1",
+        "vexil_requests_total{front=\"vexil\",method=\"ServerReflectionInfo\",code=\"UNAUTHENTICATED\"} 1",
+        "vexil_requests_total{front=\"http\",method=\"metrics\",code=\"401\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 
     let mut health = HealthClient::new(channel.clone());
     let reply = health
