@@ -1,7 +1,7 @@
 //! The live snapshot that servers read, the reload status they report, and change events.
 //!
 //! Readers never block and never see a half-built snapshot: the snapshot sits behind an
-//! `ArcSwapOption` and is only ever replaced whole. Status and subscribers sit behind mutexes
+//! `ArcSwapOption` and is only ever replaced whole. Status and observers sit behind mutexes
 //! that only the reloader and status readers take, never the evaluation path.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,9 +13,9 @@ use crate::diag::Diagnostic;
 use crate::diff::FlagChanges;
 use crate::snapshot::Snapshot;
 
-/// Published after every swap that changes at least one flag.
+/// What a swap changed (possibly nothing), handed to observers with the swap.
 ///
-/// An event names revisions and flag keys, never a snapshot: subscribers that fall behind
+/// An event names revisions and flag keys, never a snapshot: streams that fall behind
 /// keep events queued, and a queued event must not keep a whole snapshot alive.
 #[derive(Debug)]
 pub struct ChangeEvent {
@@ -103,7 +103,6 @@ pub struct Status {
     pub reader: ReaderState,
 }
 
-type Subscriber = Box<dyn FnMut(&Arc<ChangeEvent>) -> bool + Send>;
 type Observer = Box<dyn Fn(&Attempt, Option<Swap<'_>>) + Send + Sync>;
 
 /// A swap as observers see it: the snapshot now served and its change event.
@@ -113,11 +112,10 @@ pub struct Swap<'a> {
     pub event: &'a Arc<ChangeEvent>,
 }
 
-/// The shared handle: the current snapshot, the status, and change subscribers.
+/// The shared handle: the current snapshot, the status, and observers.
 pub struct Live {
     current: ArcSwapOption<Snapshot>,
     status: Mutex<Status>,
-    subscribers: Mutex<Vec<Subscriber>>,
     observers: Mutex<Vec<Observer>>,
 }
 
@@ -140,9 +138,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs `f` on the callbacks in `list` without the lock held (so a callback may itself
-/// subscribe or observe), then puts them back with any added meanwhile. They are put back even
+/// observe), then puts them back with any added meanwhile. They are put back even
 /// if a callback panics: the reloader recovers from the panic, and one faulty callback must not
-/// silently unsubscribe all the others.
+/// silently remove all the others.
 fn with_taken<T>(list: &Mutex<Vec<T>>, f: impl FnOnce(&mut Vec<T>)) {
     struct Restore<'a, T> {
         list: &'a Mutex<Vec<T>>,
@@ -170,7 +168,6 @@ impl Live {
                 source: source.into(),
                 ..Status::default()
             }),
-            subscribers: Mutex::new(Vec::new()),
             observers: Mutex::new(Vec::new()),
         }
     }
@@ -204,17 +201,9 @@ impl Live {
         f(&mut lock(&self.status).reader);
     }
 
-    /// Calls `f` with every change event until it returns false. Events come from the
-    /// reloader thread, in order; `f` must be quick (hand the event to a channel).
-    pub fn subscribe(&self, f: impl FnMut(&Arc<ChangeEvent>) -> bool + Send + 'static) {
-        lock(&self.subscribers).push(Box::new(f));
-    }
-
-    /// Calls `f` after every reload attempt, from the reloader thread, before change events
-    /// are published. A swap comes with its event (the new snapshot, already served, and the
-    /// flag changes, which may be empty: unlike subscribers, observers see every swap). For
-    /// servers that derive per-snapshot state (metrics tables, serialised bodies), logs,
-    /// health and streams. `f` must be quick.
+    /// Calls `f` after every reload attempt, from the reloader thread. A swap comes with its
+    /// event (the new snapshot, already served, and the flag changes, which may be empty). For
+    /// servers: logs, health and change streams. `f` must be quick.
     pub fn observe(&self, f: impl Fn(&Attempt, Option<Swap<'_>>) + Send + Sync + 'static) {
         lock(&self.observers).push(Box::new(f));
     }
@@ -227,14 +216,7 @@ impl Live {
         });
     }
 
-    /// Change events through a channel; the subscription ends when the receiver is dropped.
-    pub fn subscribe_channel(&self) -> std::sync::mpsc::Receiver<Arc<ChangeEvent>> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.subscribe(move |event| tx.send(Arc::clone(event)).is_ok());
-        rx
-    }
-
-    /// Serves `snapshot` (its revision must differ from the one served), then publishes.
+    /// Serves `snapshot` (its revision must differ from the one served), then tells observers.
     pub(crate) fn swap(&self, snapshot: Snapshot, changes: FlagChanges, warnings: Vec<Diagnostic>) {
         let snapshot = Arc::new(snapshot);
         let old = self.current.swap(Some(Arc::clone(&snapshot)));
@@ -270,12 +252,6 @@ impl Live {
                 event: &event,
             }),
         );
-        if event.changes.is_empty() {
-            return;
-        }
-        with_taken(&self.subscribers, |subscribers| {
-            subscribers.retain_mut(|f| f(&event))
-        });
     }
 
     pub(crate) fn record_attempt(&self, revision: Option<String>, result: AttemptResult) {

@@ -177,6 +177,27 @@ fn string_value(r: &proto::EvaluateResponse) -> String {
     }
 }
 
+/// Every metric the exposition has is in the README's metrics table, and every metric the table
+/// names is in the exposition (this one has every kind: requests, evaluations, a swap).
+fn metrics_match_the_readme(exposition: &str) {
+    let readme = std::fs::read_to_string(crate::helpers::repo_root().join("README.md")).unwrap();
+    let documented: std::collections::BTreeSet<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `vexil_"))
+        .filter_map(|l| l.split(['`', '{']).next())
+        .collect();
+    let exposed: std::collections::BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE vexil_"))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(!exposed.is_empty(), "{exposition}");
+    assert_eq!(
+        exposed, documented,
+        "the metrics exposed (left) and the README's metrics table (right) differ"
+    );
+}
+
 async fn eval_a(client: &mut FlagServiceClient<Channel>) -> String {
     string_value(
         &client
@@ -297,6 +318,7 @@ async fn commits_are_served_watched_and_an_invalid_commit_is_reported() {
         metrics.contains("vexil_requests_total{front=\"vexil\",method=\"Evaluate\",code=\"OK\"} 3"),
         "{metrics}"
     );
+    metrics_match_the_readme(&metrics);
     assert!(
         metrics.contains(
             "vexil_request_duration_seconds_count{front=\"vexil\",method=\"Evaluate\"} 3"
