@@ -132,14 +132,17 @@ impl Process {
     }
 }
 
-struct Server {
+/// A running `vexil serve` (also used by `serve::tls`).
+pub(crate) struct Server {
     process: Process,
-    grpc: SocketAddr,
-    http: SocketAddr,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
 }
 
 impl Server {
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+    /// `vexil serve ARGS` on 127.0.0.1:0 with `env` (logs at `warn` unless `env` sets
+    /// `VEXIL_LOG`), once it serves.
+    pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         Process::spawn(args, env, None)
             .serving()
             .await
@@ -162,6 +165,20 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// What the server logged so far (its stderr).
+    pub(crate) fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// Sends SIGHUP (reread the certificates, read the source).
+    pub(crate) fn hup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     async fn client(&self) -> FlagServiceClient<Channel> {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -15,6 +15,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use vexil_server::{CertSource, TlsConfig};
 
 use super::*;
+use crate::faults::Server;
 
 /// A certificate authority made for the test.
 struct Ca {
@@ -196,68 +197,18 @@ async fn h2_ofrep(
         .expect("an HTTP/2 answer within PATIENCE")
 }
 
-/// `vexil serve` with its stderr (logs at info) kept in a file; killed when dropped.
-struct Vexil {
-    child: tokio::process::Child,
-    log: tempfile::NamedTempFile,
-    grpc: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Vexil {
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Vexil {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
-            .arg("serve")
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("VEXIL_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log.reopen().unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .ok()
-            .and_then(|l| l.ok().flatten())
-            .unwrap_or_else(|| {
-                panic!(
-                    "vexil serve {args:?} is not serving; stderr:\n{}",
-                    std::fs::read_to_string(log.path()).unwrap_or_default()
-                )
-            });
-        let addr = |label: &str| -> SocketAddr {
-            line.split(label)
-                .nth(1)
-                .and_then(|rest| rest.split([',', ' ']).next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no address after `{label}` in {line:?}"))
-        };
-        let (grpc, http) = (addr("gRPC on "), addr("HTTP on "));
-        Vexil {
-            child,
-            log,
-            grpc,
-            http,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    fn hup(&self) {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+/// A gRPC channel over TLS to `addr`, trusting `ca_pem` for `localhost`.
+async fn tls_channel(addr: SocketAddr, ca_pem: &str) -> Channel {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// A flags directory whose flag `a` is `value`.
@@ -280,7 +231,7 @@ async fn the_http_port_serves_https() {
     let (cert, key) = (tmp.path().join("http.crt"), tmp.path().join("http.key"));
     let leaf = ca.issue("http");
     leaf.write(&cert, &key);
-    let server = Vexil::start(
+    let server = Server::start(
         &[
             flags.to_str().unwrap(),
             "--http-tls-cert",
@@ -375,7 +326,7 @@ async fn sighup_reloads_both_ports_certificates() {
     let (grpc_b, http_b) = (ca.issue("grpc B"), ca.issue("http B"));
     grpc_a.write(&grpc_cert, &grpc_key);
     http_a.write(&http_cert, &http_key);
-    let server = Vexil::start(
+    let server = Server::start(
         &[
             flags.to_str().unwrap(),
             "--rescan-interval",
@@ -389,6 +340,7 @@ async fn sighup_reloads_both_ports_certificates() {
         &[
             ("VEXIL_HTTP_TLS_CERT", http_cert.to_str().unwrap()),
             ("VEXIL_HTTP_TLS_KEY", http_key.to_str().unwrap()),
+            ("VEXIL_LOG", "info"),
         ],
     )
     .await;
@@ -426,16 +378,7 @@ async fn sighup_reloads_both_ports_certificates() {
     );
     assert!(body.contains(r#""value":"reloaded""#), "{body}");
     // A gRPC call over the new certificate.
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.pem))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{grpc}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tls_channel(grpc, &ca.pem).await;
     assert_eq!(
         eval_a(&mut FlagServiceClient::new(channel)).await,
         "reloaded"
@@ -525,7 +468,6 @@ fn tls_options_need_each_other_and_readable_files() {
 /// gRPC over TLS with a certificate held in memory; plaintext is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_only_tls_clients() {
-    use tonic::transport::{Certificate, ClientTlsConfig};
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = cert.cert.pem();
     let key_pem = cert.signing_key.serialize_pem();
@@ -556,17 +498,7 @@ async fn tls_serves_only_tls_clients() {
             let _ = stopped.await;
         },
     ));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cert_pem))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{grpc}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlagServiceClient::new(channel);
+    let mut client = FlagServiceClient::new(tls_channel(grpc, &cert_pem).await);
     assert_eq!(eval_a(&mut client).await, "secure");
 
     // A plaintext client gets no answer.
