@@ -713,7 +713,12 @@ fn remote_damaged_cache_is_cloned_again() {
     assert_eq!(value(reloader.live(), "a").as_deref(), Some("1"));
 
     // Garbage in every object file and in HEAD: git cannot open the cache any more.
-    for entry in walk_files(&cache_repo.join("objects")) {
+    let objects = walk_files(&cache_repo.join("objects"));
+    assert!(
+        !objects.is_empty(),
+        "the cache holds object files to damage"
+    );
+    for entry in objects {
         std::fs::write(entry, b"garbage").unwrap();
     }
     std::fs::write(cache_repo.join("HEAD"), b"garbage").unwrap();

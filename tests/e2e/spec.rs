@@ -60,7 +60,45 @@ fn specification_tables() {
     );
 }
 
+/// The fields a case and its `expect` may have: any other (a typo) would be ignored, and an
+/// `expect` that checks nothing would pass whatever the answer.
+const CASE_FIELDS: [&str; 7] = [
+    "name",
+    "flag",
+    "namespace",
+    "key",
+    "attrs",
+    "type",
+    "expect",
+];
+const EXPECT_FIELDS: [&str; 5] = ["value", "variant", "reason", "rule", "error"];
+
+fn check_fields(case: &Json) -> Result<(), String> {
+    let fields = case.as_object().ok_or("a case is not a mapping")?;
+    if let Some(unknown) = fields.keys().find(|k| !CASE_FIELDS.contains(&k.as_str())) {
+        return Err(format!("unknown case field `{unknown}`"));
+    }
+    let expect = case["expect"].as_object().ok_or("case without expect")?;
+    if let Some(unknown) = expect.keys().find(|k| !EXPECT_FIELDS.contains(&k.as_str())) {
+        return Err(format!("unknown expect field `{unknown}`"));
+    }
+    if !["value", "variant", "reason", "error"]
+        .iter()
+        .any(|f| expect.get(*f).is_some_and(|v| !v.is_null()))
+    {
+        return Err("expect checks nothing (no value, variant, reason or error)".into());
+    }
+    if let Some(field) = ["value", "variant", "reason", "error"]
+        .iter()
+        .find(|f| expect.get(**f).is_some_and(Json::is_null))
+    {
+        return Err(format!("expect.{field} is null: no answer is null"));
+    }
+    Ok(())
+}
+
 fn run_case(snapshot: &vexil_core::Snapshot, case: &Json) -> Result<(), String> {
+    check_fields(case)?;
     let flag = case["flag"].as_str().ok_or("case without flag")?;
     let namespace = case["namespace"]
         .as_str()

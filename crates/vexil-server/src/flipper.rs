@@ -237,14 +237,8 @@ async fn actor(
         Ok(x) => x,
         Err(e) => return refused(&e),
     };
+    // Never empty: `/actors/` is an unknown path.
     let id = params.get("flipper_id").map_or("", String::as_str);
-    if id.is_empty() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            4,
-            "Required parameter flipper_id is missing.",
-        );
-    }
     let ctx = vexil_core::Context::with_key(id);
     let on = |value: &Value| matches!(value, Value::Bool(true));
     let mut features = serde_json::Map::new();
@@ -277,6 +271,12 @@ async fn actor(
 /// Any write: 405, saying where the flags live and how to change them (the layer lets only a
 /// caller with a token this far, when tokens are configured: the message names the source).
 async fn refuse(State(f): State<Flipper>, method: Method) -> Response {
+    refusal(&f, &method, "GET, HEAD")
+}
+
+/// 405 naming where the flags live, with the methods the path does allow (none for paths
+/// that are not routes).
+fn refusal(f: &AppState, method: &Method, allow: &'static str) -> Response {
     let message = format!(
         "This Flipper API is a read-only mirror served by Vexil: {method} is not allowed. The flags are managed in git ({}); to change one, edit its YAML flag file there and merge a pull request, and this server picks up the new commit.",
         f.options.source
@@ -284,13 +284,13 @@ async fn refuse(State(f): State<Flipper>, method: Method) -> Response {
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, 405, &message);
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
 /// Paths of the API that are not routes: writes (`POST /import`, ...) are refused with 405,
 /// anything else is Flipper's 404 `{}`.
-async fn unknown(state: State<Flipper>, method: Method) -> Response {
+async fn unknown(State(f): State<Flipper>, method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return (
             StatusCode::NOT_FOUND,
@@ -299,5 +299,5 @@ async fn unknown(state: State<Flipper>, method: Method) -> Response {
         )
             .into_response();
     }
-    refuse(state, method).await
+    refusal(&f, &method, "")
 }

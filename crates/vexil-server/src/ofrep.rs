@@ -83,6 +83,11 @@ fn request_context(state: &AppState, body: &Bytes) -> Result<vexil_core::Context
     }
     let parsed: Json = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("the body is not JSON: {e}")))?;
+    if !parsed.is_object() {
+        return Err(Error::BadRequest(
+            "the body must be a JSON object (with an optional `context`)".into(),
+        ));
+    }
     match parsed.get("context") {
         None | Some(Json::Null) => Ok(vexil_core::Context::new()),
         Some(ctx) => context::from_json(ctx, &state.options.limits),

@@ -201,8 +201,8 @@ async fn refuse_post_only(State(u): State<Unleash>, method: Method) -> Response 
     refusal(&u, &method, "POST")
 }
 
-/// 405 naming where the flags live (the layer lets only a caller with a token this far, when
-/// tokens are set).
+/// 405 naming where the flags live, with the methods the path does allow (the layer lets only
+/// a caller with a token this far, when tokens are set).
 fn refusal(u: &AppState, method: &Method, allow: &'static str) -> Response {
     let mut response = message(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -217,9 +217,11 @@ fn refusal(u: &AppState, method: &Method, allow: &'static str) -> Response {
     response
 }
 
-async fn unknown(state: State<Unleash>, method: Method) -> Response {
+/// Paths that are not routes: 404 to reads, 405 with an empty `Allow` to writes (nothing is
+/// there to write to, and the message says where the flags live).
+async fn unknown(State(u): State<Unleash>, method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return message(StatusCode::NOT_FOUND, "Not found.");
     }
-    refuse(state, method).await
+    refusal(&u, &method, "")
 }

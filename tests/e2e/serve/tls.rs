@@ -501,18 +501,55 @@ async fn tls_serves_only_tls_clients() {
     let mut client = FlagServiceClient::new(tls_channel(grpc, &cert_pem).await);
     assert_eq!(eval_a(&mut client).await, "secure");
 
-    // A plaintext client gets no answer.
+    // A plaintext gRPC client: TCP and the HTTP/2 preface need no answer, so the channel
+    // connects, but the call must fail in the transport, with no gRPC status from the server:
+    // the port answers the preface with a TLS alert and closes, so the client reads an
+    // oversized HTTP/2 frame (INTERNAL) or finds the connection gone before its request went
+    // out (CANCELLED, UNAVAILABLE).
     let plain = Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
+        .await
+        .expect("a plaintext channel connects (nothing is read back before the first call)");
+    let call = FlagServiceClient::new(plain)
+        .evaluate(eval_request("a"))
         .await;
-    if let Ok(plain) = plain {
-        let err = FlagServiceClient::new(plain)
-            .evaluate(eval_request("a"))
+    let err = call.expect_err("a plaintext call to the TLS port must fail");
+    let transport = std::error::Error::source(&err)
+        .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some());
+    assert!(
+        transport
+            && matches!(
+                err.code(),
+                Code::Internal | Code::Cancelled | Code::Unavailable | Code::Unknown
+            ),
+        "a transport failure, not a status of the service: {err:?}"
+    );
+    // What the port sends to any plaintext bytes: a fatal TLS alert record, then it closes.
+    {
+        let mut tcp = tokio::net::TcpStream::connect(grpc).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
-            .unwrap_err();
-        assert_ne!(err.code(), Code::Ok);
+            .unwrap();
+        // Everything until the close (a reset after the alert, if the server left bytes unread).
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, async {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                answer.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("the TLS port closes a plaintext connection");
+        // Record type 21 (alert), protocol version 3.x, length 2, level 2 (fatal).
+        assert!(
+            matches!(answer.as_slice(), [21, 3, _, 0, 2, 2, _]),
+            "a fatal TLS alert, not an HTTP answer: {answer:?} ({:?})",
+            String::from_utf8_lossy(&answer)
+        );
     }
+    // The TLS client still works after the plaintext attempts.
+    assert_eq!(eval_a(&mut client).await, "secure");
     let _ = stop.send(());
     tokio::time::timeout(PATIENCE, server)
         .await
