@@ -17,17 +17,20 @@ use crate::layers::{GateLayer, Rules};
 use crate::metrics::{Code, Endpoint, Front, ReloadFigures, Scrape};
 use crate::state::AppState;
 
-/// Tokens and metrics for one HTTP front.
+/// Tokens, metrics and the body limit for one HTTP front (or the probes: neither measured nor
+/// guarded, but limited).
 #[derive(Debug, Clone, Copy)]
 pub struct FrontRules {
-    front: Front,
+    /// `None` for the probes.
+    front: Option<Front>,
     /// Whether the front needs a token (when tokens are configured).
     guarded: bool,
+    max_body: u64,
 }
 
 impl FrontRules {
-    fn method(self, path: &str) -> &'static str {
-        match self.front {
+    fn method(front: Front, path: &str) -> &'static str {
+        match front {
             Front::Ofrep => crate::ofrep::method(path),
             Front::Flipper => crate::flipper::method(path),
             Front::Unleash => crate::unleash::method(path),
@@ -48,11 +51,15 @@ impl Rules for FrontRules {
     type Body = axum::body::Body;
 
     fn classify<B>(&self, request: &Request<B>) -> Option<(Endpoint, bool)> {
+        let front = self.front?;
         let path = request
             .extensions()
             .get::<MatchedPath>()
             .map_or_else(|| request.uri().path(), MatchedPath::as_str);
-        Some((Endpoint::of(self.front, self.method(path)), self.guarded))
+        Some((
+            Endpoint::of(front, FrontRules::method(front, path)),
+            self.guarded,
+        ))
     }
 
     /// Every form a client can be set up to send (see `Tokens::accepts_http`).
@@ -63,13 +70,30 @@ impl Rules for FrontRules {
     fn refuse<B>(&self, _endpoint: Endpoint, request: &Request<B>) -> Response {
         let e = Error::Unauthenticated;
         match self.front {
-            Front::Ofrep => crate::ofrep::error(&e, crate::ofrep::key_of(request.uri().path())),
-            Front::Flipper => crate::flipper::refused(&e),
-            Front::Unleash => crate::unleash::refused(&e),
-            Front::Vexil | Front::Flagd | Front::Http => {
+            Some(Front::Ofrep) => {
+                crate::ofrep::error(&e, crate::ofrep::key_of(request.uri().path()))
+            }
+            Some(Front::Flipper) => crate::flipper::refused(&e),
+            Some(Front::Unleash) => crate::unleash::refused(&e),
+            Some(Front::Vexil | Front::Flagd | Front::Http) | None => {
                 (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
             }
         }
+    }
+
+    fn body_limit(&self) -> Option<u64> {
+        Some(self.max_body)
+    }
+
+    fn too_large(&self) -> Response {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than {} bytes (--max-message-bytes)\n",
+                self.max_body
+            ),
+        )
+            .into_response()
     }
 
     fn code(&self, response: &Response) -> Code {
@@ -80,8 +104,12 @@ impl Rules for FrontRules {
 /// The HTTP port's router.
 pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     let max_body = state.options.limits.max_message_bytes;
-    let front = |router: Router, front: Front, guarded: bool| {
-        let rules = FrontRules { front, guarded };
+    let front = |router: Router, front: Option<Front>, guarded: bool| {
+        let rules = FrontRules {
+            front,
+            guarded,
+            max_body: max_body as u64,
+        };
         router.layer(GateLayer::new(
             rules,
             tokens.clone(),
@@ -94,56 +122,28 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .with_state(Arc::clone(&state));
-    Router::new()
+    let probes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Arc::clone(&state))
-        .merge(front(
-            crate::ofrep::router(Arc::clone(&state)),
-            Front::Ofrep,
-            true,
-        ))
-        .merge(front(
-            crate::flipper::router(Arc::clone(&state)),
-            Front::Flipper,
-            true,
-        ))
-        .merge(front(
-            crate::unleash::router(Arc::clone(&state)),
-            Front::Unleash,
-            true,
-        ))
-        .merge(front(own, Front::Http, true))
+        .with_state(Arc::clone(&state));
+    let ofrep = crate::ofrep::router(Arc::clone(&state));
+    let flipper = crate::flipper::router(Arc::clone(&state));
+    let unleash = crate::unleash::router(Arc::clone(&state));
+    front(probes, None, false)
+        .merge(front(ofrep, Some(Front::Ofrep), true))
+        .merge(front(flipper, Some(Front::Flipper), true))
+        .merge(front(unleash, Some(Front::Unleash), true))
+        .merge(front(own, Some(Front::Http), true))
         // Metrics name flags and the commit served: behind the tokens, when there are any,
         // unless `--public-metrics` (Prometheus sends `authorization` from its scrape config).
-        .merge(front(metrics, Front::Http, !state.options.public_metrics))
-        // One body limit for every route: a declared length over it is refused before the
-        // handler runs (even one that ignores bodies), and extractors stop reading at it.
-        .layer(axum::middleware::from_fn_with_state(
-            max_body,
-            refuse_large_bodies,
+        .merge(front(
+            metrics,
+            Some(Front::Http),
+            !state.options.public_metrics,
         ))
+        // Each gate refuses a declared length over the limit; extractors stop reading an
+        // undeclared one at it.
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
-}
-
-async fn refuse_large_bodies(
-    State(max): State<usize>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {max} bytes (--max-message-bytes)\n"),
-        )
-            .into_response();
-    }
-    next.run(request).await
 }
 
 /// Every flag a mirror exports inexactly or leaves out, and why (behind tokens: it names flags).

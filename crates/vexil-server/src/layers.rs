@@ -1,8 +1,9 @@
 //! Auth and metrics as layers: a `Gate` sits in front of the gRPC port's routes (attached once)
 //! and of each HTTP front's router (attached once per front). It names the endpoint a request
-//! is for, refuses a request without an accepted token before any handler runs (counted in
-//! `vexil_unauthenticated_total{front}`), and counts and times every answer, refusals
-//! included (`vexil_requests_total`, `vexil_request_duration_seconds`).
+//! is for, refuses a request whose declared body is over the limit (413) or that has no
+//! accepted token (401, counted in `vexil_unauthenticated_total{front}`) before any handler
+//! runs, and counts and times every answer, refusals included (`vexil_requests_total`,
+//! `vexil_request_duration_seconds`).
 //!
 //! The gate's future wraps the inner one without boxing (the inner futures are `Unpin`), so a
 //! measured request allocates nothing more than an unmeasured one.
@@ -28,6 +29,10 @@ pub trait Rules: Clone + Send + Sync + 'static {
     fn authorized(&self, tokens: &Tokens, headers: &HeaderMap) -> bool;
     /// The answer to a request without an accepted token.
     fn refuse<B>(&self, endpoint: Endpoint, request: &Request<B>) -> Response<Self::Body>;
+    /// The largest body a request may declare (`Content-Length`), if the port has a limit of
+    /// its own (gRPC's is the codec's), and the answer to one that declares more.
+    fn body_limit(&self) -> Option<u64>;
+    fn too_large(&self) -> Response<Self::Body>;
     fn code(&self, response: &Response<Self::Body>) -> Code;
 }
 
@@ -86,25 +91,45 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let Some((endpoint, protected)) = self.rules.classify(&request) else {
+        let classified = self.rules.classify(&request);
+        // A declared length over the limit is refused before the handler runs (even one that
+        // ignores bodies); extractors stop reading an undeclared one at the same limit.
+        let too_large = self.rules.body_limit().is_some_and(|max| {
+            request
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > max)
+        });
+        let refused = |state: &Self, endpoint: Option<Endpoint>, answer: Response<R::Body>| {
+            if let Some(endpoint) = endpoint {
+                let code = state.rules.code(&answer);
+                state.metrics.observe(endpoint, started.elapsed(), code);
+            }
+            GateFuture {
+                state: State::Refused(Some(answer)),
+                rules: state.rules.clone(),
+            }
+        };
+        if too_large {
+            return refused(self, classified.map(|(e, _)| e), self.rules.too_large());
+        }
+        let Some((endpoint, protected)) = classified else {
             return GateFuture {
                 state: State::Passed(self.inner.call(request)),
                 rules: self.rules.clone(),
             };
         };
-        let metrics = Arc::clone(&self.metrics);
         if protected
             && self.tokens.is_enabled()
             && !self.rules.authorized(&self.tokens, request.headers())
         {
-            metrics.unauthenticated(endpoint.front());
-            let refusal = self.rules.refuse(endpoint, &request);
-            metrics.observe(endpoint, started.elapsed(), self.rules.code(&refusal));
-            return GateFuture {
-                state: State::Refused(Some(refusal)),
-                rules: self.rules.clone(),
-            };
+            self.metrics.unauthenticated(endpoint.front());
+            let answer = self.rules.refuse(endpoint, &request);
+            return refused(self, Some(endpoint), answer);
         }
+        let metrics = Arc::clone(&self.metrics);
         GateFuture {
             state: State::Running {
                 inner: self.inner.call(request),
