@@ -3,6 +3,12 @@
 //! (a) a flag without rules, (b) a segment of three conditions plus a rollout, (c) 100 flags for
 //! one context, (d) compiling a generated 10,000-flag repository; and, in the same run, flags
 //! (a) and (b) expressed for unleash-yggdrasil (Unleash's Rust engine), for a ratio.
+//!
+//! Sample sizes are fixed, not tuned: divan's tuning doubles a sample's iterations until its
+//! slowest sample is 100 timer ticks long, so one preempted early sample (a shared machine, a
+//! cold first call) ended tuning at 100 iterations, and such runs read (a) at 28 to 70 ns
+//! instead of 15. Each nanosecond benchmark now takes 1,000 samples of about a millisecond
+//! (`sample_size` iterations): the median of those is what the tables in BENCHMARKS.md quote.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -60,7 +66,7 @@ fn vexil_context() -> Context {
         .with("app_version", "2.4.1")
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 1000, sample_size = 40_000)]
 fn a_static_flag_vexil(bencher: divan::Bencher) {
     let ctx = vexil_context();
     let snap = &*SNAPSHOT;
@@ -82,7 +88,7 @@ fn a_static_flag_vexil(bencher: divan::Bencher) {
     });
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 1000, sample_size = 10_000)]
 fn b_segment_and_rollout_vexil(bencher: divan::Bencher) {
     let ctx = vexil_context();
     let snap = &*SNAPSHOT;
@@ -145,7 +151,7 @@ fn ygg_context() -> unleash_yggdrasil::Context {
     }
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 1000, sample_size = 20_000)]
 fn a_static_flag_yggdrasil(bencher: divan::Bencher) {
     let ctx = ygg_context();
     let engine = &*YGG;
@@ -153,7 +159,7 @@ fn a_static_flag_yggdrasil(bencher: divan::Bencher) {
     bencher.bench(|| engine.is_enabled(black_box("static-flag"), black_box(&ctx), &None));
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 1000, sample_size = 5_000)]
 fn b_segment_and_rollout_yggdrasil(bencher: divan::Bencher) {
     let ctx = ygg_context();
     let engine = &*YGG;
@@ -171,7 +177,7 @@ static HUNDRED: LazyLock<Snapshot> = LazyLock::new(|| {
     )
 });
 
-#[divan::bench]
+#[divan::bench(sample_count = 1000, sample_size = 500)]
 fn c_hundred_flags_one_context(bencher: divan::Bencher) {
     let ctx = vexil_context()
         .with("email", "dev@example.com")

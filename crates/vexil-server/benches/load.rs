@@ -3,7 +3,9 @@
 //!
 //! 1. unary Evaluate of a targeted flag (a segment of two conditions and a 50 % rollout);
 //! 2. EvaluateBatch of all 100 flags of a namespace;
-//! 3. unary Evaluate while the snapshot is swapped every 50 ms.
+//! 3. OFREP over HTTP/1.1 keep-alive (one connection per request in flight): a single
+//!    evaluation of the targeted flag, and the bulk evaluation of the namespace's 100 flags;
+//! 4. unary Evaluate while the snapshot is swapped every 50 ms.
 //!
 //! Every response's status and value is checked; each run is bounded in time and in count, and
 //! only 127.0.0.1 is used.
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use vexil_core::source::{Fetched, from_memory};
 use vexil_core::{ReloadOptions, Reloader, Source, SourceError};
@@ -122,29 +125,50 @@ struct RunResult {
     elapsed: Duration,
 }
 
-/// Runs `CONCURRENCY` loops of `call` for `duration`; each call returns whether the answer was right.
+/// Runs `CONCURRENCY` loops of `call` for `duration` over the gRPC channels; each call returns
+/// whether the answer was right.
 async fn run<F, Fut>(channels: &[Channel], duration: Duration, call: F) -> RunResult
 where
     F: Fn(Channel, Arc<AtomicU64>) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let clients = (0..setting("VEXIL_LOAD_CONCURRENCY", 32))
+        .map(|i| channels[i % channels.len()].clone())
+        .collect();
+    run_loops(clients, duration, move |channel: Channel, last| {
+        let answer = call(channel.clone(), last);
+        async move { (channel, answer.await) }
+    })
+    .await
+}
+
+/// Runs one loop per client for `duration`; each call takes its loop's client and gives it back
+/// with whether the answer was right.
+async fn run_loops<C, F, Fut>(clients: Vec<C>, duration: Duration, call: F) -> RunResult
+where
+    C: Send + 'static,
+    F: Fn(C, Arc<AtomicU64>) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = (C, bool)> + Send,
 {
     let deadline = Instant::now() + duration;
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..setting("VEXIL_LOAD_CONCURRENCY", 32))
-        .map(|i| {
-            let client = channels[i % channels.len()].clone();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
             let call = call.clone();
             let issued = Arc::clone(&issued);
             tokio::spawn(async move {
                 let mut out = RunResult::default();
+                let mut client = Some(client);
                 // Per-loop memory for checks across calls (the newest revision seen).
                 let last = Arc::new(AtomicU64::new(0));
                 while Instant::now() < deadline
                     && issued.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
                 {
                     let t = Instant::now();
-                    let ok = call(client.clone(), Arc::clone(&last)).await;
+                    let (back, ok) = call(client.take().unwrap(), Arc::clone(&last)).await;
+                    client = Some(back);
                     out.latencies_us
                         .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                     out.requests += 1;
@@ -163,6 +187,123 @@ where
     }
     total.elapsed = start.elapsed();
     total
+}
+
+/// One HTTP/1.1 keep-alive connection: writes a request, reads its response (a body with a
+/// `Content-Length`, as the server sends for whole JSON bodies).
+struct Http1 {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http1 {
+    async fn connect(addr: std::net::SocketAddr) -> Http1 {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Http1 {
+            stream,
+            buf: Vec::with_capacity(64 << 10),
+        }
+    }
+
+    /// `request` is a whole request; the answer is the status and the body (`None`: the
+    /// connection failed or the response was not understood).
+    async fn exchange(&mut self, request: &[u8]) -> Option<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await.ok()?;
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).ok()?;
+        let status: u16 = head.get(9..12)?.parse().ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while self.buf.len() < head_end + length {
+            self.fill().await?;
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.drain(..head_end + length);
+        Some((status, body))
+    }
+
+    async fn fill(&mut self) -> Option<()> {
+        self.buf.reserve(32 << 10);
+        let n = self.stream.read_buf(&mut self.buf).await.ok()?;
+        (n > 0).then_some(())
+    }
+}
+
+/// An OFREP POST of `context()` (as OFREP's JSON context) to `path`.
+fn ofrep_request(path: &str) -> Arc<[u8]> {
+    let body = serde_json::json!({
+        "context": { "targetingKey": "user-1", "country": "FR", "plan": "pro", "seats": 12 }
+    })
+    .to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into()
+}
+
+/// Runs `request` on `CONCURRENCY` HTTP/1.1 keep-alive connections, checking each answer.
+async fn run_http1(
+    addr: std::net::SocketAddr,
+    duration: Duration,
+    request: Arc<[u8]>,
+    check: fn(u16, &[u8]) -> bool,
+) -> RunResult {
+    let mut clients = Vec::new();
+    for _ in 0..setting("VEXIL_LOAD_CONCURRENCY", 32) {
+        clients.push(Http1::connect(addr).await);
+    }
+    run_loops(clients, duration, move |mut c: Http1, _| {
+        let request = Arc::clone(&request);
+        async move {
+            let ok =
+                matches!(c.exchange(&request).await, Some((status, body)) if check(status, &body));
+            (c, ok)
+        }
+    })
+    .await
+}
+
+/// OFREP's single answer for `targeted`: true, by targeting.
+fn ofrep_single_ok(status: u16, body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    status == 200
+        && v["key"] == "targeted"
+        && v["value"] == true
+        && v["reason"] == "TARGETING_MATCH"
+}
+
+/// OFREP's bulk answer: the namespace's 100 flags, each with a value and no error.
+fn ofrep_bulk_ok(status: u16, body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let Some(flags) = v["flags"].as_array() else {
+        return false;
+    };
+    status == 200
+        && flags.len() == 100
+        && flags
+            .iter()
+            .all(|f| f.get("errorCode").is_none() && f.get("value").is_some())
+        && flags
+            .iter()
+            .any(|f| f["key"] == "targeted" && f["value"] == true)
 }
 
 fn report(name: &str, r: &mut RunResult, per_request: u64) {
@@ -227,6 +368,7 @@ fn main() {
             .await
             .unwrap();
         let addr = grpc.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = server_handle.spawn(vexil_server::serve(
             Arc::clone(&state),
@@ -307,6 +449,16 @@ fn main() {
         };
         let mut r = run(&channels, duration, batch).await;
         report("EvaluateBatch of 100 flags", &mut r, 100);
+        assert_eq!(r.errors, 0);
+
+        // OFREP over HTTP/1.1: the same flag and context, then the whole namespace.
+        let request = ofrep_request("/ofrep/v1/evaluate/flags/targeted");
+        let mut r = run_http1(http_addr, duration, request, ofrep_single_ok).await;
+        report("OFREP single evaluation (HTTP/1.1)", &mut r, 1);
+        assert_eq!(r.errors, 0);
+        let request = ofrep_request("/ofrep/v1/evaluate/flags");
+        let mut r = run_http1(http_addr, duration, request, ofrep_bulk_ok).await;
+        report("OFREP bulk evaluation of 100 flags (HTTP/1.1)", &mut r, 100);
         assert_eq!(r.errors, 0);
 
         // Swaps every 50 ms under load; each reader checks that the revision it is answered from

@@ -10,8 +10,10 @@ seconds="${1:-10}"
 command -v wrk > /dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 cargo build --release --locked -q -p vexil
+vexil="${CARGO_TARGET_DIR:-target}/release/vexil"
 work="$(mktemp -d)"
-trap 'kill "$server" 2> /dev/null || true; rm -rf "$work"' EXIT
+server=""
+trap '[ -n "$server" ] && kill "$server" 2> /dev/null; rm -rf "$work"' EXIT
 
 # 350 flags, shaped like a real repository: mostly booleans (actors, groups, percentages, or
 # attribute rules), a fifth of them serving strings by rules and splits.
@@ -46,7 +48,7 @@ for f in range(10):
 PY
 
 port=$((20000 + RANDOM % 20000))
-./target/release/vexil serve "$work/flags" --grpc-addr 127.0.0.1:0 --http-addr "127.0.0.1:$port" \
+"$vexil" serve "$work/flags" --grpc-addr 127.0.0.1:0 --http-addr "127.0.0.1:$port" \
     --log warn > "$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
