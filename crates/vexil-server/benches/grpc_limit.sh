@@ -14,6 +14,7 @@
 #   (installed when missing if run as root on Debian)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+. crates/vexil-server/benches/common.sh
 seconds="${1:-10}"
 rounds="${2:-3}"
 conns="${VEXIL_H2LOAD_CONNECTIONS:-2}"
@@ -23,21 +24,8 @@ missing=()
 command -v h2load > /dev/null || missing+=(nghttp2-client)
 command -v curl > /dev/null || missing+=(curl)
 command -v python3 > /dev/null || missing+=(python3)
-if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
-    else
-        echo "missing: apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
-
-if [ -n "${VEXIL_BIN:-}" ]; then
-    vexil="$VEXIL_BIN"
-else
-    cargo build --release --locked -q -p vexil
-    vexil="${CARGO_TARGET_DIR:-target}/release/vexil"
-fi
+install_missing "${missing[@]}"
+vexil="$(vexil_binary)"
 work="$(mktemp -d)"
 server=""
 cleanup() {

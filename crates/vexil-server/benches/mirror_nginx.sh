@@ -16,6 +16,7 @@
 #   (installed when missing if run as root on Debian; no nginx service is started)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+. crates/vexil-server/benches/common.sh
 seconds="${1:-10}"
 rounds="${2:-3}"
 source_dir="${3:-flags}"
@@ -29,22 +30,11 @@ missing=()
 command -v wrk > /dev/null || missing+=(wrk)
 command -v curl > /dev/null || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        # Debian starts the packaged nginx service where it can; this script never uses it.
-        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
-        nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
-    else
-        echo "missing: apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
+    # Debian starts the packaged nginx service where it can; this script never uses it.
+    install_missing "${missing[@]}"
+    nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 fi
-
-if [ -n "${VEXIL_BIN:-}" ]; then
-    vexil="$VEXIL_BIN"
-else
-    cargo build --release --locked -q -p vexil
-    vexil="${CARGO_TARGET_DIR:-target}/release/vexil"
-fi
+vexil="$(vexil_binary)"
 work="$(mktemp -d)"
 server=""
 nginx_pid=""

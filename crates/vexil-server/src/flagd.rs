@@ -72,16 +72,12 @@ impl Want {
     }
 }
 
-/// Every core error as a gRPC status: the one place this front words them.
+/// Every core error as a gRPC status: vexil.v1's wording, without its pointer to the Status
+/// call (flagd clients have none). Refusals for tokens are the gate's, before this front.
 fn status(e: Error) -> Status {
-    let text = e.to_string();
     match e {
-        Error::Unauthenticated => Status::unauthenticated(text),
-        Error::NoSnapshot => Status::unavailable(text),
-        Error::UnknownNamespace(_) | Error::FlagNotFound { .. } => Status::not_found(text),
-        Error::TypeMismatch { .. } | Error::InvalidContext(_) | Error::BadRequest(_) => {
-            Status::invalid_argument(text)
-        }
+        Error::NoSnapshot => Status::unavailable(e.to_string()),
+        e => crate::grpc::status(e),
     }
 }
 

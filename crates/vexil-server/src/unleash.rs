@@ -112,7 +112,7 @@ async fn features(
         Err(e) => return refused(&e),
     };
     let Some(t) = served.derived.mirrors.unleash.get(namespace) else {
-        return StatusCode::NOT_FOUND.into_response();
+        return refused(&Error::UnknownNamespace(namespace.to_owned()));
     };
     let kind = Kind::of(&headers) as usize;
     let mut prefix: Option<String> = None;
