@@ -15,6 +15,8 @@
 //!   `vexil serve`, installed by the tests;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
 //! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories;
+//! - `remote`: remote sources as deployed: a start from the cache while the remote is down,
+//!   cheap polls (one shallow ref, no fetch when it has not moved, over `git daemon`), CA files;
 //! - `review`: `vexil diff` (golden outputs in tests/review/), flag tests, `--rev`, CI templates;
 //! - `serve`: `vexil serve` (gRPC with a tonic client, health, reflection, auth, metrics, probes,
 //!   signals) on 127.0.0.1:0;
@@ -37,6 +39,7 @@ mod mirrors;
 mod openfeature;
 mod props;
 mod reload;
+mod remote;
 mod review;
 mod schema;
 mod serve;

@@ -22,9 +22,9 @@ mod embedded {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A flags directory, a local git repository (with --ref), or a git URL (file://, or
-    /// https:// and ssh:// in builds with the `git-https` feature). Default: `./flags` if it
-    /// exists, else the example repository built into this binary.
+    /// A flags directory, a local git repository (with --ref), or a git URL (https://, ssh://,
+    /// git://, file://). Default: `./flags` if it exists, else the example repository built
+    /// into this binary.
     #[arg(env = "VEXIL_SOURCE")]
     source: Option<String>,
     /// Serve the committed tree of this branch, tag or commit (a local repository), or this
@@ -128,6 +128,13 @@ pub struct Args {
     /// A remote git server that sends nothing for this long fails the fetch.
     #[arg(long, env = "VEXIL_GIT_TIMEOUT", default_value = "30s", value_parser = duration)]
     git_timeout: Duration,
+    /// A PEM bundle trusted for https:// remotes in addition to the system's roots.
+    #[arg(long, env = "VEXIL_GIT_CA_FILE")]
+    git_ca_file: Option<PathBuf>,
+    /// Never serve from the cache at start: by default, a remote that cannot be read (or holds
+    /// an invalid revision) at start serves the revision this cache served last, as stale.
+    #[arg(long, env = "VEXIL_REQUIRE_FRESH_START")]
+    require_fresh_start: bool,
     /// Diagnostics in a Status or Reload answer (the rest are counted in `diagnostics_total`).
     #[arg(long, env = "VEXIL_MAX_STATUS_DIAGNOSTICS", default_value_t = 100)]
     max_status_diagnostics: usize,
@@ -294,6 +301,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let tls = tls(args)?;
     // Before any source is read (libgit2's socket timeouts are process-wide settings).
     vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
+    if let Some(ca) = &args.git_ca_file {
+        vexil_core::source::set_git_ca_file(ca)?;
+    }
     let descriptors = raise_descriptor_limit();
     // The ports are bound before the first read, so that with --start-empty probes answer
     // (503) while a slow or silent source is read.
@@ -345,6 +355,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         source,
         ReloadOptions {
             start_empty: args.start_empty,
+            require_fresh_start: args.require_fresh_start,
             ..ReloadOptions::default()
         },
         options,

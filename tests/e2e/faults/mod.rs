@@ -185,7 +185,7 @@ impl Server {
         FlagServiceClient::new(channel(self.grpc).await)
     }
 
-    async fn status(&self) -> Result<proto::StatusResponse, tonic::Status> {
+    pub(crate) async fn status(&self) -> Result<proto::StatusResponse, tonic::Status> {
         self.client()
             .await
             .status(proto::StatusRequest {})
@@ -193,7 +193,7 @@ impl Server {
             .map(tonic::Response::into_inner)
     }
 
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) async fn get(&self, path: &str) -> Option<(u16, String)> {
         get(self.http, path, &[]).await
     }
 }
