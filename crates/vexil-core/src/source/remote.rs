@@ -21,7 +21,8 @@ use git2::{AutotagOption, Direction, ErrorClass, FetchOptions, FetchPrune, Oid, 
 use super::cache::{cache_name, record_served, remove_stale_temporaries, served, served_key};
 use super::git::{flags_dir_suffix, read_commit};
 use super::transport::{
-    Credentials, callbacks, is_local, mark_network_use, redact, scrub_error, secrets,
+    Credentials, HostKeyRefusal, callbacks, is_local, mark_network_use, redact, scrub_error,
+    secrets,
 };
 use super::{Fetched, Source, SourceError};
 
@@ -170,14 +171,16 @@ impl RemoteSource {
         let shown = redact(&url);
         let local = is_local(&url);
         mark_network_use(&url);
-        let connect = callbacks(&url, &self.options.credentials, deadline);
-        let fetching = callbacks(&url, &self.options.credentials, deadline);
+        let refusal = HostKeyRefusal::default();
+        let connect = callbacks(&url, &self.options.credentials, deadline, &refusal);
+        let fetching = callbacks(&url, &self.options.credentials, deadline, &refusal);
         let repo = self.open_cache()?;
         let mut remote = repo
             .remote_anonymous(&url)
             .map_err(SourceError::git(format!("invalid remote {shown}")))?;
         let mut connection = remote
             .connect_auth(Direction::Fetch, Some(connect), None)
+            .map_err(|e| refusal.explain(e))
             .map_err(SourceError::git(format!("cannot connect to {shown}")))?;
         // The remote's refs, as advertised now: a deleted ref is gone from them.
         let advertised: Vec<(String, Oid, Option<String>)> = connection

@@ -3,7 +3,7 @@
 //! transfer deadline), and keeping secrets out of every text a fetch produces.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use git2::{CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, RemoteCallbacks};
@@ -234,12 +234,33 @@ pub(super) fn ssh_endpoint(url: &str) -> Option<(String, u16)> {
     }
 }
 
+/// Why the host key check refused a connection. libgit2 replaces the callback's error with
+/// "invalid or unknown remote ssh hostkey", so the reason travels beside it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct HostKeyRefusal(Arc<Mutex<Option<String>>>);
+
+impl HostKeyRefusal {
+    fn set(&self, reason: &str) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+    }
+
+    /// The error of a refused connection with the reason restored (others unchanged).
+    pub(super) fn explain(&self, error: git2::Error) -> git2::Error {
+        match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some(reason) => git2::Error::new(error.code(), error.class(), reason),
+            None => error,
+        }
+    }
+}
+
 /// The callbacks of one connection to `url`: credentials (at most three offers), ssh host keys
-/// checked against known_hosts, and a transfer still running at `deadline` abandoned.
+/// checked against known_hosts (a refusal's reason kept in `refusal`), and a transfer still
+/// running at `deadline` abandoned.
 pub(super) fn callbacks(
     url: &str,
     credentials: &Credentials,
     deadline: Instant,
+    refusal: &HostKeyRefusal,
 ) -> RemoteCallbacks<'static> {
     let mut callbacks = RemoteCallbacks::new();
     // Returning false from a progress callback aborts the transfer.
@@ -247,12 +268,16 @@ pub(super) fn callbacks(
     callbacks.sideband_progress(move |_| Instant::now() < deadline);
     let endpoint = ssh_endpoint(url);
     let known_hosts = credentials.known_hosts.clone();
+    let refusal = refusal.clone();
     callbacks.certificate_check(move |cert, hostname| {
         // TLS: OpenSSL's verdict (the system's roots and any `set_git_ca_file`).
         let Some(hostkey) = cert.as_hostkey() else {
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
-        let refuse = |message: String| git2::Error::new(ErrorCode::Certificate, ErrorClass::Ssh, message);
+        let refuse = |message: String| {
+            refusal.set(&message);
+            git2::Error::new(ErrorCode::Certificate, ErrorClass::Ssh, message)
+        };
         let key = hostkey
             .hostkey()
             .ok_or_else(|| refuse("the ssh server's host key is not available to check".into()))?;
