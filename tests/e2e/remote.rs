@@ -337,3 +337,29 @@ async fn vexil_serve_restarted_during_an_outage_reports_the_source_stale() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot connect to file://"), "{stderr}");
 }
+
+/// A cache directory that cannot be written stops the start, naming it and the option.
+#[test]
+fn a_cache_directory_that_cannot_be_written_is_a_clear_error() {
+    let origin = Repo::new();
+    origin.commit_flags(&flags_yaml(&[("a", "1")]), "good");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let cache = file.join("cache");
+    let output = Command::new(env!("CARGO_BIN_EXE_vexil"))
+        .args(["serve", &format!("file://{}", origin.path.display())])
+        .args(["--cache-dir", cache.to_str().unwrap()])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the cache directory {} is not writable",
+            cache.display()
+        )) && stderr.contains("--cache-dir"),
+        "{stderr}"
+    );
+}

@@ -216,6 +216,21 @@ fn cache_dir(args: &Args) -> PathBuf {
     base.join("vexil")
 }
 
+/// The cache directory exists (or is created) and takes a file: a read-only or missing volume
+/// is an error now, naming the directory and the option, not a failed fetch later.
+fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".vexil-write-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "the cache directory {} is not writable (set --cache-dir / VEXIL_CACHE_DIR to a writable volume)",
+                dir.display()
+            )
+        })
+}
+
 fn build_source(args: &Args) -> anyhow::Result<Box<dyn Source>> {
     let source = match &args.source {
         Some(s) => s.clone(),
@@ -232,7 +247,9 @@ fn build_source(args: &Args) -> anyhow::Result<Box<dyn Source>> {
         }
     };
     if is_url(&source) {
-        let mut options = RemoteOptions::new(cache_dir(args));
+        let cache = cache_dir(args);
+        check_writable(&cache)?;
+        let mut options = RemoteOptions::new(cache);
         options.reference.clone_from(&args.reference);
         options.flags_dir.clone_from(&args.flags_dir);
         options.interval = args.fetch_interval;

@@ -271,6 +271,12 @@ pub enum SourceError {
     Git { what: String, source: git2::Error },
     #[error("{0}")]
     Credentials(String),
+    /// A remote's cache directory cannot be created, cleared or written.
+    #[error("cannot use the git cache directory {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A process-wide setting could not be applied (`set_git_timeouts`).
     #[error("{0}")]
     Settings(String),

@@ -151,7 +151,7 @@ impl RemoteSource {
         match std::fs::remove_dir_all(&self.cache) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SourceError::Root {
+            Err(e) => Err(SourceError::Cache {
                 path: self.cache.clone(),
                 source: e,
             }),
