@@ -9,6 +9,11 @@
 //!   connections, a silent git server, a damaged pack, deep and oddly named files, huge Status
 //!   answers, body and context limits, the drain window, `/metrics` behind tokens;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
+//! - `matrix`: the configuration matrix (issue 14): every operation (native gRPC, flagd and
+//!   OFREP evaluations, both mirrors, Status, a commit reaching the served value) against
+//!   `vexil serve` on every source (directory, local ref, `file://`, `git://`, `https://`,
+//!   `ssh://`, served by git daemon, nginx and sshd started by the suite) with tokens and gRPC
+//!   TLS on and off; and sources that cannot work, refused with a clear error;
 //! - `mirrors`: the Flipper and Unleash mirrors, with the real Python/Ruby clients installed by
 //!   the tests, and their wire contract;
 //! - `openfeature`: the real OpenFeature providers (Python flagd and OFREP, Node flagd) against
@@ -35,6 +40,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod invalid;
+mod matrix;
 mod mirrors;
 mod openfeature;
 mod props;

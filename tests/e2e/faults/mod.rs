@@ -143,10 +143,17 @@ impl Server {
     /// `vexil serve ARGS` on 127.0.0.1:0 with `env` (logs at `warn` unless `env` sets
     /// `VEXIL_LOG`), once it serves.
     pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::try_start(args, env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start`, or why it does not serve (with its stderr).
+    pub(crate) async fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         Process::spawn(args, env, None)
             .serving()
             .await
-            .unwrap_or_else(|e| panic!("vexil serve {args:?}: {e}"))
+            .map_err(|e| format!("vexil serve {args:?}: {e}"))
     }
 
     /// A server on `flags/` of `repo`'s `main` branch, polled every 50 ms.
