@@ -32,7 +32,7 @@ fn table(servers: &Servers, tmp: &Path) -> Vec<Bad> {
         let (key, _) = ssh_keygen(tmp, "ed25519", "not_authorized");
         (key.display().to_string(), key_lines(&key))
     };
-    let not_a_dir = tmp.join("a-file");
+    let not_a_dir = tmp.join("plain-file");
     std::fs::write(&not_a_dir, "not a directory\n").unwrap();
     let ca = servers.ca.file.display().to_string();
     let known = servers.known_hosts.display().to_string();
@@ -80,6 +80,18 @@ fn table(servers: &Servers, tmp: &Path) -> Vec<Bad> {
             cache: None,
         },
         Bad {
+            name: "a wrong password in the URL",
+            args: vec![servers.https_url("bad").replacen(
+                "https://",
+                &format!("https://{}:{wrong}@", servers.user),
+                1,
+            )],
+            env: env(&[("VEXIL_GIT_CA_FILE", &ca)]),
+            words: &["authentication", "401", "credentials"],
+            secrets: vec![password.clone(), wrong.clone()],
+            cache: None,
+        },
+        Bad {
             name: "a missing CA (no --git-ca-file for the private CA)",
             args: vec![servers.https_url("bad")],
             env: https_env(&password, None),
@@ -94,7 +106,7 @@ fn table(servers: &Servers, tmp: &Path) -> Vec<Bad> {
                 ("VEXIL_GIT_SSH_KEY", &ed25519),
                 ("VEXIL_GIT_KNOWN_HOSTS", &wrong_known),
             ]),
-            words: &["host key"],
+            words: &["host key", "hostkey"],
             secrets: ed25519_lines.clone(),
             cache: None,
         },
@@ -102,7 +114,7 @@ fn table(servers: &Servers, tmp: &Path) -> Vec<Bad> {
             name: "an unknown host key (no VEXIL_GIT_KNOWN_HOSTS)",
             args: vec![servers.ssh_url("bad")],
             env: env(&[("VEXIL_GIT_SSH_KEY", &ed25519)]),
-            words: &["host key", "known_hosts", "known hosts"],
+            words: &["host key", "hostkey", "known_hosts", "known hosts"],
             secrets: ed25519_lines,
             cache: None,
         },
@@ -123,7 +135,8 @@ fn table(servers: &Servers, tmp: &Path) -> Vec<Bad> {
             env: vec![],
             words: &["cache"],
             secrets: vec![],
-            cache: Some(not_a_dir.join("cache")),
+            // No "cache" in the path: the word must come from the message.
+            cache: Some(not_a_dir.join("store")),
         },
     ]
 }

@@ -52,19 +52,24 @@ enum Source {
     File,
     /// `git://` from git daemon.
     Git,
-    /// `https://` from git http-backend behind nginx: basic auth, the suite's CA.
+    /// `https://` from git http-backend behind nginx: basic auth (the credentials in
+    /// `VEXIL_GIT_USERNAME` and `VEXIL_GIT_PASSWORD`), the suite's CA.
     Https,
+    /// The same with the user and password in the URL (`https://user:password@host/...`): the
+    /// password must show nowhere (Status, /readyz, /metrics, the log).
+    HttpsUrlPassword,
     /// `ssh://` from sshd with a client key of this type (`ssh-keygen -t`), and known_hosts.
     Ssh(&'static str),
 }
 
 /// Every source, each run in every combination of `CROSS`.
-const SOURCES: [(&str, Source); 8] = [
+const SOURCES: [(&str, Source); 9] = [
     ("dir", Source::Dir),
     ("local-ref", Source::LocalRef),
     ("file", Source::File),
     ("git", Source::Git),
     ("https", Source::Https),
+    ("https-url-password", Source::HttpsUrlPassword),
     ("ssh", Source::Ssh("ed25519")),
     ("ssh-ecdsa", Source::Ssh("ecdsa")),
     ("ssh-rsa", Source::Ssh("rsa")),
@@ -335,10 +340,9 @@ async fn flipper(case: &Case) -> Check {
     let feature = json["features"]
         .as_array()
         .and_then(|f| f.iter().find(|f| f["key"] == "matrix-bool"));
-    ensure(
-        feature.is_some_and(|f| f["state"] == "on"),
-        || format!("no `matrix-bool` in state on: {body}"),
-    )
+    ensure(feature.is_some_and(|f| f["state"] == "on"), || {
+        format!("no `matrix-bool` in state on: {body}")
+    })
 }
 
 /// The Unleash mirror's client features hold `matrix-bool`, enabled.
@@ -352,10 +356,9 @@ async fn unleash(case: &Case) -> Check {
     let feature = json["features"]
         .as_array()
         .and_then(|f| f.iter().find(|f| f["name"] == "matrix-bool"));
-    ensure(
-        feature.is_some_and(|f| f["enabled"] == true),
-        || format!("no enabled `matrix-bool`: {body}"),
-    )
+    ensure(feature.is_some_and(|f| f["enabled"] == true), || {
+        format!("no enabled `matrix-bool`: {body}")
+    })
 }
 
 /// Status: the revision is the source's commit (a directory: its content hash, as served), the
@@ -377,19 +380,22 @@ async fn status(case: &Case) -> Check {
             .to_owned(),
         Origin::Dir(_) => case.revision.clone(),
     };
-    ensure(
-        status.revision == expected && expected.len() == 40,
-        || format!("revision {:?}, the source has {expected:?}", status.revision),
-    )?;
+    ensure(status.revision == expected && expected.len() == 40, || {
+        format!(
+            "revision {:?}, the source has {expected:?}",
+            status.revision
+        )
+    })?;
     ensure(status.source.contains(&case.described), || {
         format!(
             "the source is described as {:?}, without {:?}",
             status.source, case.described
         )
     })?;
-    ensure(status.flags == 2 && status.consecutive_failures == 0, || {
-        format!("{status:?}")
-    })?;
+    ensure(
+        status.flags == 2 && status.consecutive_failures == 0,
+        || format!("{status:?}"),
+    )?;
     case.no_secret("Status", &format!("{status:?}"))?;
     let (code, body) = case.http("GET", "/readyz", "", true).await;
     ensure(code == 200, || format!("/readyz: {code} {body}"))?;
@@ -448,13 +454,19 @@ struct Shared {
     grpc_cert: (PathBuf, PathBuf),
 }
 
+/// How one configuration's `vexil serve` is started, and what it serves.
+struct Arranged {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    origin: Origin,
+    /// What the source's description must hold.
+    described: String,
+    secrets: Vec<String>,
+}
+
 /// The arguments and environment of `vexil serve` for `config`, on a fresh repository or
-/// directory named after it: (args, env, origin, description, secrets).
-fn arrange(
-    shared: &Shared,
-    config: &Config,
-    tmp: &Path,
-) -> (Vec<String>, Vec<(String, String)>, Origin, String, Vec<String>) {
+/// directory named after it.
+fn arrange(shared: &Shared, config: &Config, tmp: &Path) -> Arranged {
     let servers = &shared.servers;
     let name = config.name.replace('+', "-");
     let mut args = Vec::new();
@@ -468,7 +480,10 @@ fn arrange(
     let mut secrets = Vec::new();
     let remote = |args: &mut Vec<String>, url: String| {
         args.extend([url, "--flags-dir".into(), "flags".into()]);
-        args.extend(["--cache-dir".into(), tmp.join("cache").display().to_string()]);
+        args.extend([
+            "--cache-dir".into(),
+            tmp.join("cache").display().to_string(),
+        ]);
         args.extend(["--fetch-interval".into(), "500ms".into()]);
     };
     let (origin, described) = match config.source {
@@ -482,7 +497,11 @@ fn arrange(
         }
         Source::LocalRef => {
             let repo = Repo::new(&servers.base, &name, &flags(1));
-            args.extend([repo.work.display().to_string(), "--ref".into(), "main".into()]);
+            args.extend([
+                repo.work.display().to_string(),
+                "--ref".into(),
+                "main".into(),
+            ]);
             args.extend(["--flags-dir".into(), "flags".into()]);
             args.extend(["--poll-interval".into(), "50ms".into()]);
             // The working clone is served here: its `main` is the commit.
@@ -493,18 +512,25 @@ fn arrange(
             let described = repo.work.display().to_string();
             (Origin::Repo(work), described)
         }
-        Source::File | Source::Git | Source::Https | Source::Ssh(_) => {
+        Source::File | Source::Git | Source::Https | Source::HttpsUrlPassword | Source::Ssh(_) => {
             let repo = Repo::new(&servers.base, &name, &flags(1));
             let url = match config.source {
                 Source::File => servers.file_url(&name),
                 Source::Git => servers.git_url(&name),
                 Source::Https => servers.https_url(&name),
+                Source::HttpsUrlPassword => servers.https_url(&name).replacen(
+                    "https://",
+                    &format!("https://{}:{}@", servers.user, servers.password),
+                    1,
+                ),
                 _ => servers.ssh_url(&name),
             };
             remote(&mut args, url);
             if config.source == Source::Https {
                 env.push(("VEXIL_GIT_USERNAME".into(), servers.user.into()));
                 env.push(("VEXIL_GIT_PASSWORD".into(), servers.password.into()));
+            }
+            if matches!(config.source, Source::Https | Source::HttpsUrlPassword) {
                 secrets.push(servers.password.to_owned());
                 // Both names of the CA option: the variable with gRPC TLS, else the option.
                 let ca = servers.ca.file.display().to_string();
@@ -538,7 +564,13 @@ fn arrange(
         args.extend(["--tls-cert".into(), cert.display().to_string()]);
         args.extend(["--tls-key".into(), key.display().to_string()]);
     }
-    (args, env, origin, described, secrets)
+    Arranged {
+        args,
+        env,
+        origin,
+        described,
+        secrets,
+    }
 }
 
 /// The base64 lines of a private key file (each is secret).
@@ -554,7 +586,13 @@ fn key_lines(key: &Path) -> Vec<String> {
 /// Starts `vexil serve` for `config` and connects a gRPC channel.
 async fn start(shared: &Shared, config: &Config) -> Result<Case, String> {
     let tmp = tempfile::tempdir().unwrap();
-    let (args, env, origin, described, secrets) = arrange(shared, config, tmp.path());
+    let Arranged {
+        args,
+        env,
+        origin,
+        described,
+        secrets,
+    } = arrange(shared, config, tmp.path());
     let token = config.tokens.then(|| secrets.last().unwrap().clone());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -608,7 +646,13 @@ async fn run(shared: Arc<Shared>, config: Config) -> (String, Duration, Vec<Stri
     let name = config.name.clone();
     let case = match start(&shared, &config).await {
         Ok(case) => Arc::new(case),
-        Err(e) => return (name.clone(), started.elapsed(), vec![format!("{name}: start: {e}")]),
+        Err(e) => {
+            return (
+                name.clone(),
+                started.elapsed(),
+                vec![format!("{name}: start: {e}")],
+            );
+        }
     };
     let mut failures = Vec::new();
     for (what, operation) in OPERATIONS {
@@ -671,7 +715,7 @@ async fn every_configuration_serves_every_operation() {
     let mut failures = Vec::new();
     for (name, took, failed) in results {
         let verdict = if failed.is_empty() { "ok" } else { "FAILED" };
-        let _ = writeln!(report, "  {name:<28} {verdict:<6} {took:>8.1?}");
+        let _ = writeln!(report, "  {name:<36} {verdict:<6} {took:>8.1?}");
         failures.extend(failed);
     }
     println!("{report}");

@@ -21,7 +21,11 @@ const START_PATIENCE: Duration = Duration::from_secs(20);
 /// The path of `program` (looked up in PATH, then in `also`), or a failure naming `package`.
 pub fn require(program: &str, package: &str, also: &[&str]) -> PathBuf {
     let in_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     in_path
         .into_iter()
@@ -130,7 +134,6 @@ impl Drop for Daemon {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = self.name;
     }
 }
 
@@ -190,7 +193,10 @@ impl Repo {
     pub fn new(base: &Path, name: &str, flags: &str) -> Repo {
         let bare = base.join(format!("{name}.git"));
         let work = base.join(format!("{name}.work"));
-        git(base, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+        git(
+            base,
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
         git(base, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
         let repo = Repo { bare, work };
@@ -283,10 +289,15 @@ impl Servers {
         // git://
         let (daemon, git_port) = Daemon::on_free_port("git daemon", &etc.join("git.log"), |p| {
             let mut c = Command::new("git");
-            c.args(["daemon", "--listen=127.0.0.1", "--reuseaddr", "--export-all"])
-                .arg(format!("--port={p}"))
-                .arg(format!("--base-path={}", base.display()))
-                .arg(&base);
+            c.args([
+                "daemon",
+                "--listen=127.0.0.1",
+                "--reuseaddr",
+                "--export-all",
+            ])
+            .arg(format!("--port={p}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(&base);
             c
         });
         daemons.push(daemon);
@@ -295,7 +306,11 @@ impl Servers {
         let ca = Ca::new(&etc, "vexil-matrix-ca");
         let (cert, key) = ca.issue(&etc, "git-https");
         let (user, password) = ("vexil-reader", "matrix-pw-7Qx2");
-        std::fs::write(etc.join("htpasswd"), format!("{user}:{{PLAIN}}{password}\n")).unwrap();
+        std::fs::write(
+            etc.join("htpasswd"),
+            format!("{user}:{{PLAIN}}{password}\n"),
+        )
+        .unwrap();
         let socket = etc.join("fcgiwrap.sock");
         let mut command = Command::new(&fcgiwrap);
         command.arg("-s").arg(format!("unix:{}", socket.display()));
@@ -342,7 +357,11 @@ impl Servers {
         let known_hosts = etc.join("known_hosts");
         let wrong_known_hosts = etc.join("wrong_known_hosts");
         let host = format!("[127.0.0.1]:{ssh_port}");
-        std::fs::write(&known_hosts, format!("{host} {}\n", key_field(&host_public))).unwrap();
+        std::fs::write(
+            &known_hosts,
+            format!("{host} {}\n", key_field(&host_public)),
+        )
+        .unwrap();
         std::fs::write(
             &wrong_known_hosts,
             format!("{host} {}\n", key_field(&other_public)),
