@@ -73,23 +73,13 @@ fn main() {
     let (first_bytes, first_ms, revision) = measure(&bytes, || {
         source.read(None, true).unwrap().unwrap().revision
     });
-    let mut idle = Vec::new();
-    let mut idle_bytes = 0;
-    for _ in 0..POLLS {
-        let (b, ms, read) = measure(&bytes, || source.read(Some(&revision), false).unwrap());
+    let (idle_bytes, idle_ms) = idle_polls(&bytes, || {
+        let read = source.read(Some(&revision), false).unwrap();
         assert!(read.is_none(), "the ref did not move");
-        idle.push(ms);
-        idle_bytes = b;
-    }
+    });
     let size = du(source.cache_path());
-    row(
-        "shallow, one ref, fetch only when moved",
-        first_bytes,
-        first_ms,
-        idle_bytes,
-        median(idle),
-        size,
-    );
+    let name = "shallow, one ref, fetch only when moved";
+    row(name, (first_bytes, first_ms), (idle_bytes, idle_ms), size);
 
     // Before: the full mirror, fetched at every poll.
     let mirror = tempfile::tempdir().unwrap();
@@ -112,27 +102,32 @@ fn main() {
             .unwrap();
     };
     let (first_bytes, first_ms, ()) = measure(&bytes, full_fetch);
-    let mut idle = Vec::new();
-    let mut idle_bytes = 0;
-    for _ in 0..POLLS {
-        let (b, ms, ()) = measure(&bytes, full_fetch);
-        idle.push(ms);
-        idle_bytes = b;
-    }
+    let (idle_bytes, idle_ms) = idle_polls(&bytes, full_fetch);
     let size = du(mirror.path());
-    row(
-        "full mirror, fetched every poll (before)",
-        first_bytes,
-        first_ms,
-        idle_bytes,
-        median(idle),
-        size,
-    );
+    let name = "full mirror, fetched every poll (before)";
+    row(name, (first_bytes, first_ms), (idle_bytes, idle_ms), size);
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
 
-fn row(name: &str, first_bytes: u64, first_ms: f64, idle_bytes: u64, idle_ms: f64, size: u64) {
+/// `POLLS` idle polls: the bytes of the last and the median time.
+fn idle_polls(bytes: &AtomicU64, mut poll: impl FnMut()) -> (u64, f64) {
+    let mut times = Vec::new();
+    let mut last = 0;
+    for _ in 0..POLLS {
+        let (b, ms, ()) = measure(bytes, &mut poll);
+        times.push(ms);
+        last = b;
+    }
+    (last, median(times))
+}
+
+fn row(
+    name: &str,
+    (first_bytes, first_ms): (u64, f64),
+    (idle_bytes, idle_ms): (u64, f64),
+    size: u64,
+) {
     println!(
         "| {name} | {first_bytes} | {first_ms:.1} | {idle_bytes} | {idle_ms:.2} | {} KiB |",
         size / 1024

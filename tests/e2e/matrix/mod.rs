@@ -331,23 +331,25 @@ async fn ofrep(case: &Case) -> Check {
 
 /// The Flipper mirror's feature list holds `matrix-bool`, fully on.
 async fn flipper(case: &Case) -> Check {
-    let path = "/flipper/api/features";
-    case.http_refused_without_token("GET", path, "").await?;
-    let (code, body) = case.http("GET", path, "", true).await;
-    ensure(code == 200, || format!("{code} {body}"))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("not JSON ({e}): {body}"))?;
-    let feature = json["features"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["key"] == "matrix-bool"));
-    ensure(feature.is_some_and(|f| f["state"] == "on"), || {
-        format!("no `matrix-bool` in state on: {body}")
-    })
+    mirror_feature(case, "/flipper/api/features", "key", |f| f["state"] == "on").await
 }
 
 /// The Unleash mirror's client features hold `matrix-bool`, enabled.
 async fn unleash(case: &Case) -> Check {
-    let path = "/api/client/features";
+    mirror_feature(case, "/api/client/features", "name", |f| {
+        f["enabled"] == true
+    })
+    .await
+}
+
+/// A mirror's `features` list (at `path`, behind the token) holds `matrix-bool` (named by the
+/// field `name`) and `on` holds of it.
+async fn mirror_feature(
+    case: &Case,
+    path: &str,
+    name: &str,
+    on: fn(&serde_json::Value) -> bool,
+) -> Check {
     case.http_refused_without_token("GET", path, "").await?;
     let (code, body) = case.http("GET", path, "", true).await;
     ensure(code == 200, || format!("{code} {body}"))?;
@@ -355,9 +357,9 @@ async fn unleash(case: &Case) -> Check {
         serde_json::from_str(&body).map_err(|e| format!("not JSON ({e}): {body}"))?;
     let feature = json["features"]
         .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == "matrix-bool"));
-    ensure(feature.is_some_and(|f| f["enabled"] == true), || {
-        format!("no enabled `matrix-bool`: {body}")
+        .and_then(|f| f.iter().find(|f| f[name] == "matrix-bool"));
+    ensure(feature.is_some_and(on), || {
+        format!("no `matrix-bool` that is on: {body}")
     })
 }
 
