@@ -242,7 +242,8 @@ for run in $(seq 1 "$starts"); do
         code=$(http -o "$work/unleash.json" -w '%{http_code}' http://127.0.0.1:8014/api/client/features)
         [ "$code" = 200 ] && grep -q '"name":"dark-mode","type":"release","description":"[^"]*","enabled":true' "$work/unleash.json" ||
             fail "the Unleash mirror answered $code: $(head -c 300 "$work/unleash.json")"
-        log "OFREP and the Unleash mirror answer from the embedded example; uid $uid"
+        log "OFREP and the Unleash mirror answer from the embedded example; uid $uid;" \
+            "resident memory $(awk '/^VmRSS:/ { printf "%.1f MB", $2 / 1024 }' "/proc/$server_pid/status")"
     fi
 
     kill -TERM "$server_pid"
