@@ -159,7 +159,7 @@ log "built in $(($(date +%s) - build_start)) s; $(buildah images --format '{{.Na
 
 # --- the image's configuration ------------------------------------------------------------------
 buildah inspect --type image "$image" > "$work/inspect.json"
-python3 - "$work/inspect.json" "$work/command" << 'EOF' || fail "the image's configuration is not what the Dockerfile says (above)"
+python3 - "$work/inspect.json" "$work/command" << 'EOF' || fail "the image's configuration is not as expected (above)"
 import json, sys
 config = json.load(open(sys.argv[1]))["OCIv1"]["config"]
 env = dict(e.split("=", 1) for e in config.get("Env", []))
