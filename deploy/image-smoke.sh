@@ -63,6 +63,8 @@ cleanup() {
     set +e
     [ -n "$server_pid" ] && kill -KILL "$server_pid" 2> /dev/null
     [ -n "$run_pid" ] && kill -KILL "$run_pid" 2> /dev/null && wait "$run_pid" 2> /dev/null
+    # Whatever still runs in the container's namespace (a server that never became ready).
+    for pid in $(ip netns pids "$netns" 2> /dev/null); do kill -KILL "$pid" 2> /dev/null; done
     for c in "${containers[@]}"; do buildah rm "$c" > /dev/null 2>&1; done
     if [ "$keep" = 1 ] && [ "$status" = 0 ]; then
         buildah tag "$image" localhost/vexil-smoke:latest > /dev/null 2>&1
