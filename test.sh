@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every unit and end-to-end test, and a check that the
-# benchmarks still build and run their assertions once. Needs a Rust toolchain, python3 and git;
+# benchmarks still build and run their assertions once, the Kubernetes manifests validated and the
+# container image built and run (as root: buildah). Needs a Rust toolchain, python3 and git;
 # installs the Debian packages the tests drive when they are missing (as root, with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -52,6 +53,12 @@ cargo test --workspace --locked
 
 echo "== vexil validate flags/ (the embedded example repository)"
 cargo run --quiet --locked -p vexil -- validate flags
+
+echo "== Kubernetes manifests: rendered and validated strictly against Kubernetes' schemas"
+deploy/validate-manifests.sh
+
+echo "== the container image: the Dockerfile built offline with buildah, run and checked"
+deploy/image-smoke.sh
 
 echo "== benchmarks compile and their setup assertions hold (one quick pass, no timing)"
 cargo bench --locked -p vexil-core --bench core -- --test
