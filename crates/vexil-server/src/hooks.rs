@@ -553,6 +553,7 @@ async fn generic(State(state): State<Arc<AppState>>, headers: HeaderMap, _body: 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
