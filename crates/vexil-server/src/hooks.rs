@@ -279,7 +279,10 @@ impl Verdict {
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// Logged and echoed text from a request: bounded, so a hook cannot flood the log.
@@ -316,7 +319,12 @@ fn payload_bytes(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Verdict> {
     form_urlencoded::parse(body)
         .find(|(k, _)| k == "payload")
         .map(|(_, v)| v.into_owned().into_bytes())
-        .ok_or_else(|| Verdict::new(Outcome::Invalid, "a form-encoded hook without a `payload` field"))
+        .ok_or_else(|| {
+            Verdict::new(
+                Outcome::Invalid,
+                "a form-encoded hook without a `payload` field",
+            )
+        })
 }
 
 fn parse(payload: &[u8]) -> Result<Value, Verdict> {
@@ -341,13 +349,36 @@ fn push(state: &AppState, event: &str, payload: &Value, default_branch: &str) ->
             .served_ref
             .admits(reference, text(default_branch))
         {
-            Ok(()) => Verdict::new(Outcome::Triggered, ""),
             Err(why) => Verdict::new(Outcome::Ignored, why),
+            // The commit announced has been read already (the rest of a burst of deliveries,
+            // a redelivery): served, or found invalid. A later push comes with its own hook.
+            Ok(()) if text("/after").is_some_and(|after| already_read(state, after)) => {
+                Verdict::new(
+                    Outcome::Ignored,
+                    format!(
+                        "{reference} is at {}, which this server has read already",
+                        text("/after").map(clip).unwrap_or_default()
+                    ),
+                )
+            }
+            Ok(()) => Verdict::new(Outcome::Triggered, ""),
         },
     };
     verdict.event = Some(event.to_owned());
     verdict.reference = Some(reference.to_owned());
     verdict
+}
+
+/// Whether `commit` is the revision served or the one the last read found (an invalid one).
+fn already_read(state: &AppState, commit: &str) -> bool {
+    state.revision().as_deref() == Some(commit)
+        || state.live.inspect(|status| {
+            status
+                .last_attempt
+                .as_ref()
+                .and_then(|a| a.revision.as_deref())
+                == Some(commit)
+        })
 }
 
 fn not_a_push(event: &str) -> Verdict {
@@ -425,12 +456,16 @@ fn gitlab_verdict(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
 
 fn gitea_verdict(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Verdict, Verdict> {
     let secret = secret(state)?;
-    let signature = ["x-gitea-signature", "x-forgejo-signature", "x-gogs-signature"]
-        .iter()
-        .find_map(|name| header(headers, name))
-        .ok_or_else(|| {
-            unauthorized("no X-Gitea-Signature header: set the webhook's Secret on Gitea")
-        })?;
+    let signature = [
+        "x-gitea-signature",
+        "x-forgejo-signature",
+        "x-gogs-signature",
+    ]
+    .iter()
+    .find_map(|name| header(headers, name))
+    .ok_or_else(|| {
+        unauthorized("no X-Gitea-Signature header: set the webhook's Secret on Gitea")
+    })?;
     // Gitea signs the JSON payload, also when the hook is form-encoded.
     let payload = payload_bytes(headers, body)?;
     if !secret.verify_hex(signature, &payload) {
@@ -443,7 +478,12 @@ fn gitea_verdict(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<V
         .find_map(|name| header(headers, name))
         .ok_or_else(|| Verdict::new(Outcome::Invalid, "no X-Gitea-Event header"))?;
     Ok(match event {
-        "push" => push(state, event, &parse(&payload)?, "/repository/default_branch"),
+        "push" => push(
+            state,
+            event,
+            &parse(&payload)?,
+            "/repository/default_branch",
+        ),
         other => not_a_push(other),
     })
 }
@@ -490,7 +530,13 @@ fn answer(state: &AppState, host: Host, headers: &HeaderMap, verdict: Verdict) -
     match outcome {
         Outcome::Triggered => {
             state.reloader.trigger();
-            tracing::info!(host = host_label, event, reference, delivery = id, "webhook: reading the source now");
+            tracing::info!(
+                host = host_label,
+                event,
+                reference,
+                delivery = id,
+                "webhook: reading the source now"
+            );
         }
         Outcome::Ignored | Outcome::Ping => {
             tracing::info!(host = host_label, outcome = outcome_label, event, reference, delivery = id, why = %verdict.message, "webhook: nothing to fetch");
@@ -502,7 +548,11 @@ fn answer(state: &AppState, host: Host, headers: &HeaderMap, verdict: Verdict) -
             tracing::warn!(host = host_label, outcome = outcome_label, delivery = id, why = %verdict.message, "webhook refused");
         }
         Outcome::NotConfigured => {
-            tracing::warn!(host = host_label, delivery = id, "webhook refused: no webhook secret is configured");
+            tracing::warn!(
+                host = host_label,
+                delivery = id,
+                "webhook refused: no webhook secret is configured"
+            );
         }
     }
     let mut body = json!({ "outcome": outcome_label });
@@ -561,7 +611,8 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    const B: &str = r#"{"ref":"refs/heads/main","after":"da1560886d4f094c3e6c9ef40349f7d38b5d27d7"}"#;
+    const B: &str =
+        r#"{"ref":"refs/heads/main","after":"da1560886d4f094c3e6c9ef40349f7d38b5d27d7"}"#;
 
     /// The vectors of the shared reference (git-webhooks.md), GitHub's published one first.
     #[test]
@@ -617,8 +668,16 @@ mod tests {
         assert!(named("main").admits("refs/heads/main", None).is_ok());
         assert!(named("v1").admits("refs/tags/v1", None).is_ok());
         assert!(named("v1").admits("refs/heads/v1", None).is_ok());
-        assert!(named("refs/heads/main").admits("refs/heads/main", None).is_ok());
-        assert!(named("main").admits("refs/heads/dev", Some("main")).is_err());
+        assert!(
+            named("refs/heads/main")
+                .admits("refs/heads/main", None)
+                .is_ok()
+        );
+        assert!(
+            named("main")
+                .admits("refs/heads/dev", Some("main"))
+                .is_err()
+        );
         assert!(named("main").admits("refs/tags/main-1", None).is_err());
         let commit = named("da15608").admits("refs/heads/main", None);
         assert!(commit.is_err_and(|why| why.contains("never moves")));

@@ -38,8 +38,8 @@ use tonic_health::ServingStatus;
 
 pub use auth::Tokens;
 pub use conn::ConnLimits;
-pub use hooks::{ServedRef, WebhookSecret};
 pub use context::Limits;
+pub use hooks::{ServedRef, WebhookSecret};
 pub use state::{AppState, Options};
 pub use tls::{CertSource, TlsConfig, TlsError};
 

@@ -85,12 +85,8 @@ async fn fifty_hooks_during_a_read_cost_one_more_read() {
         served_ref: ServedRef::Any,
         ..Options::default()
     };
-    let state = AppState::start(
-        Box::new(source.clone()),
-        ReloadOptions::default(),
-        options,
-    )
-    .unwrap();
+    let state =
+        AppState::start(Box::new(source.clone()), ReloadOptions::default(), options).unwrap();
     let router = vexil_server::http::router(Arc::clone(&state), Tokens::default());
     assert_eq!(source.reads(), 1, "the first read, at start");
 

@@ -165,13 +165,7 @@ struct Report {
 
 /// Server states by (max_message_bytes, public_metrics, no_snapshot, webhook secret, served
 /// ref); tokens only change the router.
-type StateKey = (
-    Option<usize>,
-    bool,
-    bool,
-    Option<String>,
-    ServedRefSetup,
-);
+type StateKey = (Option<usize>, bool, bool, Option<String>, ServedRefSetup);
 
 struct World {
     files: Vec<(String, String)>,
@@ -461,8 +455,10 @@ fn build(req: &Req, vars: &Vars<'_>) -> Result<Request<Body>, String> {
         builder = builder.header(name.as_str(), vars.apply(value));
     }
     let body: Option<Vec<u8>> = match (&req.body, &req.json, req.body_size) {
-        (Some(text), None, None) => Some(text.clone().into_bytes()),
-        (None, Some(json), None) => Some(serde_json::to_vec(json).map_err(|e| e.to_string())?),
+        (Some(text), None, None) => Some(vars.apply(text).into_bytes()),
+        (None, Some(json), None) => {
+            Some(serde_json::to_vec(&vars.apply_json(json)).map_err(|e| e.to_string())?)
+        }
         (None, None, Some(n)) => Some(vec![b'x'; n]),
         (None, None, None) => None,
         _ => return Err("give one of body, json and body_size".into()),

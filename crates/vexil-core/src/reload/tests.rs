@@ -276,12 +276,18 @@ fn a_burst_of_triggers_during_a_read_costs_one_more_read() {
     }
     open.send(()).unwrap();
     open.send(()).unwrap();
-    assert!(eventually(|| served(reloader.live()).as_deref() == Some("rev-two")));
+    assert!(eventually(
+        || served(reloader.live()).as_deref() == Some("rev-two")
+    ));
     assert!(eventually(|| {
         !reloader.trigger_pending() && reloader.live().reader().reading_since.is_none()
     }));
     assert_eq!(source.with(|s| s.reads) - reads_before, 2);
-    assert_eq!(reloader.live().status().counts.attempts, 3, "start, held, one more");
+    assert_eq!(
+        reloader.live().status().counts.attempts,
+        3,
+        "start, held, one more"
+    );
 }
 
 /// A triggered read is forced (a remote fetches even when its ref was read last) and is seen
