@@ -545,6 +545,35 @@ mod tests {
     }
 
     #[test]
+    fn served_refs() {
+        use clap::Parser as _;
+        use vexil_server::ServedRef;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::Args,
+        }
+        let served = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+                .map_err(|e| e.to_string());
+            cli.map(|c| super::served_ref(&c.args))
+        };
+        let remote = "https://git.example.com/acme/flags.git";
+        assert_eq!(served(&[remote]), Ok(ServedRef::DefaultBranch));
+        assert_eq!(served(&[remote, "--ref", "HEAD"]), Ok(ServedRef::DefaultBranch));
+        assert_eq!(
+            served(&[remote, "--ref", "v1"]),
+            Ok(ServedRef::Named("v1".into()))
+        );
+        assert_eq!(
+            served(&["/srv/flags-repo", "--ref", "main"]),
+            Ok(ServedRef::Named("main".into()))
+        );
+        assert_eq!(served(&["/srv/flags"]), Ok(ServedRef::Any));
+        assert_eq!(served(&[]), Ok(ServedRef::Any));
+    }
+
+    #[test]
     fn urls() {
         assert!(super::is_url("file:///srv/flags"));
         assert!(super::is_url("https://github.com/acme/flags.git"));
