@@ -560,7 +560,10 @@ mod tests {
         };
         let remote = "https://git.example.com/acme/flags.git";
         assert_eq!(served(&[remote]), Ok(ServedRef::DefaultBranch));
-        assert_eq!(served(&[remote, "--ref", "HEAD"]), Ok(ServedRef::DefaultBranch));
+        assert_eq!(
+            served(&[remote, "--ref", "HEAD"]),
+            Ok(ServedRef::DefaultBranch)
+        );
         assert_eq!(
             served(&[remote, "--ref", "v1"]),
             Ok(ServedRef::Named("v1".into()))
