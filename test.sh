@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every unit and end-to-end test, and a check that the
-# benchmarks still build and run their assertions once. Needs a Rust toolchain, python3 and git.
+# benchmarks still build and run their assertions once. Needs a Rust toolchain, python3 and git;
+# installs the Debian packages the tests drive when they are missing (as root, with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,9 +16,26 @@ python3 -m venv --help > /dev/null 2>&1 || missing="$missing python3-venv"
 command -v npm > /dev/null || missing="$missing nodejs npm"
 # The mirror conformance tests drive Debian's ruby-unleash 3.2.5 and ruby-flipper 0.25.4.
 ruby -e 'require "unleash"; require "flipper"' > /dev/null 2>&1 || missing="$missing ruby-unleash ruby-flipper"
+# The configuration matrix (tests/e2e/matrix) serves git over https:// with nginx and fcgiwrap
+# (git http-backend) and over ssh:// with sshd, each started by the tests on 127.0.0.1.
+[ -x /usr/sbin/nginx ] || command -v nginx > /dev/null || missing="$missing nginx"
+[ -x /usr/sbin/fcgiwrap ] || command -v fcgiwrap > /dev/null || missing="$missing fcgiwrap"
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+command -v ssh-keygen > /dev/null || missing="$missing openssh-client"
 if [ -n "$missing" ]; then
     echo "== installing$missing"
-    apt-get update -qq && apt-get install -y -qq $missing
+    # Debian starts a packaged service (nginx on port 80, sshd on 22) where it can: the tests
+    # start their own, so none is started while installing.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        policy=/usr/sbin/policy-rc.d
+    fi
+    status=0
+    { apt-get update -qq && apt-get install -y -qq $missing; } || status=$?
+    [ -z "$policy" ] || rm -f "$policy"
+    [ "$status" = 0 ] || exit "$status"
 fi
 
 echo "== cargo fmt --check"

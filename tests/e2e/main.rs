@@ -9,12 +9,19 @@
 //!   connections, a silent git server, a damaged pack, deep and oddly named files, huge Status
 //!   answers, body and context limits, the drain window, `/metrics` behind tokens;
 //! - `schema`: the JSON Schema accepts the example repository and rejects broken files;
+//! - `matrix`: the configuration matrix (issue 14): every operation (native gRPC, flagd and
+//!   OFREP evaluations, both mirrors, Status, a commit reaching the served value) against
+//!   `vexil serve` on every source (directory, local ref, `file://`, `git://`, `https://`,
+//!   `ssh://`, served by git daemon, nginx and sshd started by the suite) with tokens and gRPC
+//!   TLS on and off; and sources that cannot work, refused with a clear error;
 //! - `mirrors`: the Flipper and Unleash mirrors, with the real Python/Ruby clients installed by
 //!   the tests, and their wire contract;
 //! - `openfeature`: the real OpenFeature providers (Python flagd and OFREP, Node flagd) against
 //!   `vexil serve`, installed by the tests;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
 //! - `reload`: sources (directory, local git ref, remote) and hot reload, on temp repositories;
+//! - `remote`: remote sources as deployed: a start from the cache while the remote is down,
+//!   cheap polls (one shallow ref, no fetch when it has not moved, over `git daemon`), CA files;
 //! - `review`: `vexil diff` (golden outputs in tests/review/), flag tests, `--rev`, CI templates;
 //! - `serve`: `vexil serve` (gRPC with a tonic client, health, reflection, auth, metrics, probes,
 //!   signals) on 127.0.0.1:0;
@@ -33,10 +40,12 @@ mod faults;
 mod helpers;
 mod hostile;
 mod invalid;
+mod matrix;
 mod mirrors;
 mod openfeature;
 mod props;
 mod reload;
+mod remote;
 mod review;
 mod schema;
 mod serve;

@@ -21,7 +21,7 @@ use crate::helpers::git;
 const PATIENCE: Duration = Duration::from_secs(15);
 
 /// A flags file with string flags `key: value` in the default namespace.
-fn flags_yaml(flags: &[(&str, &str)]) -> String {
+pub(crate) fn flags_yaml(flags: &[(&str, &str)]) -> String {
     let mut out = String::from("flags:\n");
     for (key, value) in flags {
         out.push_str(&format!(
@@ -33,7 +33,7 @@ fn flags_yaml(flags: &[(&str, &str)]) -> String {
 
 /// Writes a file whole (a temporary file renamed over it), so that a watcher never reads it
 /// half-written; in-place writes are tested on purpose where they matter.
-fn write(path: &Path, text: &str) {
+pub(crate) fn write(path: &Path, text: &str) {
     let parent = path.parent().unwrap();
     std::fs::create_dir_all(parent).unwrap();
     let tmp = parent.join(format!(
@@ -45,7 +45,7 @@ fn write(path: &Path, text: &str) {
 }
 
 /// The value `key` evaluates to now (`None`: no snapshot, or no such flag).
-fn value(live: &Live, key: &str) -> Option<String> {
+pub(crate) fn value(live: &Live, key: &str) -> Option<String> {
     let snapshot = live.snapshot()?;
     let eval = snapshot.evaluate("default", key, &Context::new()).ok()?;
     match &eval.variant.value {
@@ -54,7 +54,7 @@ fn value(live: &Live, key: &str) -> Option<String> {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
@@ -62,13 +62,13 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn wait_value(live: &Live, key: &str, expected: Option<&str>) {
+pub(crate) fn wait_value(live: &Live, key: &str, expected: Option<&str>) {
     wait_for(&format!("{key} = {expected:?}"), || {
         value(live, key).as_deref() == expected
     });
 }
 
-fn revision(live: &Live) -> String {
+pub(crate) fn revision(live: &Live) -> String {
     live.snapshot().unwrap().revision().to_owned()
 }
 
@@ -377,13 +377,13 @@ fn a_bad_file_next_to_unchanged_ones_is_reported() {
 
 // ---- local git ----
 
-struct Repo {
+pub(crate) struct Repo {
     _tmp: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Repo {
-    fn new() -> Repo {
+    pub(crate) fn new() -> Repo {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("repo");
         std::fs::create_dir(&path).unwrap();
@@ -392,12 +392,12 @@ impl Repo {
     }
 
     /// Writes `flags/a.yaml` and commits it; returns the commit id.
-    fn commit_flags(&self, text: &str, message: &str) -> String {
+    pub(crate) fn commit_flags(&self, text: &str, message: &str) -> String {
         write(&self.path.join("flags/a.yaml"), text);
         self.commit_all(message, &[])
     }
 
-    fn commit_all(&self, message: &str, extra: &[&str]) -> String {
+    pub(crate) fn commit_all(&self, message: &str, extra: &[&str]) -> String {
         git(&self.path, &["add", "-A"]);
         let mut args = vec!["commit", "-q", "--allow-empty", "-m", message];
         args.extend_from_slice(extra);
@@ -405,7 +405,7 @@ impl Repo {
         self.head()
     }
 
-    fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         git(&self.path, &["rev-parse", "HEAD"]).trim().to_owned()
     }
 }
@@ -622,7 +622,7 @@ fn git_source_skips_non_flag_files_and_reports_bad_blobs() {
 
 // ---- remote git ----
 
-fn remote_options(cache: &Path) -> RemoteOptions {
+pub(crate) fn remote_options(cache: &Path) -> RemoteOptions {
     let mut options = RemoteOptions::new(cache);
     options.reference = Some("main".into());
     options.flags_dir = "flags".into();
@@ -759,7 +759,7 @@ fn remote_unreachable_at_start_fails_clearly() {
     let err = Reloader::start(Box::new(source), ReloadOptions::default()).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("cannot fetch file:///nonexistent/vexil-flags"),
+        text.contains("cannot connect to file:///nonexistent/vexil-flags"),
         "{text}"
     );
 }

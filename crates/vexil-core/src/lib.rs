@@ -41,7 +41,7 @@ pub use context::{AttrValue, Context};
 pub use diag::{Code, Diagnostic, Pos, Severity};
 pub use eval::{EvalError, Evaluation, Reason};
 pub use format::DEFAULT_NAMESPACE;
-pub use live::{Attempt, AttemptResult, ChangeEvent, Live, ReaderState, Status, Swap};
+pub use live::{Attempt, AttemptResult, ChangeEvent, Live, ReaderState, Stale, Status, Swap};
 pub use reload::{Prepare, ReloadOptions, Reloader, StartError};
 pub use snapshot::{Flag, FlagType, Namespace, Snapshot, Value, Variant};
 pub use source::{Loaded, Source, SourceError, SourceFile};

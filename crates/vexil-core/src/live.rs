@@ -88,6 +88,15 @@ pub struct ReaderState {
     pub restarts: u64,
 }
 
+/// The served revision was read from the source's cache at start because the source could not
+/// be read; cleared by the first read that reaches the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    pub since: SystemTime,
+    /// Why, with the revision served: for logs, `/readyz` and the Status API.
+    pub reason: String,
+}
+
 /// Reload state, for health checks, metrics and the Status API.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
@@ -101,6 +110,8 @@ pub struct Status {
     pub consecutive_failures: u32,
     pub counts: Counts,
     pub reader: ReaderState,
+    /// Set while the revision served came from the cache because the source was unreachable.
+    pub stale: Option<Stale>,
 }
 
 type Observer = Box<dyn Fn(&Attempt, Option<Swap<'_>>) + Send + Sync>;
@@ -199,6 +210,19 @@ impl Live {
 
     pub(crate) fn update_reader(&self, f: impl FnOnce(&mut ReaderState)) {
         f(&mut lock(&self.status).reader);
+    }
+
+    /// Marks the source stale (keeping the first `since` while it stays so), or fresh.
+    pub(crate) fn set_stale(&self, reason: Option<String>) {
+        let mut status = lock(&self.status);
+        status.stale = match (status.stale.take(), reason) {
+            (_, None) => None,
+            (Some(old), Some(reason)) => Some(Stale { reason, ..old }),
+            (None, Some(reason)) => Some(Stale {
+                since: SystemTime::now(),
+                reason,
+            }),
+        };
     }
 
     /// Calls `f` after every reload attempt, from the reloader thread. A swap comes with its

@@ -47,6 +47,10 @@ pub struct ReloadOptions {
     pub start_empty: bool,
     /// The date expiry warnings compare against; `None`: today (UTC) at each reload.
     pub today: Option<jiff::civil::Date>,
+    /// Never serve the revision a source's cache recorded as served by an earlier process
+    /// (`Source::last_served`): with nothing served yet, an unreadable or invalid source
+    /// serves nothing (and fails `start`, unless `start_empty`).
+    pub require_fresh_start: bool,
 }
 
 type PrepareFn = dyn Fn(&Snapshot, Option<&Snapshot>) -> Arc<dyn Any + Send + Sync> + Send + Sync;
@@ -495,6 +499,7 @@ impl Worker {
             }
             Ok(None) => {
                 self.failures = 0;
+                self.live.set_stale(None);
                 if let (Some(revision), Some(diagnostics)) = (&self.known, &self.known_invalid) {
                     self.live.still_invalid(revision, diagnostics);
                     let result = AttemptResult::Invalid {
@@ -506,6 +511,7 @@ impl Worker {
             }
             Ok(Some(fetched)) => {
                 self.failures = 0;
+                self.live.set_stale(None);
                 self.known = Some(fetched.revision.clone());
                 let revision = Some(fetched.revision.clone());
                 let result = self.apply(fetched);
@@ -524,7 +530,50 @@ impl Worker {
         if !matches!(result, AttemptResult::Swapped { .. }) {
             self.live.record_attempt(revision.clone(), result.clone());
         }
-        attempt_now(revision, result)
+        if let (AttemptResult::Swapped { .. }, Some(revision)) = (&result, &revision) {
+            // Best effort: the record only serves a later start (a cache that cannot be
+            // written fails the fetches themselves, with the path).
+            let _ = self.source.served(revision);
+        }
+        let attempt = attempt_now(revision, result);
+        if attempt.is_failure()
+            && self.live.snapshot().is_none()
+            && !self.options.require_fresh_start
+        {
+            if let Some(fallback) = self.serve_last_served(&attempt) {
+                return fallback;
+            }
+        }
+        attempt
+    }
+
+    /// With nothing served yet and the source unreadable or invalid (`failed`): serves the
+    /// revision the source's cache recorded as served by an earlier process, if it is still
+    /// valid. An unreadable source is then marked stale until a read reaches it.
+    fn serve_last_served(&mut self, failed: &Attempt) -> Option<Attempt> {
+        let source = &mut self.source;
+        let fetched = match catch_unwind(AssertUnwindSafe(|| source.last_served())) {
+            Ok(Some(Ok(fetched))) => fetched,
+            Ok(None | Some(Err(_))) => return None,
+            Err(_) => {
+                self.source.reset();
+                self.note_panic();
+                return None;
+            }
+        };
+        let revision = fetched.revision.clone();
+        let result = self.apply(fetched);
+        if !matches!(result, AttemptResult::Swapped { .. }) {
+            // No longer valid (or it did not compile): the failure stands.
+            return None;
+        }
+        if let AttemptResult::SourceError { message } = &failed.result {
+            self.live.set_stale(Some(format!(
+                "the source cannot be read ({message}); serving revision {revision}, the last one this cache served, until it can"
+            )));
+        }
+        let _ = self.source.served(&revision);
+        Some(attempt_now(Some(revision), result))
     }
 
     fn note_panic(&mut self) {

@@ -170,6 +170,12 @@ pub fn status(
         swaps: s.counts.swaps,
         invalid: s.counts.invalid,
         source_errors: s.counts.source_errors,
+        stale: s
+            .stale
+            .as_ref()
+            .map(|x| x.reason.clone())
+            .unwrap_or_default(),
+        stale_since_unix_ms: s.stale.as_ref().map_or(0, |x| unix_ms(x.since)),
         ..Default::default()
     };
     if let Some(serving) = &s.serving {

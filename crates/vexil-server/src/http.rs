@@ -193,10 +193,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
         );
     }
     if let Some(revision) = state.revision() {
-        return (
-            StatusCode::OK,
-            format!("ready: serving revision {revision}\n"),
-        );
+        let stale = state
+            .live
+            .inspect(|s| s.stale.as_ref().map(|x| x.reason.clone()));
+        let text = match stale {
+            // Ready: the revision was good when served; the status says the source is down.
+            Some(reason) => format!("ready: serving revision {revision} (stale: {reason})\n"),
+            None => format!("ready: serving revision {revision}\n"),
+        };
+        return (StatusCode::OK, text);
     }
     let why = state.live.inspect(|status| {
         status

@@ -415,6 +415,7 @@ pub struct ReloadFigures {
     /// When the served snapshot was swapped in, its revision and flag count.
     pub serving: Option<(i64, String, usize)>,
     pub reloader_healthy: bool,
+    pub source_stale: bool,
 }
 
 impl ReloadFigures {
@@ -434,6 +435,7 @@ impl ReloadFigures {
                 )
             }),
             reloader_healthy,
+            source_stale: s.stale.is_some(),
         }
     }
 }
@@ -687,6 +689,13 @@ impl Scrape {
                 *flags as u64,
             )?;
         }
+        plain(
+            encoder,
+            "vexil_source_stale",
+            "1 while the revision served came from the cache at start because the source cannot be read.",
+            MetricType::Gauge,
+            u64::from(r.source_stale),
+        )?;
         plain(
             encoder,
             "vexil_reloader_healthy",

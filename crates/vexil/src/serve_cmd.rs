@@ -24,9 +24,9 @@ mod embedded {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A flags directory, a local git repository (with --ref), or a git URL (file://, or
-    /// https:// and ssh:// in builds with the `git-https` feature). Default: `./flags` if it
-    /// exists, else the example repository built into this binary.
+    /// A flags directory, a local git repository (with --ref), or a git URL (https://, ssh://,
+    /// git://, file://). Default: `./flags` if it exists, else the example repository built
+    /// into this binary.
     #[arg(env = "VEXIL_SOURCE")]
     source: Option<String>,
     /// Serve the committed tree of this branch, tag or commit (a local repository), or this
@@ -135,6 +135,13 @@ pub struct Args {
     /// A remote git server that sends nothing for this long fails the fetch.
     #[arg(long, env = "VEXIL_GIT_TIMEOUT", default_value = "30s", value_parser = duration)]
     git_timeout: Duration,
+    /// A PEM bundle trusted for https:// remotes in addition to the system's roots.
+    #[arg(long, env = "VEXIL_GIT_CA_FILE")]
+    git_ca_file: Option<PathBuf>,
+    /// Never serve from the cache at start: by default, a remote that cannot be read (or holds
+    /// an invalid revision) at start serves the revision this cache served last, as stale.
+    #[arg(long, env = "VEXIL_REQUIRE_FRESH_START")]
+    require_fresh_start: bool,
     /// Diagnostics in a Status or Reload answer (the rest are counted in `diagnostics_total`).
     #[arg(long, env = "VEXIL_MAX_STATUS_DIAGNOSTICS", default_value_t = 100)]
     max_status_diagnostics: usize,
@@ -216,6 +223,21 @@ fn cache_dir(args: &Args) -> PathBuf {
     base.join("vexil")
 }
 
+/// The cache directory exists (or is created) and takes a file: a read-only or missing volume
+/// is an error now, naming the directory and the option, not a failed fetch later.
+fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".vexil-write-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "the cache directory {} is not writable (set --cache-dir / VEXIL_CACHE_DIR to a writable volume)",
+                dir.display()
+            )
+        })
+}
+
 fn build_source(args: &Args) -> anyhow::Result<Box<dyn Source>> {
     let source = match &args.source {
         Some(s) => s.clone(),
@@ -232,7 +254,9 @@ fn build_source(args: &Args) -> anyhow::Result<Box<dyn Source>> {
         }
     };
     if is_url(&source) {
-        let mut options = RemoteOptions::new(cache_dir(args));
+        let cache = cache_dir(args);
+        check_writable(&cache)?;
+        let mut options = RemoteOptions::new(cache);
         options.reference.clone_from(&args.reference);
         options.flags_dir.clone_from(&args.flags_dir);
         options.interval = args.fetch_interval;
@@ -348,6 +372,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let tls = tls(args)?;
     // Before any source is read (libgit2's socket timeouts are process-wide settings).
     vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
+    if let Some(ca) = &args.git_ca_file {
+        vexil_core::source::set_git_ca_file(ca)?;
+    }
     let descriptors = raise_descriptor_limit();
     // The ports are bound before the first read, so that with --start-empty probes answer
     // (503) while a slow or silent source is read.
@@ -401,6 +428,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         source,
         ReloadOptions {
             start_empty: args.start_empty,
+            require_fresh_start: args.require_fresh_start,
             ..ReloadOptions::default()
         },
         options,

@@ -143,10 +143,17 @@ impl Server {
     /// `vexil serve ARGS` on 127.0.0.1:0 with `env` (logs at `warn` unless `env` sets
     /// `VEXIL_LOG`), once it serves.
     pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::try_start(args, env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start`, or why it does not serve (with its stderr).
+    pub(crate) async fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         Process::spawn(args, env, None)
             .serving()
             .await
-            .unwrap_or_else(|e| panic!("vexil serve {args:?}: {e}"))
+            .map_err(|e| format!("vexil serve {args:?}: {e}"))
     }
 
     /// A server on `flags/` of `repo`'s `main` branch, polled every 50 ms.
@@ -185,7 +192,7 @@ impl Server {
         FlagServiceClient::new(channel(self.grpc).await)
     }
 
-    async fn status(&self) -> Result<proto::StatusResponse, tonic::Status> {
+    pub(crate) async fn status(&self) -> Result<proto::StatusResponse, tonic::Status> {
         self.client()
             .await
             .status(proto::StatusRequest {})
@@ -193,7 +200,7 @@ impl Server {
             .map(tonic::Response::into_inner)
     }
 
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) async fn get(&self, path: &str) -> Option<(u16, String)> {
         get(self.http, path, &[]).await
     }
 }

@@ -4,9 +4,12 @@
 //! Problems with single files become diagnostics (the rest of the files are still checked);
 //! only a source that cannot be read at all is an error.
 
+mod cache;
 mod dir;
 mod git;
+mod known_hosts;
 mod remote;
+mod transport;
 
 use std::collections::HashSet;
 use std::io::Read as _;
@@ -18,7 +21,9 @@ use crate::diag::{Code, Diagnostic, Pos, Severity};
 
 pub use dir::{DirOptions, DirSource};
 pub use git::{GitOptions, GitSource, read_revision, read_tree};
-pub use remote::{Credentials, RemoteOptions, RemoteSource, set_git_timeouts};
+pub use known_hosts::KnownHosts;
+pub use remote::{RemoteOptions, RemoteSource};
+pub use transport::{Credentials, set_git_ca_file, set_git_timeouts};
 
 /// Called by a watching source when something may have changed.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -95,6 +100,19 @@ pub trait Source: Send + std::fmt::Debug {
     /// Forgets whatever the source keeps between reads (an open repository), so the next read
     /// starts afresh. Called after `read` panicked: what it held may be inconsistent.
     fn reset(&mut self) {}
+
+    /// Told after each swap: `revision` is now served. A source that keeps a cache records it
+    /// there (for `last_served` in a later process); an error is reported, never fatal.
+    fn served(&mut self, _revision: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The revision this source's cache recorded as served by an earlier process, read from
+    /// the cache without the network; `None` when there is no such record. The reloader asks
+    /// for it when nothing is served yet and the source cannot be read, or is invalid.
+    fn last_served(&mut self) -> Option<Result<Fetched, SourceError>> {
+        None
+    }
 }
 
 /// Files larger than this are refused (real flag files are a few kilobytes).
@@ -253,6 +271,12 @@ pub enum SourceError {
     Git { what: String, source: git2::Error },
     #[error("{0}")]
     Credentials(String),
+    /// A remote's cache directory cannot be created, cleared or written.
+    #[error("cannot use the git cache directory {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A process-wide setting could not be applied (`set_git_timeouts`).
     #[error("{0}")]
     Settings(String),

@@ -1,29 +1,34 @@
 //! A remote git repository: fetched into a bare cache repository, then read like a local one.
 //!
-//! Every fetch asks the remote for its refs, so a force-push is just a new commit id and a
-//! deleted ref is an error (the last good snapshot keeps serving). A cache that git cannot use
-//! (damaged objects, a broken config) is removed and cloned again.
+//! A poll is cheap: it connects and reads the remote's ref advertisement, and fetches only when
+//! the served ref names a commit the cache does not hold; then it fetches that one ref, shallow
+//! (depth 1; local paths and `file://` in full, which libgit2 cannot fetch shallow), without
+//! tags unless the ref is a tag. A force-push is just a new commit id and a deleted ref is an
+//! error (the last good snapshot keeps serving). A cache that git cannot use (damaged objects,
+//! a broken config) is removed and cloned again.
 //!
-//! Transports: local paths and `file://` always; `https://` and `ssh://` when built with the
-//! `git-https` feature (which needs OpenSSL). Credentials come from `Credentials` (the
-//! environment or files), never from the URL on a command line.
+//! The cache records the revision it last served (`cache.rs`), so that a process starting while
+//! the remote is unreachable, or holds an invalid revision, serves it (`Source::last_served`).
+//!
+//! Transports: local paths, `file://`, `git://`, `http(s)://` and `ssh://` (libgit2, libssh2
+//! and OpenSSL are built in). Credentials and host keys: `transport.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use git2::{AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks};
-use git2::{ErrorClass, Repository};
-use sha2::{Digest as _, Sha256};
+use git2::{AutotagOption, Direction, ErrorClass, FetchOptions, FetchPrune, Oid, Repository};
 
+use super::cache::{cache_name, record_served, remove_stale_temporaries, served, served_key};
 use super::git::{flags_dir_suffix, read_commit};
+use super::transport::{
+    Credentials, HostKeyRefusal, callbacks, is_local, mark_network_use, redact, scrub_error,
+    secrets,
+};
 use super::{Fetched, Source, SourceError};
 
-/// Branches and tags are mirrored into the cache under these names; `+` accepts force-pushes.
-const REFSPECS: [&str; 2] = [
-    "+refs/heads/*:refs/remotes/origin/*",
-    "+refs/tags/*:refs/tags/*",
-];
+/// What a commit-id reference fetches when the cache lacks the commit (an id is not
+/// advertised, so the branches are fetched in full and searched).
+const ALL_BRANCHES: [&str; 1] = ["+refs/heads/*:refs/remotes/origin/*"];
 
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
@@ -33,7 +38,7 @@ pub struct RemoteOptions {
     pub flags_dir: String,
     /// Where clones are kept (one sub-directory per URL).
     pub cache_dir: PathBuf,
-    /// How often to fetch.
+    /// How often to fetch (each wait varies by up to ±10 %, so replicas do not poll in step).
     pub interval: Duration,
     /// The longest wait between attempts while the remote keeps failing.
     pub max_backoff: Duration,
@@ -63,129 +68,6 @@ impl RemoteOptions {
     }
 }
 
-/// Credentials for fetching; `Debug` never prints secrets.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    pub username: Option<String>,
-    /// A password or an access token (with GitHub, the username is then `x-access-token`).
-    pub password: Option<String>,
-    /// A private key file for ssh; without one, the ssh agent is asked.
-    pub ssh_key: Option<PathBuf>,
-    pub ssh_passphrase: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("ssh_key", &self.ssh_key)
-            .field(
-                "ssh_passphrase",
-                &self.ssh_passphrase.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// Reads `VEXIL_GIT_USERNAME`, `VEXIL_GIT_PASSWORD` (or `VEXIL_GIT_PASSWORD_FILE`),
-    /// `VEXIL_GIT_SSH_KEY` and `VEXIL_GIT_SSH_PASSPHRASE` (or `VEXIL_GIT_SSH_PASSPHRASE_FILE`).
-    pub fn from_env() -> Result<Credentials, SourceError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let secret = |name: &str| -> Result<Option<String>, SourceError> {
-            if let Some(value) = var(name) {
-                return Ok(Some(value));
-            }
-            let file_var = format!("{name}_FILE");
-            match var(&file_var) {
-                Some(path) => std::fs::read_to_string(&path)
-                    .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
-                    .map_err(|e| {
-                        SourceError::Credentials(format!("cannot read {file_var} ({path}): {e}"))
-                    }),
-                None => Ok(None),
-            }
-        };
-        Ok(Credentials {
-            username: var("VEXIL_GIT_USERNAME"),
-            password: secret("VEXIL_GIT_PASSWORD")?,
-            ssh_key: var("VEXIL_GIT_SSH_KEY").map(PathBuf::from),
-            ssh_passphrase: secret("VEXIL_GIT_SSH_PASSPHRASE")?,
-        })
-    }
-}
-
-/// libgit2's socket timeouts, and whether a network fetch has begun. The timeouts are C globals
-/// that libgit2 reads, without synchronisation, whenever it opens a socket: they are written
-/// at most once, under this lock, and only before any fetch of ours has marked the network as
-/// used (under the same lock, before it opens a socket). Only this crate uses libgit2.
-static NETWORK: Mutex<Network> = Mutex::new(Network {
-    used: false,
-    timeouts: None,
-});
-
-#[derive(Debug)]
-struct Network {
-    used: bool,
-    timeouts: Option<(Duration, Duration)>,
-}
-
-/// Sets the connect timeout and the read timeout (the longest wait for data while reading) of
-/// every remote git connection, for the whole process. Call it once at start-up, before any
-/// source is read: it fails once a network fetch has begun, and a second call with other
-/// values fails (the same values again are accepted). Without it, a server that accepts the
-/// connection and never answers holds a fetch forever.
-///
-/// Durations are clamped to 1 ms ..= `i32::MAX` ms (libgit2 takes a C `int`); zero is not "no
-/// timeout": libgit2 would then read its non-blocking socket without waiting, and fail.
-pub fn set_git_timeouts(connect: Duration, read: Duration) -> Result<(), SourceError> {
-    let mut network = NETWORK.lock().unwrap_or_else(PoisonError::into_inner);
-    match network.timeouts {
-        Some(set) if set == (connect, read) => return Ok(()),
-        Some((c, r)) => {
-            return Err(SourceError::Settings(format!(
-                "the git timeouts are already set (connect {c:?}, read {r:?}): they are set once per process"
-            )));
-        }
-        None => {}
-    }
-    if network.used {
-        return Err(SourceError::Settings(
-            "the git timeouts must be set before the first remote fetch".into(),
-        ));
-    }
-    let millis = |d: Duration| -> std::ffi::c_int {
-        std::ffi::c_int::try_from(d.as_millis())
-            .unwrap_or(std::ffi::c_int::MAX)
-            .max(1)
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: these two calls write two plain C `int`s in libgit2 (its socket streams' connect
-    // and read timeouts), without synchronisation; git2 marks them unsafe because a libgit2
-    // call opening a socket on another thread at the same moment would read them in a data
-    // race. None can: only this crate calls libgit2, only `RemoteSource::fetch` opens sockets,
-    // and it marks `NETWORK.used` under the lock held here before it starts; `used` is false,
-    // so no fetch has begun, and none can begin until the lock is released. The values are
-    // in range (positive `c_int`s), so libgit2 accepts them.
-    let set = unsafe {
-        git2::opts::set_server_connect_timeout_in_milliseconds(millis(connect))
-            .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(millis(read)))
-    };
-    set.map_err(SourceError::git("cannot set the git network timeouts"))?;
-    network.timeouts = Some((connect, read));
-    Ok(())
-}
-
-/// Marks the network as used before a fetch from `url` opens a socket (see `NETWORK`). Local
-/// paths and `file://` URLs, which libgit2 reads without a socket, leave it unmarked.
-fn mark_network_use(url: &str) {
-    if url.starts_with("file://") || Path::new(url).exists() {
-        return;
-    }
-    NETWORK.lock().unwrap_or_else(PoisonError::into_inner).used = true;
-}
-
 pub struct RemoteSource {
     url: String,
     options: RemoteOptions,
@@ -193,6 +75,14 @@ pub struct RemoteSource {
     repo: Option<Repository>,
     /// Whether stale temporary files were looked for in the cache (once, at its first opening).
     swept: bool,
+    /// Replaced by `***` in every error (libgit2 builds some messages from the URL).
+    secrets: Vec<String>,
+    /// What the served-revision record is kept for (`cache::served_key`).
+    served_key: String,
+    /// Fetches skipped because the remote's ref had not moved, and fetches made (for tests and
+    /// benchmarks: `fetch_counts`).
+    skipped: u64,
+    fetched: u64,
 }
 
 impl std::fmt::Debug for RemoteSource {
@@ -209,18 +99,29 @@ impl RemoteSource {
     pub fn new(url: impl Into<String>, options: RemoteOptions) -> RemoteSource {
         let url = url.into();
         let cache = options.cache_dir.join(cache_name(&url));
+        let secrets = secrets(&url, &options.credentials);
+        let served_key = served_key(&url, options.reference.as_deref(), &options.flags_dir);
         RemoteSource {
             url,
             options,
             cache,
             repo: None,
             swept: false,
+            secrets,
+            served_key,
+            skipped: 0,
+            fetched: 0,
         }
     }
 
     /// The cache repository of this URL.
     pub fn cache_path(&self) -> &Path {
         &self.cache
+    }
+
+    /// Polls that found the ref unmoved (no fetch), and fetches made.
+    pub fn fetch_counts(&self) -> (u64, u64) {
+        (self.skipped, self.fetched)
     }
 
     fn open_cache(&mut self) -> Result<&Repository, SourceError> {
@@ -250,57 +151,97 @@ impl RemoteSource {
         match std::fs::remove_dir_all(&self.cache) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SourceError::Root {
+            Err(e) => Err(SourceError::Cache {
                 path: self.cache.clone(),
                 source: e,
             }),
         }
     }
 
-    /// Fetches, then returns the commit the reference names on the remote now.
+    /// Asks the remote where the reference points, fetches it if the cache lacks that commit,
+    /// and returns the commit.
     fn fetch(&mut self) -> Result<Oid, SourceError> {
         let url = self.url.clone();
-        let reference = self.options.reference.clone();
-        let credentials = self.options.credentials.clone();
-        let deadline = std::time::Instant::now() + self.options.fetch_timeout;
+        let wanted = self
+            .options
+            .reference
+            .clone()
+            .unwrap_or_else(|| "HEAD".into());
+        let deadline = after(Instant::now(), self.options.fetch_timeout);
         let shown = redact(&url);
+        let local = is_local(&url);
         mark_network_use(&url);
+        let refusal = HostKeyRefusal::default();
+        let connect = callbacks(&url, &self.options.credentials, deadline, &refusal);
+        let fetching = callbacks(&url, &self.options.credentials, deadline, &refusal);
         let repo = self.open_cache()?;
         let mut remote = repo
             .remote_anonymous(&url)
             .map_err(SourceError::git(format!("invalid remote {shown}")))?;
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(callbacks(credentials, deadline))
-            .prune(FetchPrune::On)
-            .download_tags(AutotagOption::None);
-        remote
-            .fetch(&REFSPECS, Some(&mut options), None)
-            .map_err(SourceError::git(format!("cannot fetch {shown}")))?;
-        // What the remote advertised during this fetch: deleted refs are gone from it.
-        let advertised: Vec<(String, Oid)> = remote
+        let mut connection = remote
+            .connect_auth(Direction::Fetch, Some(connect), None)
+            .map_err(|e| refusal.explain(e))
+            .map_err(SourceError::git(format!("cannot connect to {shown}")))?;
+        // The remote's refs, as advertised now: a deleted ref is gone from them.
+        let advertised: Vec<(String, Oid, Option<String>)> = connection
             .list()
             .map_err(SourceError::git(format!("cannot list the refs of {shown}")))?
             .iter()
-            .map(|head| (head.name().to_owned(), head.oid()))
+            .map(|h| {
+                let target = h.symref_target().map(str::to_owned);
+                (h.name().to_owned(), h.oid(), target)
+            })
             .collect();
-        let wanted = reference.as_deref().unwrap_or("HEAD");
         let candidates = [
-            wanted.to_owned(),
+            wanted.clone(),
             format!("refs/heads/{wanted}"),
             format!("refs/tags/{wanted}"),
         ];
         let found = candidates
             .iter()
-            .find_map(|c| advertised.iter().find(|(name, _)| name == c))
-            .map(|(_, oid)| *oid);
+            .find_map(|c| advertised.iter().find(|(name, _, _)| name == c));
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(fetching)
+            .prune(FetchPrune::Off)
+            .download_tags(AutotagOption::None);
+        let mut did_fetch = false;
         let target = match found {
-            Some(oid) => oid,
+            Some((name, oid, symref)) => {
+                if repo.find_object(*oid, None).is_ok() {
+                    // The ref has not moved (or moved to a commit the cache holds): no fetch.
+                    *oid
+                } else {
+                    // `HEAD` is fetched by the branch it names, so the tracking ref is a branch.
+                    let name = symref.as_deref().unwrap_or(name);
+                    let spec = format!("+{name}:{}", tracking_ref(name));
+                    if !local {
+                        options.depth(1);
+                    }
+                    connection
+                        .remote()
+                        .fetch(&[spec.as_str()], Some(&mut options), None)
+                        .map_err(SourceError::git(format!("cannot fetch {shown}")))?;
+                    did_fetch = true;
+                    *oid
+                }
+            }
             // A commit id is not advertised; it is found among the fetched objects.
-            None if looks_like_commit_id(wanted) => repo
-                .revparse_single(wanted)
-                .map(|o| o.id())
-                .map_err(SourceError::git(format!("`{wanted}` is not on {shown}")))?,
+            None if looks_like_commit_id(&wanted) => {
+                let id = |repo: &Repository| repo.revparse_single(&wanted).map(|o| o.id());
+                match id(repo) {
+                    Ok(oid) => oid,
+                    Err(_) => {
+                        connection
+                            .remote()
+                            .fetch(&ALL_BRANCHES, Some(&mut options), None)
+                            .map_err(SourceError::git(format!("cannot fetch {shown}")))?;
+                        did_fetch = true;
+                        id(repo)
+                            .map_err(SourceError::git(format!("`{wanted}` is not on {shown}")))?
+                    }
+                }
+            }
             None => {
                 return Err(SourceError::Git {
                     what: format!("`{wanted}` is not on {shown}"),
@@ -308,14 +249,22 @@ impl RemoteSource {
                 });
             }
         };
+        drop(connection);
         // An annotated tag peels to its commit.
         let commit = repo
             .find_object(target, None)
             .and_then(|o| o.peel_to_commit())
             .map_err(SourceError::git(format!(
                 "`{wanted}` on {shown} is not a commit"
-            )))?;
-        Ok(commit.id())
+            )))?
+            .id();
+        drop(remote);
+        if did_fetch {
+            self.fetched += 1;
+        } else {
+            self.skipped += 1;
+        }
+        Ok(commit)
     }
 
     /// Whether the cache looks usable when opened afresh: HEAD and the object store exist and
@@ -356,6 +305,23 @@ impl RemoteSource {
         let loaded = read_commit(repo, commit, &flags_dir)?;
         Ok(Some(Fetched { revision, loaded }))
     }
+
+    fn read_unscrubbed(
+        &mut self,
+        known: Option<&str>,
+        force: bool,
+    ) -> Result<Option<Fetched>, SourceError> {
+        match self.read_once(known, force) {
+            Err(SourceError::Git { source, .. })
+                if is_cache_damage(&source) || !self.cache_is_sound() =>
+            {
+                // The cache is unusable (not the remote): clone again, once.
+                self.wipe()?;
+                self.read_once(known, force)
+            }
+            other => other,
+        }
+    }
 }
 
 impl Source for RemoteSource {
@@ -371,29 +337,21 @@ impl Source for RemoteSource {
         )
     }
 
-    /// The interval while all is well; doubling from it up to `max_backoff` while failing.
+    /// The interval while all is well; doubling from it up to `max_backoff` while failing;
+    /// each varied by up to ±10 % so that replicas started together do not poll in step.
     fn next_poll(&self, failures: u32) -> Duration {
-        if failures == 0 {
-            return self.options.interval;
-        }
         let factor = 1u32 << failures.min(16);
-        self.options
+        let wait = self
+            .options
             .interval
             .saturating_mul(factor)
-            .min(self.options.max_backoff.max(self.options.interval))
+            .min(self.options.max_backoff.max(self.options.interval));
+        wait.mul_f64(0.9 + 0.2 * fastrand::f64())
     }
 
     fn read(&mut self, known: Option<&str>, force: bool) -> Result<Option<Fetched>, SourceError> {
-        match self.read_once(known, force) {
-            Err(SourceError::Git { source, .. })
-                if is_cache_damage(&source) || !self.cache_is_sound() =>
-            {
-                // The cache is unusable (not the remote): clone again, once.
-                self.wipe()?;
-                self.read_once(known, force)
-            }
-            other => other,
-        }
+        self.read_unscrubbed(known, force)
+            .map_err(|e| scrub_error(e, &self.secrets))
     }
 
     /// After a panic in `read`: the repository handle is dropped and the cache opened afresh
@@ -401,80 +359,46 @@ impl Source for RemoteSource {
     fn reset(&mut self) {
         self.repo = None;
     }
-}
 
-/// Removes what libgit2 leaves in a cache when a process dies while writing (a SIGKILL during
-/// a fetch), which nothing else ever removes: the pack being received
-/// (`objects/pack/pack_git2_<16 hex digits>`, as large as the download) and the lock of its
-/// index (`objects/pack/pack_git2_<12 hex digits>idx.lock`), a loose object being written
-/// (`objects/tmp_object_git2_<16 hex digits>`), and the locks of files being updated
-/// (`*.lock` under `refs/`, `packed-refs.lock`, `FETCH_HEAD.lock`, `HEAD.lock`,
-/// `config.lock`), which would make every later fetch fail to update them. Names are from
-/// libgit2 1.9 (`git_futils_mktmp`, `git_filebuf`). Only these names, only in this cache; a
-/// cache directory belongs to one process (another's fetch in progress would lose its files).
-fn remove_stale_temporaries(cache: &Path) {
-    let mut stale = Vec::new();
-    let names = |dir: &Path| -> Vec<(String, PathBuf)> {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
-            .collect()
-    };
-    for (name, path) in names(&cache.join("objects/pack")) {
-        let temp = name.strip_prefix("pack_git2_").is_some_and(|rest| {
-            is_hex(rest, 16) || rest.strip_suffix("idx.lock").is_some_and(|h| is_hex(h, 12))
-        });
-        if temp {
-            stale.push(path);
-        }
+    fn served(&mut self, revision: &str) -> Result<(), String> {
+        let commit = Oid::from_str(revision).map_err(|e| e.to_string())?;
+        let key = self.served_key.clone();
+        let cache = self.cache.clone();
+        let repo = self.open_cache().map_err(|e| e.to_string())?;
+        record_served(repo, &cache, &key, commit)
     }
-    for (name, path) in names(&cache.join("objects")) {
-        if name
-            .strip_prefix("tmp_object_git2_")
-            .is_some_and(|h| is_hex(h, 16))
-        {
-            stale.push(path);
-        }
-    }
-    for (name, path) in names(cache) {
-        if [
-            "packed-refs.lock",
-            "FETCH_HEAD.lock",
-            "HEAD.lock",
-            "config.lock",
-        ]
-        .contains(&name.as_str())
-        {
-            stale.push(path);
-        }
-    }
-    // Refs nest (`refs/remotes/origin/team/x`); git refuses ref names this deep long before.
-    let mut dirs = vec![(cache.join("refs"), 0usize)];
-    while let Some((dir, depth)) = dirs.pop() {
-        for (name, path) in names(&dir) {
-            let Ok(kind) = std::fs::symlink_metadata(&path).map(|m| m.file_type()) else {
-                continue;
-            };
-            if kind.is_dir() && depth < 64 {
-                dirs.push((path, depth + 1));
-            } else if kind.is_file() && name.ends_with(".lock") {
-                stale.push(path);
-            }
-        }
-    }
-    for path in stale {
-        // Best effort: a file that cannot be removed stays, as it would have without this.
-        let _ = std::fs::remove_file(path);
+
+    fn last_served(&mut self) -> Option<Result<Fetched, SourceError>> {
+        let commit = served(&self.cache, &self.served_key)?;
+        let flags_dir = self.options.flags_dir.clone();
+        let read = self
+            .open_cache()
+            .and_then(|repo| read_commit(repo, commit, &flags_dir));
+        Some(
+            read.map(|loaded| Fetched {
+                revision: commit.to_string(),
+                loaded,
+            })
+            .map_err(|e| scrub_error(e, &self.secrets)),
+        )
     }
 }
 
-/// `s` is exactly `len` lower-case hex digits (libgit2's random suffixes).
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// Where a fetched remote ref is kept in the cache: branches as `refs/remotes/origin/*`, tags
+/// as themselves.
+fn tracking_ref(name: &str) -> String {
+    match name.strip_prefix("refs/heads/") {
+        Some(branch) => format!("refs/remotes/origin/{branch}"),
+        None if name.starts_with("refs/") => name.to_owned(),
+        None => format!("refs/remotes/origin/{name}"),
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Errors that can only come from the local object store (the remote's side shows up as
@@ -490,99 +414,37 @@ fn looks_like_commit_id(s: &str) -> bool {
     (7..=40).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn callbacks(credentials: Credentials, deadline: std::time::Instant) -> RemoteCallbacks<'static> {
-    let mut callbacks = RemoteCallbacks::new();
-    // Returning false from a progress callback aborts the transfer.
-    callbacks.transfer_progress(move |_| std::time::Instant::now() < deadline);
-    callbacks.sideband_progress(move |_| std::time::Instant::now() < deadline);
-    let mut attempts = 0u32;
-    callbacks.credentials(move |_url, username_from_url, allowed| {
-        // libgit2 asks again after a rejection; give up instead of looping.
-        attempts += 1;
-        if attempts > 3 {
-            return Err(git2::Error::from_str(
-                "authentication failed: check VEXIL_GIT_USERNAME / VEXIL_GIT_PASSWORD / VEXIL_GIT_SSH_KEY",
-            ));
-        }
-        let user = username_from_url
-            .or(credentials.username.as_deref())
-            .unwrap_or("git");
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            if let (Some(u), Some(p)) = (&credentials.username, &credentials.password) {
-                return Cred::userpass_plaintext(u, p);
-            }
-            if let Some(p) = &credentials.password {
-                return Cred::userpass_plaintext(user, p);
-            }
-        }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            return match &credentials.ssh_key {
-                Some(key) => Cred::ssh_key(user, None, key, credentials.ssh_passphrase.as_deref()),
-                None => Cred::ssh_key_from_agent(user),
-            };
-        }
-        if allowed.contains(CredentialType::USERNAME) {
-            return Cred::username(user);
-        }
-        Err(git2::Error::from_str(
-            "the remote asks for credentials and none are configured (VEXIL_GIT_USERNAME, VEXIL_GIT_PASSWORD, VEXIL_GIT_SSH_KEY)",
-        ))
-    });
-    callbacks
-}
-
-/// One cache directory per URL: a readable stem and a hash (URLs may differ only in case).
-fn cache_name(url: &str) -> String {
-    let stem: String = redact(url)
-        .rsplit(['/', ':'])
-        .find(|s| !s.is_empty())
-        .unwrap_or("repo")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    let digest = Sha256::digest(url.as_bytes());
-    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{stem}-{hash}")
-}
-
-/// The URL without a password or token in its user part, for logs and status.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn redacts_user_info() {
-        assert_eq!(
-            super::redact("https://u:secret@example.com/a/b.git"),
-            "https://***@example.com/a/b.git"
-        );
-        assert_eq!(
-            super::redact("https://example.com/a@b"),
-            "https://example.com/a@b"
-        );
-        assert_eq!(super::redact("/srv/flags.git"), "/srv/flags.git");
-    }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
         let mut options = super::RemoteOptions::new("/tmp/x");
         options.interval = std::time::Duration::from_secs(30);
         options.max_backoff = std::time::Duration::from_secs(300);
         let source = super::RemoteSource::new("/tmp/r", options);
         use super::Source as _;
-        let secs: Vec<u64> = (0..6).map(|f| source.next_poll(f).as_secs()).collect();
-        assert_eq!(secs, [30, 60, 120, 240, 300, 300]);
+        // Each wait is within ±10 % of the doubling sequence, and the waits vary.
+        for (failures, expected) in [30.0, 60.0, 120.0, 240.0, 300.0, 300.0]
+            .into_iter()
+            .enumerate()
+        {
+            let waits: Vec<f64> = (0..200)
+                .map(|_| source.next_poll(failures as u32).as_secs_f64())
+                .collect();
+            for w in &waits {
+                assert!(
+                    (expected * 0.9..=expected * 1.1).contains(w),
+                    "{failures}: {w}"
+                );
+            }
+            let spread = waits.iter().cloned().fold(f64::MIN, f64::max)
+                - waits.iter().cloned().fold(f64::MAX, f64::min);
+            assert!(
+                spread > expected * 0.1,
+                "{failures}: the waits hardly vary ({spread})"
+            );
+        }
     }
 
     /// A server that accepts and never answers: with the timeouts set, the fetch fails after
@@ -608,10 +470,13 @@ mod tests {
             held.len()
         });
 
-        super::set_git_timeouts(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        crate::source::set_git_timeouts(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
         // Set once: the same values again are fine, others are refused.
-        super::set_git_timeouts(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-        assert!(super::set_git_timeouts(Duration::from_secs(2), Duration::from_secs(1)).is_err());
+        crate::source::set_git_timeouts(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        assert!(
+            crate::source::set_git_timeouts(Duration::from_secs(2), Duration::from_secs(1))
+                .is_err()
+        );
 
         let cache = tempfile::tempdir().unwrap();
         let url = format!("git://127.0.0.1:{port}/flags.git");
@@ -698,13 +563,5 @@ mod tests {
         for name in kept {
             assert!(cache.join(name).exists(), "{name} was removed");
         }
-    }
-
-    #[test]
-    fn cache_names_differ_per_url() {
-        let a = super::cache_name("file:///srv/flags");
-        let b = super::cache_name("file:///srv/Flags");
-        assert!(a.starts_with("flags-"), "{a}");
-        assert_ne!(a, b);
     }
 }
