@@ -15,6 +15,7 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -105,6 +106,8 @@ type Reply = Box<dyn FnOnce(Attempt) + Send>;
 enum Msg {
     Wake,
     Reload(Reply),
+    /// A read asked for by `trigger` (at most one is queued: `Reloader::pending`).
+    Trigger,
     Stop,
 }
 
@@ -113,6 +116,9 @@ enum Msg {
 pub struct Reloader {
     live: Arc<Live>,
     tx: Sender<Msg>,
+    /// A triggered read is queued and has not begun: further triggers join it. Cleared by the
+    /// reloader thread as a read begins (a trigger during a read asks for one more).
+    pending: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -124,9 +130,11 @@ impl Reloader {
     pub fn start(source: Box<dyn Source>, options: ReloadOptions) -> Result<Reloader, StartError> {
         let live = Arc::new(Live::new(source.describe()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             source,
             live: Arc::clone(&live),
+            pending: Arc::clone(&pending),
             options,
             known: None,
             known_invalid: None,
@@ -181,6 +189,7 @@ impl Reloader {
         Ok(Reloader {
             live,
             tx,
+            pending,
             thread: Some(thread),
         })
     }
@@ -206,9 +215,22 @@ impl Reloader {
         let _ = self.tx.send(Msg::Reload(Box::new(done)));
     }
 
-    /// Asks for a read now without waiting.
+    /// Asks for a read now without waiting (a webhook, SIGHUP). Triggers coalesce: while a
+    /// triggered read is queued and has not begun, more triggers join it, so a burst of any
+    /// size costs at most the read in progress and one more (which begins after the last
+    /// trigger that found none queued, so it sees what every trigger announced).
     pub fn trigger(&self) {
-        self.reload_then(|_| {});
+        if !self.pending.swap(true, Ordering::SeqCst) && self.tx.send(Msg::Trigger).is_err() {
+            // The reloader has stopped: nothing is queued.
+            self.pending.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a triggered read is queued and has not begun. Cleared when a read begins, after
+    /// `Status::reader.reading_since` is set and before the read's attempt is recorded: a
+    /// caller that sees it clear, then no read in progress, sees the triggered read counted.
+    pub fn trigger_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
     }
 }
 
@@ -309,6 +331,8 @@ struct Loop {
     burst: Option<(Instant, Instant)>,
     /// Requests waiting for the read in progress.
     replies: Vec<Reply>,
+    /// A triggered read is due.
+    triggered: bool,
 }
 
 enum Step {
@@ -319,6 +343,8 @@ enum Step {
 struct Worker {
     source: Box<dyn Source>,
     live: Arc<Live>,
+    /// `Reloader::pending`.
+    pending: Arc<AtomicBool>,
     options: ReloadOptions,
     /// The revision read last (served or not).
     known: Option<String>,
@@ -342,6 +368,7 @@ impl Worker {
             next_poll: after(Instant::now(), self.next_poll()),
             burst: None,
             replies: Vec::new(),
+            triggered: false,
         };
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.step(rx, &mut state))) {
@@ -368,6 +395,7 @@ impl Worker {
                         let wait = resume.saturating_duration_since(Instant::now());
                         match rx.recv_timeout(wait) {
                             Ok(Msg::Reload(reply)) => state.replies.push(reply),
+                            Ok(Msg::Trigger) => state.triggered = true,
                             Ok(Msg::Wake) => {}
                             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                             Err(RecvTimeoutError::Timeout) => break,
@@ -394,12 +422,13 @@ impl Worker {
                 state.burst = Some(state.burst.map_or((now, now), |(first, _)| (first, now)));
                 return Step::Continue;
             }
-            Ok(Msg::Reload(reply)) => {
-                state.replies.push(reply);
-                // Requests and events already queued are served by the same read.
-                while let Ok(msg) = rx.try_recv() {
+            Ok(first @ (Msg::Reload(_) | Msg::Trigger)) => {
+                // Requests, triggers and events already queued are served by the same read.
+                let mut next = Some(first);
+                while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                     match msg {
                         Msg::Reload(reply) => state.replies.push(reply),
+                        Msg::Trigger => state.triggered = true,
                         Msg::Wake => {}
                         Msg::Stop => return Step::Stop,
                     }
@@ -408,7 +437,8 @@ impl Worker {
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return Step::Stop,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        let forced = !state.replies.is_empty();
+        let forced = !state.replies.is_empty() || state.triggered;
+        state.triggered = false;
         state.burst = None;
         let attempt = self.reload(forced);
         answer(&self.live, &mut state.replies, &attempt);
@@ -430,6 +460,9 @@ impl Worker {
     /// read is visible).
     fn reload(&mut self, force: bool) -> Attempt {
         let _reading = Reading::start(&self.live);
+        // After `reading_since` is set (see `Reloader::trigger_pending`): a trigger from now on
+        // asks for another read, since this one may already be past what it announces.
+        self.pending.store(false, Ordering::SeqCst);
         self.read_and_apply(force)
     }
 

@@ -34,6 +34,7 @@ impl FrontRules {
             Front::Ofrep => crate::ofrep::method(path),
             Front::Flipper => crate::flipper::method(path),
             Front::Unleash => crate::unleash::method(path),
+            Front::Hooks => crate::hooks::method(path),
             Front::Vexil | Front::Flagd | Front::Http => {
                 if path == "/metrics" {
                     "metrics"
@@ -75,7 +76,7 @@ impl Rules for FrontRules {
             }
             Some(Front::Flipper) => crate::flipper::refused(&e),
             Some(Front::Unleash) => crate::unleash::refused(&e),
-            Some(Front::Vexil | Front::Flagd | Front::Http) | None => {
+            Some(Front::Vexil | Front::Flagd | Front::Http | Front::Hooks) | None => {
                 (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
             }
         }
@@ -129,11 +130,14 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     let ofrep = crate::ofrep::router(Arc::clone(&state));
     let flipper = crate::flipper::router(Arc::clone(&state));
     let unleash = crate::unleash::router(Arc::clone(&state));
+    let hooks = crate::hooks::router(Arc::clone(&state));
     front(probes, None, false)
         .merge(front(ofrep, Some(Front::Ofrep), true))
         .merge(front(flipper, Some(Front::Flipper), true))
         .merge(front(unleash, Some(Front::Unleash), true))
         .merge(front(own, Some(Front::Http), true))
+        // Git hosts cannot send bearer tokens: hooks carry the webhook secret (`hooks`).
+        .merge(front(hooks, Some(Front::Hooks), false))
         // Metrics name flags and the commit served: behind the tokens, when there are any,
         // unless `--public-metrics` (Prometheus sends `authorization` from its scrape config).
         .merge(front(

@@ -19,6 +19,7 @@ pub mod evaluation;
 pub mod flagd;
 pub mod flipper;
 pub mod grpc;
+pub mod hooks;
 pub mod http;
 pub mod layers;
 pub mod metrics;
@@ -38,6 +39,7 @@ use tonic_health::ServingStatus;
 pub use auth::Tokens;
 pub use conn::ConnLimits;
 pub use context::Limits;
+pub use hooks::{ServedRef, WebhookSecret};
 pub use state::{AppState, Options};
 pub use tls::{CertSource, TlsConfig, TlsError};
 

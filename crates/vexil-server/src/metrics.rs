@@ -18,6 +18,7 @@ use vexil_core::Snapshot;
 use vexil_core::eval::Reason;
 
 use crate::evaluation::FlagId;
+use crate::hooks::{Host, Outcome};
 use crate::state::Derived;
 
 const REASONS: [Reason; 5] = [
@@ -124,16 +125,19 @@ pub enum Front {
     Unleash,
     /// `/mirrors/diagnostics` and `/metrics`: the HTTP port's own reads.
     Http,
+    /// The push webhooks (`/hooks/*`).
+    Hooks,
 }
 
 impl Front {
-    pub const ALL: [Front; 6] = [
+    pub const ALL: [Front; 7] = [
         Front::Vexil,
         Front::Flagd,
         Front::Ofrep,
         Front::Flipper,
         Front::Unleash,
         Front::Http,
+        Front::Hooks,
     ];
 
     pub fn label(self) -> &'static str {
@@ -144,12 +148,13 @@ impl Front {
             Front::Flipper => "flipper",
             Front::Unleash => "unleash",
             Front::Http => "http",
+            Front::Hooks => "hooks",
         }
     }
 }
 
 /// Every measured endpoint: a front and a method name, fixed at compile time.
-pub const ENDPOINTS: [(Front, &str); 30] = [
+pub const ENDPOINTS: [(Front, &str); 35] = [
     (Front::Vexil, "Evaluate"),
     (Front::Vexil, "EvaluateBatch"),
     (Front::Vexil, "ListFlags"),
@@ -180,6 +185,11 @@ pub const ENDPOINTS: [(Front, &str); 30] = [
     (Front::Http, "diagnostics"),
     (Front::Http, "metrics"),
     (Front::Http, "other"),
+    (Front::Hooks, "github"),
+    (Front::Hooks, "gitlab"),
+    (Front::Hooks, "gitea"),
+    (Front::Hooks, "generic"),
+    (Front::Hooks, "other"),
 ];
 
 /// An index into `ENDPOINTS`.
@@ -324,6 +334,8 @@ pub struct Metrics {
     connections_closed: [AtomicU64; 4],
     accept_errors: AtomicU64,
     streams_stalled: AtomicU64,
+    /// Per `hooks::Host`, per `hooks::Outcome`.
+    webhooks: [[AtomicU64; Outcome::ALL.len()]; Host::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -336,6 +348,7 @@ impl Default for Metrics {
             connections_closed: Default::default(),
             accept_errors: AtomicU64::new(0),
             streams_stalled: AtomicU64::new(0),
+            webhooks: Default::default(),
         }
     }
 }
@@ -375,6 +388,17 @@ impl Metrics {
     /// A change stream ended because its client stopped reading.
     pub fn stream_stalled(&self) {
         self.streams_stalled.fetch_add(1, Relaxed);
+    }
+
+    /// A webhook answered.
+    pub fn webhook(&self, host: Host, outcome: Outcome) {
+        let cell = self
+            .webhooks
+            .get(host as usize)
+            .and_then(|row| row.get(outcome as usize));
+        if let Some(c) = cell {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn batch_items(&self, n: usize) {
@@ -567,6 +591,22 @@ impl Collector for Scrape {
             MetricType::Counter,
             m.streams_stalled.load(Relaxed),
         )?;
+        let mut hooks = encoder.encode_descriptor(
+            "vexil_webhooks",
+            "Push webhooks answered, by git host and outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (host, row) in Host::ALL.iter().zip(&m.webhooks) {
+            for (outcome, c) in Outcome::ALL.iter().zip(row) {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    hooks
+                        .encode_family(&[("host", host.label()), ("outcome", outcome.label())])?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
         if let Some(derived) = self
             .snapshot
             .as_deref()

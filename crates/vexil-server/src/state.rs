@@ -126,6 +126,10 @@ pub struct Options {
     pub max_status_diagnostics: usize,
     /// `/metrics` open even when tokens are configured.
     pub public_metrics: bool,
+    /// The push webhooks' secret (`None`: the `/hooks/*` routes answer 404, not configured).
+    pub webhook_secret: Option<crate::hooks::WebhookSecret>,
+    /// Which pushes a webhook reads the source for.
+    pub served_ref: crate::hooks::ServedRef,
 }
 
 impl Default for Options {
@@ -144,6 +148,8 @@ impl Default for Options {
             drain_window: Duration::ZERO,
             max_status_diagnostics: 100,
             public_metrics: false,
+            webhook_secret: None,
+            served_ref: crate::hooks::ServedRef::Any,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP port's wire contracts as data. Every table in `tests/wire/*.yaml` (probes, OFREP,
-//! the Flipper and Unleash mirrors) is a list of requests and the answers they must get; each
+//! the Flipper and Unleash mirrors, the push webhooks) is a list of requests and the answers they must get; each
 //! request goes through `vexil_server::http::router` with `tower::ServiceExt::oneshot` (no
 //! sockets), on the fixed flag repository `tests/wire/flags/`. The expected values were checked
 //! against the protocol references; a change of behaviour fails here, naming the table, the
@@ -28,7 +28,13 @@ use vexil_core::source::MemorySource;
 use vexil_server::{AppState, Options, Tokens};
 
 /// The tables a run must find: a missing or empty one fails instead of passing silently.
-const TABLES: [&str; 4] = ["probes.yaml", "ofrep.yaml", "flipper.yaml", "unleash.yaml"];
+const TABLES: [&str; 5] = [
+    "probes.yaml",
+    "ofrep.yaml",
+    "flipper.yaml",
+    "unleash.yaml",
+    "hooks.yaml",
+];
 
 /// What the 405 answers name as the place the flags live.
 const SOURCE: &str = "directory tests/wire/flags";
@@ -61,6 +67,31 @@ struct Setup {
     /// The source is invalid from the start: no snapshot is served.
     #[serde(default)]
     no_snapshot: bool,
+    /// The push webhooks' secret (none: webhooks are not configured).
+    webhook_secret: Option<String>,
+    /// Which pushes the webhooks read the source for (default: any).
+    #[serde(default)]
+    served_ref: ServedRefSetup,
+}
+
+/// `any`, `default_branch`, or `{named: REF}` (as `--ref REF`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum ServedRefSetup {
+    #[default]
+    Any,
+    DefaultBranch,
+    Named(String),
+}
+
+impl ServedRefSetup {
+    fn served_ref(&self) -> vexil_server::ServedRef {
+        match self {
+            ServedRefSetup::Any => vexil_server::ServedRef::Any,
+            ServedRefSetup::DefaultBranch => vexil_server::ServedRef::DefaultBranch,
+            ServedRefSetup::Named(name) => vexil_server::ServedRef::Named(name.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -113,6 +144,9 @@ struct Expect {
     /// JSON pointers (`/segments`, `/features/0/strategies/0/segments`) the body must not have.
     #[serde(default)]
     json_absent: Vec<String>,
+    /// Reads of the source the request caused (a webhook's trigger), counted once the reloader
+    /// has nothing pending and no read in progress.
+    reads: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,11 +163,13 @@ struct Report {
     requests: usize,
 }
 
-/// Server states by (max_message_bytes, public_metrics, no_snapshot); tokens only change the
-/// router.
+/// Server states by (max_message_bytes, public_metrics, no_snapshot, webhook secret, served
+/// ref); tokens only change the router.
+type StateKey = (Option<usize>, bool, bool, Option<String>, ServedRefSetup);
+
 struct World {
     files: Vec<(String, String)>,
-    states: HashMap<(Option<usize>, bool, bool), Arc<AppState>>,
+    states: HashMap<StateKey, Arc<AppState>>,
     revision: String,
 }
 
@@ -165,6 +201,8 @@ impl World {
             setup.max_message_bytes,
             setup.public_metrics,
             setup.no_snapshot,
+            setup.webhook_secret.clone(),
+            setup.served_ref.clone(),
         );
         if let Some(state) = self.states.get(&key) {
             return Arc::clone(state);
@@ -172,6 +210,11 @@ impl World {
         let mut options = Options {
             source: SOURCE.to_owned(),
             public_metrics: setup.public_metrics,
+            webhook_secret: setup
+                .webhook_secret
+                .as_ref()
+                .map(|s| vexil_server::WebhookSecret::new(s.as_bytes()).unwrap()),
+            served_ref: setup.served_ref.served_ref(),
             ..Options::default()
         };
         if let Some(max) = setup.max_message_bytes {
@@ -297,8 +340,18 @@ async fn run_case(world: &mut World, case: &Case, report: &mut Report) {
             built.uri().path_and_query().map_or("", |p| p.as_str())
         );
         let router = vexil_server::http::router(Arc::clone(&state), tokens.clone());
+        let reads_before = settled_reads(&state).await;
         let response = router.oneshot(built).await.unwrap();
         report.requests += 1;
+        if let Some(want) = expect.reads {
+            let got = settled_reads(&state).await - reads_before;
+            if got != want {
+                report.failures.push(format!(
+                    "{place} ({describe}): expected {want} reads of the source, got {got}"
+                ));
+                return;
+            }
+        }
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let raw = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -319,6 +372,25 @@ async fn run_case(world: &mut World, case: &Case, report: &mut Report) {
             .get(http::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+    }
+}
+
+/// The source reads (attempts) counted so far, once none is pending or in progress. Read in
+/// the order the reloader moves on (a trigger is pending, then reading, then counted: see
+/// `Reloader::trigger_pending`), so a read asked for before this call is in the count.
+async fn settled_reads(state: &AppState) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let pending = state.reloader.trigger_pending();
+        let reading = !pending && state.live.reader().reading_since.is_some();
+        if !pending && !reading {
+            return state.live.status().counts.attempts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reloader did not settle within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
 
@@ -383,8 +455,10 @@ fn build(req: &Req, vars: &Vars<'_>) -> Result<Request<Body>, String> {
         builder = builder.header(name.as_str(), vars.apply(value));
     }
     let body: Option<Vec<u8>> = match (&req.body, &req.json, req.body_size) {
-        (Some(text), None, None) => Some(text.clone().into_bytes()),
-        (None, Some(json), None) => Some(serde_json::to_vec(json).map_err(|e| e.to_string())?),
+        (Some(text), None, None) => Some(vars.apply(text).into_bytes()),
+        (None, Some(json), None) => {
+            Some(serde_json::to_vec(&vars.apply_json(json)).map_err(|e| e.to_string())?)
+        }
         (None, None, Some(n)) => Some(vec![b'x'; n]),
         (None, None, None) => None,
         _ => return Err("give one of body, json and body_size".into()),

@@ -14,7 +14,9 @@ use vexil_core::source::{
     RemoteSource,
 };
 use vexil_core::{ReloadOptions, Source, StartError};
-use vexil_server::{AppState, CertSource, ConnLimits, Limits, Options, TlsConfig, Tokens};
+use vexil_server::{
+    AppState, CertSource, ConnLimits, Limits, Options, ServedRef, TlsConfig, Tokens, WebhookSecret,
+};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_flags.rs"));
@@ -64,6 +66,11 @@ pub struct Args {
     /// comma-separated tokens. With any token, every RPC but health checks needs one.
     #[arg(long, env = "VEXIL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A file holding the push webhooks' secret (a trailing newline is dropped); the variable
+    /// VEXIL_WEBHOOK_SECRET may hold the secret itself. Enables POST /hooks/github,
+    /// /hooks/gitlab, /hooks/gitea and /hooks/generic on the HTTP port.
+    #[arg(long, env = "VEXIL_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reread on SIGHUP.
     #[arg(long, env = "VEXIL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -296,6 +303,51 @@ fn tokens(args: &Args) -> anyhow::Result<Tokens> {
     Ok(tokens)
 }
 
+/// The webhook secret, from `--webhook-secret-file` or `VEXIL_WEBHOOK_SECRET` (not both). An
+/// empty one is refused: anyone could sign a hook with it.
+fn webhook_secret(args: &Args) -> anyhow::Result<Option<WebhookSecret>> {
+    let from_env = std::env::var_os("VEXIL_WEBHOOK_SECRET");
+    let text = match (&args.webhook_secret_file, from_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both --webhook-secret-file (VEXIL_WEBHOOK_SECRET_FILE) and VEXIL_WEBHOOK_SECRET are set: give the webhook secret one way"
+        ),
+        (None, None) => return Ok(None),
+        (None, Some(secret)) => secret
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("VEXIL_WEBHOOK_SECRET is not UTF-8"))?
+            .into_bytes(),
+        (Some(file), None) => {
+            let mut bytes = std::fs::read(file).with_context(|| {
+                format!("cannot read the webhook secret file {}", file.display())
+            })?;
+            // As `echo secret > file` writes it.
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            bytes
+        }
+    };
+    match WebhookSecret::new(&text) {
+        Some(secret) => Ok(Some(secret)),
+        None => anyhow::bail!(
+            "the webhook secret (--webhook-secret-file / VEXIL_WEBHOOK_SECRET) is empty: refusing to accept unauthenticated webhooks"
+        ),
+    }
+}
+
+/// Which pushes a webhook reads the source for: a remote's `--ref` (or, without one, its
+/// default branch), a local repository's `--ref`; any push for a directory.
+fn served_ref(args: &Args) -> ServedRef {
+    let remote = args.source.as_deref().is_some_and(is_url);
+    match args.reference.as_deref() {
+        None | Some("HEAD") if remote => ServedRef::DefaultBranch,
+        Some(reference) if reference != "HEAD" && args.source.is_some() => {
+            ServedRef::Named(reference.to_owned())
+        }
+        _ => ServedRef::Any,
+    }
+}
+
 /// Each port's certificate, read now (a missing or broken file stops the start); SIGHUP rereads.
 fn tls(args: &Args) -> anyhow::Result<TlsConfig> {
     let source = |cert: &Option<PathBuf>, key: &Option<PathBuf>, port: &str| {
@@ -315,6 +367,8 @@ fn tls(args: &Args) -> anyhow::Result<TlsConfig> {
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     init_logs(args)?;
     let tokens = tokens(args)?;
+    let webhook_secret = webhook_secret(args)?;
+    let webhooks = webhook_secret.is_some();
     let tls = tls(args)?;
     // Before any source is read (libgit2's socket timeouts are process-wide settings).
     vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
@@ -365,6 +419,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         drain_window: args.drain_window,
         max_status_diagnostics: args.max_status_diagnostics,
         public_metrics: args.public_metrics,
+        webhook_secret,
+        served_ref: served_ref(args),
         ..Options::default()
     };
     // Starts reading the source (before the runtime: the first read may take a while).
@@ -408,6 +464,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             grpc_tls = tls.grpc.is_some(),
             http_tls = tls.http.is_some(),
             tokens = tokens.len(),
+            webhooks,
             max_connections,
             "vexil serving"
         );
@@ -513,6 +570,38 @@ mod tests {
         assert_eq!(super::duration("1.5m"), Ok(Duration::from_secs(90)));
         assert!(super::duration("5 parsecs").is_err());
         assert!(super::duration("-1s").is_err());
+    }
+
+    #[test]
+    fn served_refs() {
+        use clap::Parser as _;
+        use vexil_server::ServedRef;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::Args,
+        }
+        let served = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+                .map_err(|e| e.to_string());
+            cli.map(|c| super::served_ref(&c.args))
+        };
+        let remote = "https://git.example.com/acme/flags.git";
+        assert_eq!(served(&[remote]), Ok(ServedRef::DefaultBranch));
+        assert_eq!(
+            served(&[remote, "--ref", "HEAD"]),
+            Ok(ServedRef::DefaultBranch)
+        );
+        assert_eq!(
+            served(&[remote, "--ref", "v1"]),
+            Ok(ServedRef::Named("v1".into()))
+        );
+        assert_eq!(
+            served(&["/srv/flags-repo", "--ref", "main"]),
+            Ok(ServedRef::Named("main".into()))
+        );
+        assert_eq!(served(&["/srv/flags"]), Ok(ServedRef::Any));
+        assert_eq!(served(&[]), Ok(ServedRef::Any));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use vexil_server::{AppState, Options, Tokens};
 use crate::helpers::git;
 
 mod binary;
+mod hooks;
 mod tls;
 
 const PATIENCE: Duration = Duration::from_secs(15);

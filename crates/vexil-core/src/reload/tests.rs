@@ -255,6 +255,77 @@ fn reload_then_answers_from_the_reloader_thread_and_merges_requests() {
     assert_eq!(source.with(|s| s.reads) - reads_before, 2);
 }
 
+/// A burst of triggers while a read is held: one more read, which sees the state after the
+/// last trigger; the channel holds one queued trigger, not one per call.
+#[test]
+fn a_burst_of_triggers_during_a_read_costs_one_more_read() {
+    let source = Scripted::new("one");
+    let reloader = start(&source, false);
+    let reads_before = source.with(|s| s.reads);
+    assert!(!reloader.trigger_pending());
+
+    let open = source.close_gate();
+    reloader.trigger();
+    assert!(eventually(|| source.with(|s| s.reads) > reads_before));
+    // The held read has begun: the flag is clear, and the next trigger queues one more read.
+    assert!(eventually(|| !reloader.trigger_pending()));
+    source.with(|s| s.value = "two".into());
+    for _ in 0..50 {
+        reloader.trigger();
+        assert!(reloader.trigger_pending());
+    }
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    assert!(eventually(
+        || served(reloader.live()).as_deref() == Some("rev-two")
+    ));
+    assert!(eventually(|| {
+        !reloader.trigger_pending() && reloader.live().reader().reading_since.is_none()
+    }));
+    assert_eq!(source.with(|s| s.reads) - reads_before, 2);
+    assert_eq!(
+        reloader.live().status().counts.attempts,
+        3,
+        "start, held, one more"
+    );
+}
+
+/// A triggered read is forced (a remote fetches even when its ref was read last) and is seen
+/// as pending, then in progress, then counted: never none of the three.
+#[test]
+fn a_trigger_is_pending_then_reading_then_counted() {
+    let source = Scripted::new("one");
+    let reloader = start(&source, false);
+    let live = Arc::clone(reloader.live());
+    let attempts = live.status().counts.attempts;
+    let open = source.close_gate();
+    reloader.trigger();
+    // Observed in the order the reloader moves on: pending, reading, counted.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let pending = reloader.trigger_pending();
+        let reading = live.reader().reading_since.is_some();
+        let counted = live.status().counts.attempts > attempts;
+        assert!(pending || reading || counted, "the trigger vanished");
+        if seen.last() != Some(&(pending, reading, counted)) {
+            seen.push((pending, reading, counted));
+        }
+        if reading && !pending {
+            let _ = open.send(());
+        }
+        if counted && !reading {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(seen.last(), Some(&(false, false, true)), "{seen:?}");
+    assert_eq!(
+        live.status().last_attempt.map(|a| a.result),
+        Some(AttemptResult::Unchanged)
+    );
+}
+
 fn thread_name() -> String {
     std::thread::current().name().unwrap_or("").to_owned()
 }
