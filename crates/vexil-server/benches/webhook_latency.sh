@@ -8,9 +8,11 @@
 #
 # usage: crates/vexil-server/benches/webhook_latency.sh [PUSHES] [TRANSPORT]
 #   (defaults: 50 pushes, transport `git`: the remote is served by `git daemon` on 127.0.0.1, a
-#   network fetch; `file`: a file:// URL)
+#   network fetch; `https`: git http-backend behind nginx (fcgiwrap) with TLS from a CA made here,
+#   given with --git-ca-file, and basic auth; `file`: a file:// URL)
 #   environment: VEXIL_BIN: a vexil binary to use instead of building one
-#   needs git (with git daemon) and python3 (standard library only)
+#   needs git (with git daemon) and python3 (standard library only); https: nginx, fcgiwrap,
+#   openssl (installed when missing, as root)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . crates/vexil-server/benches/common.sh
@@ -22,9 +24,11 @@ vexil="$(vexil_binary)"
 work="$(mktemp -d)"
 server=""
 daemon=""
+fcgi=""
 cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2> /dev/null && wait "$server" 2> /dev/null || true; fi
-    if [ -n "$daemon" ]; then kill "$daemon" 2> /dev/null && wait "$daemon" 2> /dev/null || true; fi
+    for pid in $server $daemon $fcgi; do
+        kill "$pid" 2> /dev/null && wait "$pid" 2> /dev/null || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -43,6 +47,7 @@ git -C "$work/clone" commit -q -m v0
 git -C "$work/clone" push -q "$work/origin.git" main
 
 free_port() { echo $((20000 + RANDOM % 20000)); }
+extra=()
 case "$transport" in
     git)
         gport="$(free_port)"
@@ -55,14 +60,77 @@ case "$transport" in
             sleep 0.1
         done
         ;;
+    https)
+        [ -x /usr/sbin/nginx ] || install_missing nginx
+        [ -x /usr/sbin/fcgiwrap ] || install_missing fcgiwrap
+        command -v openssl > /dev/null || install_missing openssl
+        etc="$work/etc"
+        mkdir -p "$etc" "$work/nginx"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+            -keyout "$etc/ca.key" -out "$etc/ca.pem" 2> /dev/null
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+            -keyout "$etc/server.key" -out "$etc/server.csr" 2> /dev/null
+        printf 'subjectAltName=IP:127.0.0.1\n' > "$etc/san"
+        openssl x509 -req -in "$etc/server.csr" -CA "$etc/ca.pem" -CAkey "$etc/ca.key" \
+            -CAcreateserial -days 2 -extfile "$etc/san" -out "$etc/server.pem" 2> /dev/null
+        printf 'bench:{PLAIN}bench-pw\n' > "$etc/htpasswd"
+        /usr/sbin/fcgiwrap -s "unix:$etc/fcgiwrap.sock" 2> "$work/fcgiwrap.log" &
+        fcgi=$!
+        gport="$(free_port)"
+        cat > "$etc/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+user root root;
+pid $work/nginx.pid;
+error_log stderr warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  server {
+    listen 127.0.0.1:$gport ssl;
+    ssl_certificate $etc/server.pem;
+    ssl_certificate_key $etc/server.key;
+    location / {
+      auth_basic "flags";
+      auth_basic_user_file $etc/htpasswd;
+      fastcgi_pass unix:$etc/fcgiwrap.sock;
+      fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
+      fastcgi_param GIT_PROJECT_ROOT $work;
+      fastcgi_param GIT_HTTP_EXPORT_ALL "";
+      fastcgi_param GIT_CONFIG_NOSYSTEM 1;
+      fastcgi_param REMOTE_USER \$remote_user;
+      fastcgi_param PATH_INFO \$uri;
+      fastcgi_param QUERY_STRING \$query_string;
+      fastcgi_param REQUEST_METHOD \$request_method;
+      fastcgi_param CONTENT_TYPE \$content_type;
+      fastcgi_param CONTENT_LENGTH \$content_length;
+    }
+  }
+}
+CONF
+        /usr/sbin/nginx -e stderr -p "$work/nginx" -c "$etc/nginx.conf" 2> "$work/nginx.log" &
+        daemon=$!
+        url="https://127.0.0.1:$gport/origin.git"
+        export VEXIL_GIT_USERNAME=bench VEXIL_GIT_PASSWORD=bench-pw
+        extra=(--git-ca-file "$etc/ca.pem")
+        for _ in $(seq 100); do
+            GIT_SSL_CAINFO="$etc/ca.pem" git ls-remote "https://bench:bench-pw@127.0.0.1:$gport/origin.git" > /dev/null 2>&1 && break
+            sleep 0.1
+        done
+        ;;
     file) url="file://$work/origin.git" ;;
-    *) echo "unknown transport $transport (git or file)" >&2; exit 2 ;;
+    *) echo "unknown transport $transport (git, https or file)" >&2; exit 2 ;;
 esac
 
 printf 'bench-secret\n' > "$work/secret"
 hport="$(free_port)"
 "$vexil" serve "$url" --flags-dir flags --fetch-interval 1h --cache-dir "$work/cache" \
-    --webhook-secret-file "$work/secret" --grpc-addr 127.0.0.1:0 \
+    --webhook-secret-file "$work/secret" --grpc-addr 127.0.0.1:0 "${extra[@]}" \
     --http-addr "127.0.0.1:$hport" --log warn --drain-window 0s > "$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 200); do
