@@ -25,12 +25,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::state::AppState;
 
-/// The shared secret of the webhooks, kept as the HMAC-SHA256 key states (inner and outer
-/// padded key, already hashed) and a SHA-256 digest for the hosts that send it as it is.
+/// The shared secret of the webhooks: an HMAC-SHA256 key (ring's, which verifies in constant
+/// time) and a SHA-256 digest for the hosts that send the secret as it is.
 #[derive(Clone)]
 pub struct WebhookSecret {
-    inner: Sha256,
-    outer: Sha256,
+    key: ring::hmac::Key,
     digest: [u8; 32],
 }
 
@@ -40,44 +39,28 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
-const BLOCK: usize = 64;
-
 impl WebhookSecret {
     /// `None` for an empty secret (a hook anyone can sign).
     pub fn new(secret: &[u8]) -> Option<WebhookSecret> {
         if secret.is_empty() {
             return None;
         }
-        // RFC 2104: a key longer than the block is hashed first; then zero-padded.
-        let mut key = [0u8; BLOCK];
-        let hashed;
-        let short: &[u8] = if secret.len() > BLOCK {
-            hashed = Sha256::digest(secret);
-            &hashed
-        } else {
-            secret
-        };
-        for (k, s) in key.iter_mut().zip(short) {
-            *k = *s;
-        }
-        let mut inner = Sha256::new();
-        inner.update(key.map(|b| b ^ 0x36));
-        let mut outer = Sha256::new();
-        outer.update(key.map(|b| b ^ 0x5c));
         Some(WebhookSecret {
-            inner,
-            outer,
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
             digest: Sha256::digest(secret).into(),
         })
     }
 
     /// HMAC-SHA256 of `message` under the secret.
     pub fn sign(&self, message: &[u8]) -> [u8; 32] {
-        let mut inner = self.inner.clone();
-        inner.update(message);
-        let mut outer = self.outer.clone();
-        outer.update(inner.finalize());
-        outer.finalize().into()
+        let mut out = [0u8; 32];
+        for (o, b) in out
+            .iter_mut()
+            .zip(ring::hmac::sign(&self.key, message).as_ref())
+        {
+            *o = *b;
+        }
+        out
     }
 
     /// Whether `hex` (any case) is the HMAC-SHA256 of `message`, compared in constant time.
@@ -85,7 +68,7 @@ impl WebhookSecret {
         let Some(given) = decode_hex(hex.trim()) else {
             return false;
         };
-        same(&given, &self.sign(message))
+        ring::hmac::verify(&self.key, message, &given).is_ok()
     }
 
     /// Whether `token` is the secret itself, compared in constant time (as digests).

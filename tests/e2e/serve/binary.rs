@@ -109,23 +109,31 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A secret file that holds no secret stops the start (serving would mean no authentication):
+/// the token file, and the webhook secret.
 #[test]
-fn a_token_file_without_tokens_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("tokens");
-    std::fs::write(&file, "# no tokens yet\n\n").unwrap();
-    let out = crate::helpers::vexil(&[
-        "serve",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--token-file",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("hold no token"), "{stderr}");
+fn secret_files_without_a_secret_are_refused() {
+    let rows = [
+        ("--token-file", "# no tokens yet\n\n", "hold no token"),
+        ("--webhook-secret-file", "\n", "is empty"),
+    ];
+    for (option, content, expected) in rows {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("secret");
+        std::fs::write(&file, content).unwrap();
+        let out = crate::helpers::vexil(&[
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            option,
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{option}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{option}: {stderr}");
+    }
 }
 
 /// Without a source, `vexil serve` serves `./flags` when there is one (the README's run
