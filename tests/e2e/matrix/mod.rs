@@ -534,9 +534,13 @@ fn arrange(shared: &Shared, config: &Config, tmp: &Path) -> Arranged {
             }
             if matches!(config.source, Source::Https | Source::HttpsUrlPassword) {
                 secrets.push(servers.password.to_owned());
-                // Both names of the CA option: the variable with gRPC TLS, else the option.
+                // Both names of the CA option: the variable with gRPC TLS, else the option;
+                // with the password in the URL, the system's roots, as the bundled OpenSSL
+                // finds them (`SSL_CERT_FILE` names the system bundle), hold the CA instead.
                 let ca = servers.ca.file.display().to_string();
-                if config.grpc_tls {
+                if config.source == Source::HttpsUrlPassword {
+                    env.push(("SSL_CERT_FILE".into(), ca));
+                } else if config.grpc_tls {
                     env.push(("VEXIL_GIT_CA_FILE".into(), ca));
                 } else {
                     args.extend(["--git-ca-file".into(), ca]);
