@@ -2,10 +2,7 @@
 //! invalid revision), cheap polls over a real `git daemon` (one shallow ref, no fetch while it
 //! has not moved), and the process-wide git settings' errors. Only 127.0.0.1; bounded waits.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use vexil_core::source::{RemoteOptions, RemoteSource};
 use vexil_core::{AttemptResult, ReloadOptions, Reloader, Source, StartError};
@@ -25,12 +22,18 @@ fn start(url: &str, options: RemoteOptions, fresh: bool) -> Result<Reloader, Sta
     )
 }
 
-#[test]
-fn a_restart_during_an_outage_serves_the_last_good_revision_until_the_remote_returns() {
+/// A `file://` remote whose `main` holds one good commit (`a` is "1"), its id, an empty cache
+/// directory, and the URL.
+fn good_origin() -> (Repo, String, tempfile::TempDir, String) {
     let origin = Repo::new();
     let good = origin.commit_flags(&flags_yaml(&[("a", "1")]), "good");
-    let cache = tempfile::tempdir().unwrap();
     let url = format!("file://{}", origin.path.display());
+    (origin, good, tempfile::tempdir().unwrap(), url)
+}
+
+#[test]
+fn a_restart_during_an_outage_serves_the_last_good_revision_until_the_remote_returns() {
+    let (origin, good, cache, url) = good_origin();
     {
         let first = start(&url, remote_options(cache.path()), false).unwrap();
         assert_eq!(revision(first.live()), good);
@@ -93,10 +96,7 @@ fn a_restart_during_an_outage_serves_the_last_good_revision_until_the_remote_ret
 
 #[test]
 fn an_invalid_revision_at_start_serves_the_last_good_one_and_is_not_stale() {
-    let origin = Repo::new();
-    let good = origin.commit_flags(&flags_yaml(&[("a", "1")]), "good");
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", origin.path.display());
+    let (origin, good, cache, url) = good_origin();
     drop(start(&url, remote_options(cache.path()), false).unwrap());
     let bad = origin.commit_flags(BROKEN, "broken");
 
@@ -115,10 +115,7 @@ fn an_invalid_revision_at_start_serves_the_last_good_one_and_is_not_stale() {
 
 #[test]
 fn a_cache_recorded_for_another_url_is_never_used() {
-    let origin = Repo::new();
-    origin.commit_flags(&flags_yaml(&[("a", "1")]), "good");
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", origin.path.display());
+    let (origin, _, cache, url) = good_origin();
     let source = RemoteSource::new(&url, remote_options(cache.path()));
     let served_cache = source.cache_path().to_owned();
     drop(Reloader::start(Box::new(source), ReloadOptions::default()).unwrap());
@@ -139,58 +136,6 @@ fn a_cache_recorded_for_another_url_is_never_used() {
     assert!(matches!(err, StartError::Source { .. }), "{err}");
 }
 
-/// `git daemon` serving the repositories under `base` on a free 127.0.0.1 port.
-struct GitDaemon {
-    child: Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-                base.to_str().unwrap(),
-            ])
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon (Debian's git package) must be installed");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "git daemon did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        GitDaemon { child, port }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cache_git(cache: &Path, args: &[&str]) -> String {
-    git(cache, args)
-}
-
 #[test]
 fn polls_fetch_one_shallow_ref_and_only_when_it_moved() {
     let origin = Repo::new();
@@ -202,8 +147,9 @@ fn polls_fetch_one_shallow_ref_and_only_when_it_moved() {
     git(&origin.path, &["checkout", "-q", "other"]);
     origin.commit_flags(&flags_yaml(&[("a", "other")]), "on other");
     git(&origin.path, &["checkout", "-q", "main"]);
-    let daemon = GitDaemon::start(origin.path.parent().unwrap());
-    let url = format!("git://127.0.0.1:{}/repo", daemon.port);
+    let base = origin.path.parent().unwrap();
+    let (_daemon, port) = crate::matrix::servers::git_daemon(base, &base.join("daemon.log"));
+    let url = format!("git://127.0.0.1:{port}/repo");
     let caches = tempfile::tempdir().unwrap();
     let mut source = RemoteSource::new(&url, remote_options(caches.path()));
     let cache = source.cache_path().to_owned();
@@ -212,13 +158,10 @@ fn polls_fetch_one_shallow_ref_and_only_when_it_moved() {
     assert_eq!(first.revision, origin.head());
     assert_eq!(source.fetch_counts(), (0, 1));
     // One ref, one commit deep, no tags, no other branch.
-    let refs = cache_git(&cache, &["for-each-ref", "--format=%(refname)"]);
+    let refs = git(&cache, &["for-each-ref", "--format=%(refname)"]);
     assert_eq!(refs.trim(), "refs/remotes/origin/main");
     assert!(cache.join("shallow").is_file(), "a shallow cache");
-    assert_eq!(
-        cache_git(&cache, &["rev-list", "--all", "--count"]).trim(),
-        "1"
-    );
+    assert_eq!(git(&cache, &["rev-list", "--all", "--count"]).trim(), "1");
 
     // Unmoved: the ref advertisement only, no fetch.
     assert!(source.read(Some(&first.revision), false).unwrap().is_none());
@@ -233,10 +176,7 @@ fn polls_fetch_one_shallow_ref_and_only_when_it_moved() {
     assert_eq!(fetched.revision, next);
     assert_eq!(source.fetch_counts(), (1, 2));
     // Still one commit deep (the new commit is the shallow boundary).
-    assert_eq!(
-        cache_git(&cache, &["rev-list", "--all", "--count"]).trim(),
-        "1"
-    );
+    assert_eq!(git(&cache, &["rev-list", "--all", "--count"]).trim(), "1");
 
     // A tag is fetched as a tag (and peeled to its commit), still alone.
     let mut options = remote_options(caches.path());
@@ -249,7 +189,7 @@ fn polls_fetch_one_shallow_ref_and_only_when_it_moved() {
         at_tag.revision,
         git(&origin.path, &["rev-parse", "v1^{commit}"]).trim()
     );
-    let refs = cache_git(
+    let refs = git(
         tagged.cache_path(),
         &["for-each-ref", "--format=%(refname)"],
     );
@@ -283,10 +223,7 @@ fn the_git_ca_file_must_hold_a_certificate() {
 /// and saying so in `/readyz`, `Status`, `/metrics` and the log; fail-fast when told to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vexil_serve_restarted_during_an_outage_reports_the_source_stale() {
-    let origin = Repo::new();
-    let good = origin.commit_flags(&flags_yaml(&[("a", "1")]), "good");
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", origin.path.display());
+    let (origin, good, cache, url) = good_origin();
     let cache_dir = cache.path().to_str().unwrap().to_owned();
     let args = [
         "--ref",
@@ -341,14 +278,12 @@ async fn vexil_serve_restarted_during_an_outage_reports_the_source_stale() {
 /// A cache directory that cannot be written stops the start, naming it and the option.
 #[test]
 fn a_cache_directory_that_cannot_be_written_is_a_clear_error() {
-    let origin = Repo::new();
-    origin.commit_flags(&flags_yaml(&[("a", "1")]), "good");
-    let tmp = tempfile::tempdir().unwrap();
+    let (_origin, _, tmp, url) = good_origin();
     let file = tmp.path().join("a-file");
     std::fs::write(&file, "").unwrap();
     let cache = file.join("cache");
     let output = Command::new(env!("CARGO_BIN_EXE_vexil"))
-        .args(["serve", &format!("file://{}", origin.path.display())])
+        .args(["serve", &url])
         .args(["--cache-dir", cache.to_str().unwrap()])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .output()

@@ -291,7 +291,7 @@ fn attempt_now(revision: Option<String>, result: AttemptResult) -> Attempt {
 }
 
 /// `now + d`, saturating far in the future instead of overflowing (a "never" interval).
-fn after(now: Instant, d: Duration) -> Instant {
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(now)
@@ -531,9 +531,7 @@ impl Worker {
             self.live.record_attempt(revision.clone(), result.clone());
         }
         if let (AttemptResult::Swapped { .. }, Some(revision)) = (&result, &revision) {
-            // Best effort: the record only serves a later start (a cache that cannot be
-            // written fails the fetches themselves, with the path).
-            let _ = self.source.served(revision);
+            self.record_served(revision);
         }
         let attempt = attempt_now(revision, result);
         if attempt.is_failure()
@@ -572,8 +570,19 @@ impl Worker {
                 "the source cannot be read ({message}); serving revision {revision}, the last one this cache served, until it can"
             )));
         }
-        let _ = self.source.served(&revision);
+        self.record_served(&revision);
         Some(attempt_now(Some(revision), result))
+    }
+
+    /// Tells the source `revision` is served. Best effort: the record only serves a later
+    /// start (a cache that cannot be written fails the fetches themselves, with the path), and
+    /// a panic in it (git2) only costs the record.
+    fn record_served(&mut self, revision: &str) {
+        let source = &mut self.source;
+        if catch_unwind(AssertUnwindSafe(|| source.served(revision))).is_err() {
+            self.source.reset();
+            self.note_panic();
+        }
     }
 
     fn note_panic(&mut self) {

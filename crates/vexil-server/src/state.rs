@@ -203,21 +203,12 @@ impl AppState {
             shutdown: watch::channel(false).0,
         });
         let weak = Arc::downgrade(&state);
-        // A start from the cache happened before this observer existed: say so once here.
-        let stale_at_start = live.inspect(|s| s.stale.as_ref().map(|x| x.reason.clone()));
-        if let Some(reason) = &stale_at_start {
-            tracing::warn!(reason = %reason, "source stale: serving the revision the cache served last");
-        }
-        let was_stale = std::sync::atomic::AtomicBool::new(stale_at_start.is_some());
+        // A start from the cache happened before this observer existed: said here, once.
+        let stale_log = StaleLog::default();
+        stale_log.note(&live);
         live.observe(move |attempt, swap| {
             let Some(state) = weak.upgrade() else { return };
-            let stale = state.live.inspect(|s| s.stale.as_ref().map(|x| x.reason.clone()));
-            let before = was_stale.swap(stale.is_some(), std::sync::atomic::Ordering::Relaxed);
-            match (&stale, before) {
-                (Some(reason), false) => tracing::warn!(reason = %reason, "source stale: serving the revision the cache served last"),
-                (None, true) => tracing::info!("source reachable again: no longer stale"),
-                _ => {}
-            }
+            stale_log.note(&state.live);
             if let Some(swap) = swap {
                 state.ready.send_replace(true);
                 // Every swap, in order, after it is served. No receivers is fine: nobody
@@ -265,6 +256,32 @@ impl AppState {
             }
         }
         Ok(())
+    }
+}
+
+/// Logs the source turning stale (with why) and fresh again, once per change.
+#[derive(Debug, Default)]
+struct StaleLog {
+    was_stale: std::sync::atomic::AtomicBool,
+}
+
+impl StaleLog {
+    fn note(&self, live: &vexil_core::Live) {
+        let stale = live.inspect(|s| s.stale.is_some());
+        if stale
+            == self
+                .was_stale
+                .swap(stale, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        if stale {
+            let reason = live.inspect(|s| s.stale.as_ref().map(|x| x.reason.clone()));
+            let reason = reason.unwrap_or_default();
+            tracing::warn!(reason = %reason, "source stale: serving the revision the cache served last");
+        } else {
+            tracing::info!("source reachable again: no longer stale");
+        }
     }
 }
 

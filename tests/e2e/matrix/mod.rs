@@ -33,7 +33,7 @@ use crate::faults::Server;
 use servers::{Repo, Servers};
 
 mod bad_input;
-mod servers;
+pub(crate) mod servers;
 
 /// The bound of every wait for a state (a new value served, an answer).
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -137,6 +137,24 @@ impl Drop for Daemon {
     }
 }
 
+/// `git daemon` exporting every repository under `base` on a free 127.0.0.1 port (its log in
+/// `log`).
+pub fn git_daemon(base: &Path, log: &Path) -> (Daemon, u16) {
+    Daemon::on_free_port("git daemon", log, |p| {
+        let mut c = Command::new("git");
+        c.args([
+            "daemon",
+            "--listen=127.0.0.1",
+            "--reuseaddr",
+            "--export-all",
+        ])
+        .arg(format!("--port={p}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(base);
+        c
+    })
+}
+
 /// A certificate authority made for the suite, and the files it issued.
 pub struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -287,19 +305,7 @@ impl Servers {
         let mut daemons = Vec::new();
 
         // git://
-        let (daemon, git_port) = Daemon::on_free_port("git daemon", &etc.join("git.log"), |p| {
-            let mut c = Command::new("git");
-            c.args([
-                "daemon",
-                "--listen=127.0.0.1",
-                "--reuseaddr",
-                "--export-all",
-            ])
-            .arg(format!("--port={p}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(&base);
-            c
-        });
+        let (daemon, git_port) = git_daemon(&base, &etc.join("git.log"));
         daemons.push(daemon);
 
         // https:// : fcgiwrap runs git http-backend for nginx (TLS, basic auth).

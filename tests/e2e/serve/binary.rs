@@ -61,12 +61,7 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     assert_eq!(http_get(http, "/readyz").await.0, 200);
 
     let pid = child.id().unwrap().to_string();
-    let attempts = client
-        .status(proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .attempts;
+    let before = attempts(&mut client).await;
     let kill = |signal: &str| {
         std::process::Command::new("kill")
             .args([signal, &pid])
@@ -76,15 +71,7 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     assert!(kill("-HUP").success());
     wait_until("SIGHUP to reload", || {
         let mut client = client.clone();
-        async move {
-            client
-                .status(proto::StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .attempts
-                > attempts
-        }
+        async move { attempts(&mut client).await > before }
     })
     .await;
 

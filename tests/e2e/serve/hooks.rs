@@ -11,15 +11,6 @@ const SECRET: &str = "vexil-secret";
 const B: &str = r#"{"ref":"refs/heads/main","after":"da1560886d4f094c3e6c9ef40349f7d38b5d27d7"}"#;
 const B_SIGNATURE: &str = "sha256=2b18675952103bfb7d80631876e550ed46030c6fb8457f1f7bf170e11f0dce10";
 
-async fn attempts(client: &mut FlagServiceClient<Channel>) -> u64 {
-    client
-        .status(proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .attempts
-}
-
 async fn github_push(http: SocketAddr, signature: &str, delivery: &str) -> (u16, String) {
     github_push_of(http, B, signature, delivery).await
 }

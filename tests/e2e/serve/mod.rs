@@ -769,3 +769,13 @@ async fn watch_heartbeats_and_namespace_filter() {
     );
     server.stop().await;
 }
+
+/// Reads of the source so far (`Status::attempts`).
+pub(super) async fn attempts(client: &mut FlagServiceClient<Channel>) -> u64 {
+    client
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .attempts
+}

@@ -25,6 +25,7 @@ use super::transport::{
     secrets,
 };
 use super::{Fetched, Source, SourceError};
+use crate::reload::after;
 
 /// What a commit-id reference fetches when the cache lacks the commit (an id is not
 /// advertised, so the branches are fetched in full and searched).
@@ -392,13 +393,6 @@ fn tracking_ref(name: &str) -> String {
         None if name.starts_with("refs/") => name.to_owned(),
         None => format!("refs/remotes/origin/{name}"),
     }
-}
-
-/// `now + d`, saturating far in the future instead of overflowing.
-fn after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
-        .unwrap_or(now)
 }
 
 /// Errors that can only come from the local object store (the remote's side shows up as
