@@ -331,8 +331,6 @@ struct Loop {
     burst: Option<(Instant, Instant)>,
     /// Requests waiting for the read in progress.
     replies: Vec<Reply>,
-    /// A triggered read is due.
-    triggered: bool,
 }
 
 enum Step {
@@ -368,7 +366,6 @@ impl Worker {
             next_poll: after(Instant::now(), self.next_poll()),
             burst: None,
             replies: Vec::new(),
-            triggered: false,
         };
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.step(rx, &mut state))) {
@@ -395,8 +392,8 @@ impl Worker {
                         let wait = resume.saturating_duration_since(Instant::now());
                         match rx.recv_timeout(wait) {
                             Ok(Msg::Reload(reply)) => state.replies.push(reply),
-                            Ok(Msg::Trigger) => state.triggered = true,
-                            Ok(Msg::Wake) => {}
+                            // `pending` stays set: the read after the pause answers it.
+                            Ok(Msg::Trigger | Msg::Wake) => {}
                             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                             Err(RecvTimeoutError::Timeout) => break,
                         }
@@ -428,17 +425,19 @@ impl Worker {
                 while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                     match msg {
                         Msg::Reload(reply) => state.replies.push(reply),
-                        Msg::Trigger => state.triggered = true,
-                        Msg::Wake => {}
+                        Msg::Trigger | Msg::Wake => {}
                         Msg::Stop => return Step::Stop,
                     }
+                }
+                if state.replies.is_empty() && !self.pending.load(Ordering::SeqCst) {
+                    // Only triggers, and a read that began after them (a poll) answered them.
+                    return Step::Continue;
                 }
             }
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return Step::Stop,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        let forced = !state.replies.is_empty() || state.triggered;
-        state.triggered = false;
+        let forced = !state.replies.is_empty();
         state.burst = None;
         let attempt = self.reload(forced);
         answer(&self.live, &mut state.replies, &attempt);
@@ -461,9 +460,10 @@ impl Worker {
     fn reload(&mut self, force: bool) -> Attempt {
         let _reading = Reading::start(&self.live);
         // After `reading_since` is set (see `Reloader::trigger_pending`): a trigger from now on
-        // asks for another read, since this one may already be past what it announces.
-        self.pending.store(false, Ordering::SeqCst);
-        self.read_and_apply(force)
+        // asks for another read, since this one may already be past what it announces. A
+        // triggered read is forced, as a requested one is.
+        let triggered = self.pending.swap(false, Ordering::SeqCst);
+        self.read_and_apply(force || triggered)
     }
 
     fn read_and_apply(&mut self, force: bool) -> Attempt {

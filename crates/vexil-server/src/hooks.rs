@@ -7,10 +7,13 @@
 //! bearer tokens, which a git host cannot send: GitHub signs the raw body
 //! (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256>`), Gitea and Forgejo sign the JSON payload
 //! (`X-Gitea-Signature` / `X-Forgejo-Signature`: bare hex), GitLab sends the secret itself
-//! (`X-Gitlab-Token`), and the generic hook `Authorization: Bearer <secret>`. Every comparison
-//! is in constant time. A push to a ref this server does not serve is acknowledged and ignored;
-//! pings and test deliveries are answered and trigger nothing. Every answer is JSON with an
-//! `outcome`, counted in `vexil_webhooks_total{host,outcome}`.
+//! (`X-Gitlab-Token`), and the generic hook `Authorization: Bearer <secret>`. Signatures are
+//! verified by ring in constant time; tokens are compared as SHA-256 digests. A push to a ref
+//! this server does not serve is acknowledged and ignored; pings and test deliveries are
+//! answered and trigger nothing. Every answer of the four routes is JSON with an `outcome`,
+//! counted in `vexil_webhooks_total{host,outcome}` (a refusal also in
+//! `vexil_unauthenticated_total{front="hooks"}`); the gate's 405 and 413 are not, nor a 404 for
+//! an unknown `/hooks/...` path.
 
 use std::sync::Arc;
 
@@ -71,9 +74,10 @@ impl WebhookSecret {
         ring::hmac::verify(&self.key, message, &given).is_ok()
     }
 
-    /// Whether `token` is the secret itself, compared in constant time (as digests).
-    pub fn is(&self, token: &[u8]) -> bool {
-        same(&Sha256::digest(token).into(), &self.digest)
+    /// Whether `token` is the secret itself. Compared as SHA-256 digests, as the bearer tokens
+    /// are (`auth::digest`): how long a comparison of digests takes says nothing of the secret.
+    pub fn is(&self, token: &str) -> bool {
+        crate::auth::digest(token) == self.digest
     }
 }
 
@@ -92,12 +96,6 @@ fn decode_hex(hex: &str) -> Option<[u8; 32]> {
         *o = u8::try_from(hi * 16 + lo).ok()?;
     }
     Some(out)
-}
-
-/// Equal in constant time: every byte is looked at whatever differs.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// Which pushes concern the served source.
@@ -131,7 +129,7 @@ impl ServedRef {
                     || pushed.strip_prefix("refs/tags/") == Some(name.as_str());
                 if matches {
                     Ok(())
-                } else if looks_like_commit_id(name) {
+                } else if vexil_core::source::looks_like_commit_id(name) {
                     Err(format!(
                         "push to {pushed}: this server serves commit {name}, which never moves"
                     ))
@@ -141,11 +139,6 @@ impl ServedRef {
             }
         }
     }
-}
-
-/// As the remote source reads `--ref`: 7 to 40 hex digits not advertised as a branch or tag.
-fn looks_like_commit_id(s: &str) -> bool {
-    (7..=40).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The git hosts, as routes and metrics name them.
@@ -354,11 +347,18 @@ fn push(state: &AppState, event: &str, payload: &Value, default_branch: &str) ->
 
 /// Whether `commit` is the revision served or the one the last read found (an invalid one).
 fn already_read(state: &AppState, commit: &str) -> bool {
-    state.revision().as_deref() == Some(commit)
+    state
+        .live
+        .load()
+        .as_ref()
+        .is_some_and(|s| s.revision() == commit)
         || state.live.inspect(|status| {
+            // A read that failed without a verdict (a source error, a compile that panicked)
+            // is read again: a hook for its commit must not be ignored.
             status
                 .last_attempt
                 .as_ref()
+                .filter(|a| !matches!(a.result, vexil_core::AttemptResult::SourceError { .. }))
                 .and_then(|a| a.revision.as_deref())
                 == Some(commit)
         })
@@ -411,7 +411,7 @@ fn gitlab_verdict(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
     let token = header(headers, "x-gitlab-token").ok_or_else(|| {
         unauthorized("no X-Gitlab-Token header: set the webhook's Secret token on GitLab")
     })?;
-    if !secret.is(token.as_bytes()) {
+    if !secret.is(token) {
         return Err(unauthorized(
             "X-Gitlab-Token is not this server's webhook secret",
         ));
@@ -475,13 +475,9 @@ fn gitea_verdict(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<V
 fn generic_verdict(state: &AppState, headers: &HeaderMap) -> Result<Verdict, Verdict> {
     let secret = secret(state)?;
     let token = header(headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| {
-            v.split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        })
-        .map(|(_, token)| token.trim())
+        .and_then(crate::auth::bearer)
         .ok_or_else(|| unauthorized("no `Authorization: Bearer <webhook secret>` header"))?;
-    if !secret.is(token.as_bytes()) {
+    if !secret.is(token) {
         return Err(unauthorized(
             "the bearer token is not this server's webhook secret",
         ));
@@ -640,9 +636,9 @@ mod tests {
         assert!(!secret.verify_hex(&format!("{}1", &good[..63]), B.as_bytes()));
         assert!(!secret.verify_hex(&format!("{}zz", &good[..62]), B.as_bytes()));
         assert!(!secret.verify_hex(good, b"{}"));
-        assert!(secret.is(b"vexil-secret"));
-        assert!(!secret.is(b"vexil-secret "));
-        assert!(!secret.is(b""));
+        assert!(secret.is("vexil-secret"));
+        assert!(!secret.is("vexil-secret "));
+        assert!(!secret.is(""));
         assert_eq!(format!("{secret:?}"), "WebhookSecret(<redacted>)");
     }
 

@@ -82,19 +82,18 @@ impl Rules for FrontRules {
         }
     }
 
-    fn body_limit(&self) -> Option<u64> {
-        Some(self.max_body)
-    }
-
-    fn too_large(&self) -> Response {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
+    fn too_large(&self, headers: &HeaderMap) -> Option<Response> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+        (declared > self.max_body).then(|| {
+            let why = format!(
                 "request body larger than {} bytes (--max-message-bytes)\n",
                 self.max_body
-            ),
-        )
-            .into_response()
+            );
+            (StatusCode::PAYLOAD_TOO_LARGE, why).into_response()
+        })
     }
 
     fn code(&self, response: &Response) -> Code {

@@ -29,10 +29,11 @@ pub trait Rules: Clone + Send + Sync + 'static {
     fn authorized(&self, tokens: &Tokens, headers: &HeaderMap) -> bool;
     /// The answer to a request without an accepted token.
     fn refuse<B>(&self, endpoint: Endpoint, request: &Request<B>) -> Response<Self::Body>;
-    /// The largest body a request may declare (`Content-Length`), if the port has a limit of
-    /// its own (gRPC's is the codec's), and the answer to one that declares more.
-    fn body_limit(&self) -> Option<u64>;
-    fn too_large(&self) -> Response<Self::Body>;
+    /// The answer to a request that declares (`Content-Length`) a body over the port's own
+    /// limit; `None` to let it through (and for a port without one: gRPC's is the codec's).
+    fn too_large(&self, _headers: &HeaderMap) -> Option<Response<Self::Body>> {
+        None
+    }
     fn code(&self, response: &Response<Self::Body>) -> Code;
 }
 
@@ -94,14 +95,7 @@ where
         let classified = self.rules.classify(&request);
         // A declared length over the limit is refused before the handler runs (even one that
         // ignores bodies); extractors stop reading an undeclared one at the same limit.
-        let too_large = self.rules.body_limit().is_some_and(|max| {
-            request
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > max)
-        });
+        let too_large = self.rules.too_large(request.headers());
         let refused = |state: &Self, endpoint: Option<Endpoint>, answer: Response<R::Body>| {
             if let Some(endpoint) = endpoint {
                 let code = state.rules.code(&answer);
@@ -112,8 +106,8 @@ where
                 rules: state.rules.clone(),
             }
         };
-        if too_large {
-            return refused(self, classified.map(|(e, _)| e), self.rules.too_large());
+        if let Some(answer) = too_large {
+            return refused(self, classified.map(|(e, _)| e), answer);
         }
         let Some((endpoint, protected)) = classified else {
             return GateFuture {

@@ -121,14 +121,6 @@ impl layers::Rules for GrpcRules {
     }
 
     /// gRPC messages are limited by the codec (`--max-message-bytes`, RESOURCE_EXHAUSTED).
-    fn body_limit(&self) -> Option<u64> {
-        None
-    }
-
-    fn too_large(&self) -> ::http::Response<tonic::body::Body> {
-        tonic::Status::resource_exhausted("request too large").into_http()
-    }
-
     fn code(&self, response: &::http::Response<tonic::body::Body>) -> metrics::Code {
         // Errors are trailers-only answers, with the status in the headers; a call that
         // answers has no status there (it comes in the trailers, OK).

@@ -343,20 +343,21 @@ async fn run_case(world: &mut World, case: &Case, report: &mut Report) {
         let reads_before = settled_reads(&state).await;
         let response = router.oneshot(built).await.unwrap();
         report.requests += 1;
-        if let Some(want) = expect.reads {
-            let got = settled_reads(&state).await - reads_before;
-            if got != want {
-                report.failures.push(format!(
-                    "{place} ({describe}): expected {want} reads of the source, got {got}"
-                ));
-                return;
-            }
-        }
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let raw = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();
+        if let Some(want) = expect.reads {
+            let got = settled_reads(&state).await - reads_before;
+            if got != want {
+                report.failures.push(format!(
+                    "{place} ({describe}): expected {want} reads of the source, got {got}; the answer was {status}: {}",
+                    String::from_utf8_lossy(&raw)
+                ));
+                return;
+            }
+        }
         let problems = check(expect, status, &headers, &raw, &vars);
         if !problems.is_empty() {
             report.failures.push(format!(

@@ -22,7 +22,7 @@ use crate::diag::{Code, Diagnostic, Pos, Severity};
 pub use dir::{DirOptions, DirSource};
 pub use git::{GitOptions, GitSource, read_revision, read_tree};
 pub use known_hosts::KnownHosts;
-pub use remote::{RemoteOptions, RemoteSource};
+pub use remote::{RemoteOptions, RemoteSource, looks_like_commit_id};
 pub use transport::{Credentials, set_git_ca_file, set_git_timeouts};
 
 /// Called by a watching source when something may have changed.

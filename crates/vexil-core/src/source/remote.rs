@@ -404,7 +404,9 @@ fn is_cache_damage(e: &git2::Error) -> bool {
     )
 }
 
-fn looks_like_commit_id(s: &str) -> bool {
+/// A `--ref` that names a commit, not a branch or tag: 7 to 40 hex digits (servers use it
+/// to tell which pushes can move the ref).
+pub fn looks_like_commit_id(s: &str) -> bool {
     (7..=40).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
