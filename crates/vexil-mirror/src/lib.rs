@@ -33,21 +33,31 @@ pub enum Mirror {
     /// The Flipper HTTP API, for Flipper 0.25+ clients (gates: boolean, actors, groups,
     /// percentage of actors, percentage of time).
     Flipper,
-    /// The Unleash client API for SDKs that send `Unleash-Client-Spec` (Unleash's engine:
-    /// every operator, strategy variants).
+    /// The Unleash client API for SDKs that send `Unleash-Client-Spec` and evaluate with
+    /// Unleash's yggdrasil engine (Python 6.x, Java, .NET, Ruby 6+, Edge: every operator,
+    /// strategy variants).
     Unleash,
+    /// The same body, read by SDKs with their own engine (Node `unleash-client` 6.x): its
+    /// findings say what that engine reads differently.
+    UnleashNode,
     /// The Unleash client API for SDKs that send no `Unleash-Client-Spec` (ruby-unleash 3.2.5
     /// and its era: `IN`/`NOT_IN` only, no strategy variants).
     UnleashLegacy,
 }
 
 impl Mirror {
-    pub const ALL: [Mirror; 3] = [Mirror::Flipper, Mirror::Unleash, Mirror::UnleashLegacy];
+    pub const ALL: [Mirror; 4] = [
+        Mirror::Flipper,
+        Mirror::Unleash,
+        Mirror::UnleashNode,
+        Mirror::UnleashLegacy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Mirror::Flipper => "flipper",
             Mirror::Unleash => "unleash",
+            Mirror::UnleashNode => "unleash-node",
             Mirror::UnleashLegacy => "unleash-legacy",
         }
     }
@@ -139,6 +149,7 @@ pub fn findings(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Finding> {
                 Mirror::Unleash => {
                     out.extend(unleash::export(ns, unleash::Profile::Modern).findings);
                 }
+                Mirror::UnleashNode => out.extend(unleash::node_findings(ns)),
                 Mirror::UnleashLegacy => {
                     out.extend(unleash::export(ns, unleash::Profile::Legacy).findings);
                 }

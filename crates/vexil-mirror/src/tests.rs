@@ -124,11 +124,11 @@ flags:
                 .iter()
                 .map(|f| f.key.to_string())
                 .collect(),
-            Mirror::Unleash | Mirror::UnleashLegacy => {
-                let profile = if mirror == Mirror::Unleash {
-                    Profile::Modern
-                } else {
+            Mirror::Unleash | Mirror::UnleashNode | Mirror::UnleashLegacy => {
+                let profile = if mirror == Mirror::UnleashLegacy {
                     Profile::Legacy
+                } else {
+                    Profile::Modern
                 };
                 unleash::export(ns, profile)
                     .features
@@ -184,6 +184,113 @@ flags:
         inline["features"][0]["strategies"][0]["constraints"][0]["operator"],
         json!("STR_ENDS_WITH")
     );
+}
+
+/// Constraints both engines (yggdrasil and Node's own) read alike, and what Node's findings say
+/// where they cannot; the legacy profile keeps its plain IN lists.
+#[test]
+fn unleash_constraints_read_alike_in_both_engines() {
+    let yaml = r#"
+flags:
+  has-email:
+    rules:
+      - { when: [{ attr: email, present: true }], serve: true }
+  no-email:
+    rules:
+      - { when: [{ attr: email, absent: true }], serve: true }
+  any-plan:
+    rules:
+      - { when: [{ attr: plan, starts_with: "" }], serve: true }
+  spaced:
+    rules:
+      - { when: [{ attr: code, in: [" a1 ", b2] }], serve: true }
+      - { when: [{ attr: code, ends_with: " x" }], serve: true }
+  ids:
+    rules:
+      - { ids: [u1, " u2"], serve: true }
+  big:
+    rules:
+      - { when: [{ attr: n, gt: 1.0e21 }], serve: true }
+      - { when: [{ attr: n, lt: 0.0000001 }], serve: true }
+  clock:
+    rules:
+      - { name: window, when: [{ attr: currentTime, after: "2026-01-01T00:00:00+02:00" }], serve: true }
+  signup:
+    rules:
+      - { name: late, when: [{ attr: signup, before: "2026-01-01" }], serve: true }
+  digits:
+    rules:
+      - { name: pin, when: [{ attr: pin, matches: '^\d{4}$' }], serve: true }
+"#;
+    let s = snapshot(yaml);
+    let ns = &s.namespaces()[0];
+    let constraints = |profile: Profile, flag: &str| -> Vec<serde_json::Value> {
+        let export = unleash::export(ns, profile);
+        let body = export.body(&export.features, Segments::Inline);
+        let feature = body["features"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == flag))
+            .cloned()
+            .unwrap_or_else(|| panic!("{flag} not exported"));
+        feature["strategies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|st| st["constraints"].as_array().unwrap().clone())
+            .collect()
+    };
+    let regex = |field: &str, pattern: &str, inverted: bool| {
+        json!({"contextName": field, "operator": "REGEX", "value": pattern, "values": [],
+               "caseInsensitive": false, "inverted": inverted})
+    };
+    assert_eq!(constraints(Profile::Modern, "has-email"), [regex("email", "^", false)]);
+    assert_eq!(constraints(Profile::Modern, "no-email"), [regex("email", "^", true)]);
+    assert_eq!(constraints(Profile::Modern, "any-plan"), [regex("plan", "^", false)]);
+    assert_eq!(
+        constraints(Profile::Modern, "spaced"),
+        [regex("code", "^(?: a1 |b2)$", false), regex("code", " x$", false)]
+    );
+    assert_eq!(
+        constraints(Profile::Modern, "ids"),
+        [regex("userId", "^(?: u2|u1)$", false)]
+    );
+    let values: Vec<_> = constraints(Profile::Modern, "big")
+        .iter()
+        .map(|c| c["value"].clone())
+        .collect();
+    assert_eq!(values, [json!("1000000000000000000000"), json!("0.0000001")]);
+    let times: Vec<_> = ["clock", "signup"]
+        .iter()
+        .map(|f| constraints(Profile::Modern, f)[0]["value"].clone())
+        .collect();
+    assert_eq!(times, [json!("2025-12-31T22:00:00Z"), json!("2026-01-01T00:00:00Z")]);
+    // The legacy profile: ids verbatim, presence still out of reach.
+    assert_eq!(
+        constraints(Profile::Legacy, "ids"),
+        [json!({"contextName": "userId", "operator": "IN", "values": [" u2", "u1"],
+                "caseInsensitive": false, "inverted": false})]
+    );
+
+    let got = findings(yaml);
+    let of = |flag: &str, mirror: &str| -> Vec<String> {
+        got.iter()
+            .filter(|(f, m, _, _)| f == flag && *m == mirror)
+            .map(|(_, _, fidelity, reason)| format!("{fidelity}: {reason}"))
+            .collect()
+    };
+    for flag in ["has-email", "no-email", "any-plan", "spaced", "ids"] {
+        assert_eq!(of(flag, "unleash"), Vec::<String>::new(), "{flag}");
+        assert_eq!(of(flag, "unleash-node"), Vec::<String>::new(), "{flag}");
+    }
+    assert!(of("has-email", "unleash-legacy")[0].starts_with("omitted"));
+    let node_signup = of("signup", "unleash-node");
+    assert_eq!(node_signup.len(), 1, "{node_signup:?}");
+    assert!(node_signup[0].starts_with("inexact: rule `late` compares `signup` with a time, but Node's engine ignores the field"));
+    assert!(of("clock", "unleash-node")[0].contains("the clock when the context has no currentTime"));
+    assert!(of("signup", "unleash")[0].contains("reads a date alone"));
+    assert!(of("big", "unleash-node")[0].contains("for unusual inputs only (JavaScript's Number()"));
+    assert!(of("digits", "unleash-node")[0].contains("for unusual inputs only (non-ASCII"));
+    assert_eq!(of("digits", "unleash"), Vec::<String>::new());
 }
 
 #[test]

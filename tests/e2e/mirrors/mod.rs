@@ -22,7 +22,7 @@ use vexil_mirror::Mirror;
 use vexil_server::{Options, Tokens};
 
 use crate::helpers::{http, repo_root};
-use crate::openfeature::{candidates, is_random, named_ids, python, run};
+use crate::openfeature::{candidates, is_random, named_ids, node_dir, python, run};
 use crate::serve::{TestServer, commit, repo_with};
 
 mod contract;
@@ -361,11 +361,14 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
     .await;
     let python = python();
     let ruby = Path::new(ruby());
+    node_dir(); // npm ci, once
+    let node = Path::new("node");
     let mut report = Vec::new();
     let mut dull = Vec::new();
     for ns in snapshot.namespaces() {
-        // Python UnleashClient (spec 6.1.0: segments sent separately), then ruby-unleash
-        // 3.2.5 (no Unleash-Client-Spec: the legacy export).
+        // Python UnleashClient (spec 6.1.0: segments sent separately, yggdrasil engine), Node
+        // unleash-client (its own engine, the same body), then ruby-unleash 3.2.5 (no
+        // Unleash-Client-Spec: the legacy export).
         let unleash_clients = [
             (
                 python,
@@ -373,6 +376,13 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
                 Mirror::Unleash,
                 "python UnleashClient",
                 7,
+            ),
+            (
+                node,
+                "tests/conformance/node/unleash_client.js",
+                Mirror::UnleashNode,
+                "node unleash-client",
+                17,
             ),
             (
                 ruby,

@@ -73,7 +73,7 @@ pub(crate) fn python() -> &'static Path {
 }
 
 /// tests/conformance/node with its locked packages installed (once per run).
-fn node_dir() -> &'static Path {
+pub(crate) fn node_dir() -> &'static Path {
     static NODE: OnceLock<PathBuf> = OnceLock::new();
     NODE.get_or_init(|| {
         let dir = repo_root().join("tests/conformance/node");
@@ -84,7 +84,7 @@ fn node_dir() -> &'static Path {
                 std::process::Command::new("npm")
                     .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                     .current_dir(&dir),
-                "npm ci the OpenFeature Node clients",
+                "npm ci the Node clients (OpenFeature, Unleash)",
             );
             std::fs::write(&marker, lock).unwrap();
         }

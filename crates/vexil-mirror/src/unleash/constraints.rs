@@ -111,10 +111,12 @@ pub(super) fn condition_dnf(
             single_value(c, name, profile, time, operator)
         }
         Op::Present(want) => {
-            // Every string contains "": present iff the field has a value.
-            modern("STR_CONTAINS")?;
+            // `^` matches every string, empty or not, in both engines (Node drops an empty
+            // constraint value, so `STR_CONTAINS [""]` would match nothing there); a missing
+            // field fails every operator but NOT_IN, and `inverted` negates that too.
+            modern("REGEX")?;
             Ok(vec![vec![
-                Constraint::list(name, "STR_CONTAINS", vec![String::new()]).inverted(!want),
+                Constraint::single(name, "REGEX", "^".to_owned()).inverted(!want),
             ]])
         }
     }
@@ -136,21 +138,38 @@ fn single_value(
     Ok(vec![vec![Constraint::single(name, operator, value)]])
 }
 
-/// Conditions whose Unleash operator reads some inputs differently from Vexil.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Conditions whose Unleash operator reads some inputs differently from Vexil (in one engine
+/// or both).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Edge {
-    Time,
+    /// A time compared on `currentTime`.
+    Clock,
+    /// A time compared on another field (named): Node's engine reads `currentTime` instead.
+    FieldTime(String),
     Number,
     Version,
+    /// A pattern with `\d`, `\w`, `\s` or `\b`: Unicode classes in Rust's regex, ASCII in RE2.
+    Pattern,
 }
 
 pub(super) fn edge_kind(c: &Condition) -> Option<Edge> {
     match &c.op {
-        Op::Before(_) | Op::After(_) => Some(Edge::Time),
+        Op::Before(_) | Op::After(_) => Some(match context_name(&c.attr) {
+            "currentTime" => Edge::Clock,
+            other => Edge::FieldTime(other.to_owned()),
+        }),
         Op::Number(..) => Some(Edge::Number),
         Op::In { numbers, .. } if !numbers.is_empty() => Some(Edge::Number),
         Op::Equals { value, .. } if value.number.is_some() => Some(Edge::Number),
         Op::Semver(..) => Some(Edge::Version),
+        Op::Matches(_) => {
+            let pattern = c.operand.as_str().unwrap_or_default();
+            let classes = ["\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\b", "\\B"];
+            classes
+                .iter()
+                .any(|class| pattern.contains(class))
+                .then_some(Edge::Pattern)
+        }
         _ => None,
     }
 }
@@ -192,8 +211,22 @@ fn list_op(
         ));
     }
     let value = c.operand.as_str().unwrap_or_default().to_owned();
+    if is_plain(&value) {
+        return Ok(vec![vec![
+            Constraint::list(name, operator, vec![value]).case_insensitive(c.ignore_case),
+        ]]);
+    }
+    // Node's engine drops empty values and trims the others; yggdrasil keeps them verbatim.
+    // A regular expression reads the same in both.
+    let escaped = regex::escape(&value);
+    let pattern = match operator {
+        _ if escaped.is_empty() => "^".to_owned(),
+        "STR_STARTS_WITH" => format!("^{escaped}"),
+        "STR_ENDS_WITH" => format!("{escaped}$"),
+        _ => escaped,
+    };
     Ok(vec![vec![
-        Constraint::list(name, operator, vec![value]).case_insensitive(c.ignore_case),
+        Constraint::single(name, "REGEX", pattern).case_insensitive(c.ignore_case),
     ]])
 }
 
@@ -239,17 +272,7 @@ fn equality(
             "compares `{name}` ignoring case, which clients without Unleash-Client-Spec (ruby-unleash 3.2.5) cannot"
         ));
     }
-    // IN ignores `caseInsensitive` in Unleash's engine; an anchored regular expression does not.
-    let text_constraint = |operator| {
-        if ignore_case {
-            let alternatives: Vec<String> = texts.iter().map(|t| regex::escape(t)).collect();
-            Constraint::single(name, "REGEX", format!("^(?:{})$", alternatives.join("|")))
-                .case_insensitive(true)
-                .inverted(operator == "NOT_IN")
-        } else {
-            Constraint::list(name, operator, texts.clone())
-        }
-    };
+    let text_constraint = |operator| in_list(name, texts.clone(), ignore_case, operator == "NOT_IN", profile);
     let number_constraints = numbers
         .iter()
         .map(|n| Constraint::single(name, "NUM_EQ", n.clone()).inverted(negate));
@@ -269,6 +292,33 @@ fn equality(
         dnf.extend(number_constraints.map(|c| vec![c]));
         dnf
     })
+}
+
+/// `IN` (or `NOT_IN`) a list of texts, as both engines read it the same: IN ignores
+/// `caseInsensitive` in both, and Node's engine drops empty values and trims the others, so
+/// those lists become an anchored regular expression (which clients without
+/// Unleash-Client-Spec do not know: they compare verbatim).
+pub(super) fn in_list(
+    name: &str,
+    texts: Vec<String>,
+    ignore_case: bool,
+    not: bool,
+    profile: Profile,
+) -> Constraint {
+    let verbatim = profile == Profile::Legacy || texts.iter().all(|t| is_plain(t));
+    if !ignore_case && verbatim {
+        return Constraint::list(name, if not { "NOT_IN" } else { "IN" }, texts);
+    }
+    let alternatives: Vec<String> = texts.iter().map(|t| regex::escape(t)).collect();
+    Constraint::single(name, "REGEX", format!("^(?:{})$", alternatives.join("|")))
+        .case_insensitive(ignore_case)
+        .inverted(not)
+}
+
+/// A constraint value Node's engine reads verbatim: not empty, nothing for `String.trim` to cut.
+fn is_plain(value: &str) -> bool {
+    let trim = |c: char| c.is_whitespace() || c == '\u{feff}';
+    !value.is_empty() && !value.starts_with(trim) && !value.ends_with(trim)
 }
 
 /// A number as Unleash's rule grammar reads it (`[+-]?digits(.digits)?(e..)?`: no ".5").

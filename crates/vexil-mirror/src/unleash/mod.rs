@@ -20,7 +20,7 @@ mod dnf;
 mod translate;
 mod wire;
 
-pub use translate::export;
+pub use translate::{export, node_findings};
 pub use wire::{Constraint, Export, Feature, Segments, Strategy};
 
 use super::Mirror;

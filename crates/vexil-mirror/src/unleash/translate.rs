@@ -8,13 +8,34 @@ use vexil_core::snapshot::{
     Value,
 };
 
-use super::constraints::{Edge, context_name, edge_kind, legacy_field};
+use super::constraints::{Edge, context_name, edge_kind, in_list, legacy_field};
 use super::dnf::{and, combine, conditions_dnf, segment_dnf, too_many};
 use super::wire::{Atom, Conj, Constraint, Export, Feature, Strategy};
 use super::{MAX_STRATEGIES, Profile};
-use crate::{Fidelity, Finding, is_on};
+use crate::{Fidelity, Finding, Mirror, is_on};
 
 pub fn export(ns: &Namespace, profile: Profile) -> Export {
+    export_for(ns, profile, Engine::Yggdrasil)
+}
+
+/// What Node `unleash-client` 6.x (its own engine, not yggdrasil) gets wrong in the modern
+/// body, which it reads like every SDK that sends `Unleash-Client-Spec`.
+pub fn node_findings(ns: &Namespace) -> Vec<Finding> {
+    export_for(ns, Profile::Modern, Engine::Node).findings
+}
+
+/// The engine whose reading of the body the findings are about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Yggdrasil,
+    Node,
+}
+
+fn export_for(ns: &Namespace, profile: Profile, engine: Engine) -> Export {
+    let mirror = match engine {
+        Engine::Node => Mirror::UnleashNode,
+        Engine::Yggdrasil => profile.mirror(),
+    };
     let mut out = Export {
         segments: ns
             .segments
@@ -32,6 +53,7 @@ pub fn export(ns: &Namespace, profile: Profile) -> Export {
             ns,
             flag,
             profile,
+            engine,
             segments: &out.segments,
             notes: Vec::new(),
         };
@@ -39,7 +61,7 @@ pub fn export(ns: &Namespace, profile: Profile) -> Export {
             Finding::new(
                 &ns.name,
                 &flag.key,
-                profile.mirror(),
+                mirror,
                 fidelity,
                 origin,
                 reason,
@@ -64,6 +86,7 @@ struct Cx<'a> {
     ns: &'a Namespace,
     flag: &'a Flag,
     profile: Profile,
+    engine: Engine,
     segments: &'a [Option<Vec<Constraint>>],
     notes: Vec<Note<'a>>,
 }
@@ -85,6 +108,7 @@ impl<'a> Cx<'a> {
             self.variants(&mut feature)?;
         }
         if self.profile == Profile::Modern {
+            // Both engines: yggdrasil's rule text and, for Node, the same body.
             self.check_quoting(&feature)?;
             self.note_conditions();
         }
@@ -141,8 +165,9 @@ impl<'a> Cx<'a> {
         Ok(())
     }
 
-    /// Times: Vexil also reads a date alone (midnight UTC) or a time without seconds, which
-    /// Unleash's engine reads as no time at all.
+    /// Conditions the engine reads differently from Vexil for some inputs. Yggdrasil: Vexil
+    /// also reads a date alone (midnight UTC) or a time without seconds, which it reads as no
+    /// time at all. Node: see docs/mirrors.md ("Unleash: engines").
     fn note_conditions(&mut self) {
         for rule in &self.flag.rules {
             let mut kinds = BTreeSet::new();
@@ -158,18 +183,14 @@ impl<'a> Cx<'a> {
                     Matcher::Ids(_) | Matcher::Groups(_) => {}
                 }
             }
+            let mut reasons = BTreeSet::new();
             for kind in kinds {
-                let why = match kind {
-                    Edge::Time => {
-                        "compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time"
-                    }
-                    Edge::Number => {
-                        "compares numbers, which Unleash's engine reads differently for unusual inputs only (surrounding spaces, inf or NaN, beyond 64-bit floats, differences below 2.2e-16)"
-                    }
-                    Edge::Version => {
-                        "compares versions, which Unleash's engine reads differently for unusual inputs only (build metadata counts there, surrounding spaces)"
-                    }
-                };
+                reasons.extend(match self.engine {
+                    Engine::Yggdrasil => yggdrasil_reason(&kind),
+                    Engine::Node => Some(node_reason(&kind)),
+                });
+            }
+            for why in reasons {
                 self.notes
                     .push((&rule.origin, format!("rule `{}` {why}", rule.name)));
             }
@@ -429,6 +450,15 @@ impl<'a> Cx<'a> {
         if trivial {
             return;
         }
+        if bucket.hashing == Hashing::Unleash && self.engine == Engine::Node {
+            self.notes.push((
+                &rule.origin,
+                format!(
+                    "rule `{}` buckets its {what} with murmur3, which Node's engine applies to the low byte of each UTF-16 unit: other shares for non-ASCII values, for unusual inputs only",
+                    rule.name
+                ),
+            ));
+        }
         if bucket.hashing != Hashing::Unleash {
             self.notes.push((
                 &rule.origin,
@@ -465,15 +495,23 @@ impl<'a> Cx<'a> {
             Matcher::Ids(ids) => {
                 let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
                 ids.sort_unstable();
-                vec![vec![Atom::Constraint(Constraint::list(
-                    "userId", "IN", ids,
+                vec![vec![Atom::Constraint(in_list(
+                    "userId",
+                    ids,
+                    false,
+                    false,
+                    self.profile,
                 ))]]
             }
             Matcher::Groups(groups) => {
                 legacy_field("groups", self.profile)?;
                 let groups = groups.iter().map(ToString::to_string).collect();
-                vec![vec![Atom::Constraint(Constraint::list(
-                    "groups", "IN", groups,
+                vec![vec![Atom::Constraint(in_list(
+                    "groups",
+                    groups,
+                    false,
+                    false,
+                    self.profile,
                 ))]]
             }
             Matcher::Conditions(mode, conditions) => {
@@ -500,6 +538,25 @@ impl<'a> Cx<'a> {
                 combine(*mode, parts).ok_or_else(too_many)?
             }
         })
+    }
+}
+
+fn yggdrasil_reason(kind: &Edge) -> Option<String> {
+    Some(match kind {
+        Edge::Clock | Edge::FieldTime(_) => "compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time".to_owned(),
+        Edge::Number => "compares numbers, which Unleash's engine reads differently for unusual inputs only (surrounding spaces, inf or NaN, beyond 64-bit floats, differences below 2.2e-16)".to_owned(),
+        Edge::Version => "compares versions, which Unleash's engine reads differently for unusual inputs only (build metadata counts there, surrounding spaces)".to_owned(),
+        Edge::Pattern => return None,
+    })
+}
+
+fn node_reason(kind: &Edge) -> String {
+    match kind {
+        Edge::Clock => "compares times, which Node's engine reads with JavaScript's Date: the clock when the context has no currentTime (Vexil: no match), local time for a time without zone".to_owned(),
+        Edge::FieldTime(field) => format!("compares `{field}` with a time, but Node's engine ignores the field of DATE_AFTER and DATE_BEFORE and compares currentTime (or the clock) instead"),
+        Edge::Number => "compares numbers, which Node's engine reads differently for unusual inputs only (JavaScript's Number(): 0x1E, 0b11, Infinity, an empty or blank value as 0, surrounding spaces)".to_owned(),
+        Edge::Version => "compares versions, which Node's engine reads differently for unusual inputs only (npm semver: a leading `=`, surrounding spaces)".to_owned(),
+        Edge::Pattern => "matches a pattern with \\d, \\w, \\s or \\b, which Node's engine (RE2) reads as ASCII classes: differently for unusual inputs only (non-ASCII digits, letters or spaces)".to_owned(),
     }
 }
 
