@@ -131,6 +131,8 @@ impl Tables {
             findings.append(&mut f.findings);
             findings.append(&mut legacy.findings);
             findings.append(&mut modern.findings);
+            // Node's engine reads the modern body: its findings come from a second pass.
+            findings.extend(unleash::node_findings(ns));
         }
         findings.sort();
         let diagnostics = Body::whole(to_vec(&diagnostics_json(snapshot, &findings)));
