@@ -1,10 +1,12 @@
 //! The read-only Flipper and Unleash mirrors.
 //!
 //! Conformance: for every flag of `flags/` and of the fixture repository `tests/mirrors/flags/`
-//! that a mirror exports exactly, the real client (Python `UnleashClient` 6.9.1, Debian's
-//! ruby-unleash 3.2.5, Debian's ruby-flipper 0.25.4 fed as its HTTP adapter feeds it) gives
-//! Vexil's own answer on 1,000 generated contexts per flag. The clients are installed by the
-//! tests (a venv from tests/conformance/requirements.txt; apt-get for the Ruby packages).
+//! that a mirror exports exactly, the real client (Python `UnleashClient` 6.9.1 on yggdrasil,
+//! Node `unleash-client` 6.12.1 on its own engine, Debian's ruby-unleash 3.2.5, Debian's
+//! ruby-flipper 0.25.4 fed as its HTTP adapter feeds it) gives Vexil's own answer on 1,000
+//! generated contexts per flag. The clients are installed by the tests (a venv from
+//! tests/conformance/requirements.txt; `npm ci` in tests/conformance/node; apt-get for the Ruby
+//! packages).
 //! What each mirror says about each fixture flag is pinned in tests/mirrors/findings.txt.
 //!
 //! Wire contract: raw HTTP on 127.0.0.1 (shapes, query forms, ETag/304, 405 on writes, tokens,
@@ -504,6 +506,7 @@ async fn real_clients_agree_with_vexil_on_the_fixture_repository() {
     let flags: BTreeMap<&str, usize> = report.iter().map(|(c, f, _)| (c.as_str(), *f)).collect();
     // Every mapping is exercised: these counts only move when the fixture does.
     assert!(flags["python UnleashClient default"] >= 30, "{report:?}");
+    assert!(flags["node unleash-client default"] >= 30, "{report:?}");
     assert!(flags["ruby-unleash default"] >= 10, "{report:?}");
     assert!(flags["flipper default"] >= 12, "{report:?}");
     for (client, flags, cases) in &report {
@@ -521,6 +524,12 @@ async fn real_clients_agree_with_vexil_on_the_example_repository() {
         .map(|(_, f, _)| f)
         .sum();
     assert!(python >= 10, "{report:?}");
+    let node: usize = report
+        .iter()
+        .filter(|(c, _, _)| c.starts_with("node"))
+        .map(|(_, f, _)| f)
+        .sum();
+    assert!(node >= 10, "{report:?}");
     for (client, flags, cases) in &report {
         eprintln!("{client}: {flags} flags, {cases} cases agree");
     }
