@@ -243,12 +243,24 @@ flags:
         json!({"contextName": field, "operator": "REGEX", "value": pattern, "values": [],
                "caseInsensitive": false, "inverted": inverted})
     };
-    assert_eq!(constraints(Profile::Modern, "has-email"), [regex("email", "^", false)]);
-    assert_eq!(constraints(Profile::Modern, "no-email"), [regex("email", "^", true)]);
-    assert_eq!(constraints(Profile::Modern, "any-plan"), [regex("plan", "^", false)]);
+    assert_eq!(
+        constraints(Profile::Modern, "has-email"),
+        [regex("email", "^", false)]
+    );
+    assert_eq!(
+        constraints(Profile::Modern, "no-email"),
+        [regex("email", "^", true)]
+    );
+    assert_eq!(
+        constraints(Profile::Modern, "any-plan"),
+        [regex("plan", "^", false)]
+    );
     assert_eq!(
         constraints(Profile::Modern, "spaced"),
-        [regex("code", "^(?: a1 |b2)$", false), regex("code", " x$", false)]
+        [
+            regex("code", "^(?: a1 |b2)$", false),
+            regex("code", " x$", false)
+        ]
     );
     assert_eq!(
         constraints(Profile::Modern, "ids"),
@@ -258,17 +270,25 @@ flags:
         .iter()
         .map(|c| c["value"].clone())
         .collect();
-    assert_eq!(values, [json!("1000000000000000000000"), json!("0.0000001")]);
+    assert_eq!(
+        values,
+        [json!("1000000000000000000000"), json!("0.0000001")]
+    );
     let times: Vec<_> = ["clock", "signup"]
         .iter()
         .map(|f| constraints(Profile::Modern, f)[0]["value"].clone())
         .collect();
-    assert_eq!(times, [json!("2025-12-31T22:00:00Z"), json!("2026-01-01T00:00:00Z")]);
+    assert_eq!(
+        times,
+        [json!("2025-12-31T22:00:00Z"), json!("2026-01-01T00:00:00Z")]
+    );
     // The legacy profile: ids verbatim, presence still out of reach.
     assert_eq!(
         constraints(Profile::Legacy, "ids"),
-        [json!({"contextName": "userId", "operator": "IN", "values": [" u2", "u1"],
-                "caseInsensitive": false, "inverted": false})]
+        [
+            json!({"contextName": "userId", "operator": "IN", "values": [" u2", "u1"],
+                "caseInsensitive": false, "inverted": false})
+        ]
     );
 
     let got = findings(yaml);
@@ -285,10 +305,16 @@ flags:
     assert!(of("has-email", "unleash-legacy")[0].starts_with("omitted"));
     let node_signup = of("signup", "unleash-node");
     assert_eq!(node_signup.len(), 1, "{node_signup:?}");
-    assert!(node_signup[0].starts_with("inexact: rule `late` compares `signup` with a time, but Node's engine ignores the field"));
-    assert!(of("clock", "unleash-node")[0].contains("the clock when the context has no currentTime"));
+    assert!(node_signup[0].starts_with(
+        "inexact: rule `late` compares `signup` with a time, but Node's engine ignores the field"
+    ));
+    assert!(
+        of("clock", "unleash-node")[0].contains("the clock when the context has no currentTime")
+    );
     assert!(of("signup", "unleash")[0].contains("reads a date alone"));
-    assert!(of("big", "unleash-node")[0].contains("for unusual inputs only (JavaScript's Number()"));
+    assert!(
+        of("big", "unleash-node")[0].contains("for unusual inputs only (JavaScript's Number()")
+    );
     assert!(of("digits", "unleash-node")[0].contains("for unusual inputs only (non-ASCII"));
     assert_eq!(of("digits", "unleash"), Vec::<String>::new());
 }

@@ -272,7 +272,15 @@ fn equality(
             "compares `{name}` ignoring case, which clients without Unleash-Client-Spec (ruby-unleash 3.2.5) cannot"
         ));
     }
-    let text_constraint = |operator| in_list(name, texts.clone(), ignore_case, operator == "NOT_IN", profile);
+    let text_constraint = |operator| {
+        in_list(
+            name,
+            texts.clone(),
+            ignore_case,
+            operator == "NOT_IN",
+            profile,
+        )
+    };
     let number_constraints = numbers
         .iter()
         .map(|n| Constraint::single(name, "NUM_EQ", n.clone()).inverted(negate));

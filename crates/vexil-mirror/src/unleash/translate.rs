@@ -58,14 +58,7 @@ fn export_for(ns: &Namespace, profile: Profile, engine: Engine) -> Export {
             notes: Vec::new(),
         };
         let finding = |fidelity, (origin, reason): (&Origin, String)| {
-            Finding::new(
-                &ns.name,
-                &flag.key,
-                mirror,
-                fidelity,
-                origin,
-                reason,
-            )
+            Finding::new(&ns.name, &flag.key, mirror, fidelity, origin, reason)
         };
         match cx.feature() {
             Ok(f) => {
