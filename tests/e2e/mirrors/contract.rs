@@ -174,6 +174,23 @@ async fn unleash_wire_contract() {
     assert!(findings.iter().any(|f| f["flag"] == "rollout-flipper"
         && f["mirror"] == "unleash"
         && f["fidelity"] == "inexact"));
+    // Node's engine reads the same body; its findings are its own.
+    let trial = findings
+        .iter()
+        .find(|f| f["flag"] == "trial-ended" && f["mirror"] == "unleash-node")
+        .unwrap();
+    assert_eq!(trial["fidelity"], "inexact");
+    assert!(
+        trial["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ignores the field of DATE_AFTER and DATE_BEFORE"),
+        "{trial}"
+    );
+    assert_eq!(
+        diagnostics["summary"]["unleash-node"]["exported"],
+        diagnostics["summary"]["unleash"]["exported"]
+    );
     let total = load(&repo_root().join("tests/mirrors/flags")).flag_count();
     let legacy_summary = &diagnostics["summary"]["unleash-legacy"];
     assert_eq!(legacy_summary["flags"], total);
