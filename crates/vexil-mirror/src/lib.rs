@@ -22,7 +22,10 @@
 )]
 
 pub mod flipper;
+mod report;
 pub mod unleash;
+
+pub use report::{Coverage, coverage, declared_findings, grouped_warnings};
 
 use vexil_core::diag::{Code, Diagnostic, Severity};
 use vexil_core::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
@@ -54,6 +57,13 @@ impl Mirror {
 
     pub fn parse(s: &str) -> Option<Mirror> {
         Mirror::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The names of `ALL`: the client names a repository config (`vexil.yaml`) may declare.
+    pub fn names() -> &'static [&'static str] {
+        static NAMES: std::sync::LazyLock<Vec<&'static str>> =
+            std::sync::LazyLock::new(|| Mirror::ALL.iter().map(|m| m.as_str()).collect());
+        &NAMES
     }
 }
 

@@ -1,0 +1,117 @@
+//! Findings as people read them: the ones for the clients a repository declares
+//! (`vexil.yaml`), one warning per flag and client (every reason, each with its place), and
+//! per-mirror counts of flags (not findings) for `/mirrors/diagnostics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use vexil_core::diag::{Code, Diagnostic, Severity};
+use vexil_core::snapshot::Snapshot;
+
+use crate::{Fidelity, Finding, Mirror};
+
+/// The findings `vexil validate` reports: for `mirrors` when given (the command line's
+/// choice, for every namespace), else for the clients each namespace declares in the
+/// repository config (every mirror without a declaration).
+pub fn declared_findings(snapshot: &Snapshot, mirrors: Option<&[Mirror]>) -> Vec<Finding> {
+    let mut out = crate::findings(snapshot, mirrors.unwrap_or(&Mirror::ALL));
+    if mirrors.is_none() {
+        let config = snapshot.config();
+        out.retain(|f| config.declares(&f.namespace, f.mirror.as_str()));
+    }
+    out
+}
+
+/// One warning per flag and mirror, in place of one per finding. It stands at the first
+/// place (in file order); every reason is in the message, each with its place when it is
+/// elsewhere. An omission makes it a `mirror-omitted` warning (its reason first), else
+/// `mirror-inexact`.
+pub fn grouped_warnings(findings: &[Finding]) -> Vec<Diagnostic> {
+    let mut groups: BTreeMap<(&str, &str, Mirror), Vec<&Finding>> = BTreeMap::new();
+    for f in findings {
+        groups
+            .entry((&f.namespace, &f.flag, f.mirror))
+            .or_default()
+            .push(f);
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for ((_, flag, mirror), mut group) in groups {
+        group.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        let Some(first) = group.first().copied() else {
+            continue;
+        };
+        let omitted = group.iter().any(|f| f.fidelity == Fidelity::Omitted);
+        let (code, what) = if omitted {
+            (Code::MirrorOmitted, "is left out of")
+        } else {
+            (Code::MirrorInexact, "is exported inexactly to")
+        };
+        // The omission says what the client sees; the reasons it would be inexact follow.
+        group.sort_by_key(|f| f.fidelity != Fidelity::Omitted);
+        let mut message = format!("flag `{flag}` {what} the {} mirror: ", mirror.as_str());
+        if let [only] = group.as_slice() {
+            message.push_str(&only.reason);
+        } else {
+            let _ = write!(message, "{} reasons:", group.len());
+            for (i, f) in group.iter().enumerate() {
+                let _ = write!(message, " ({}) {}", i + 1, f.reason);
+                if (&f.file, f.pos) != (&first.file, first.pos) {
+                    let _ = write!(message, " (at {}:{}:{})", f.file, f.pos.line, f.pos.column);
+                }
+                if i + 1 < group.len() {
+                    message.push(';');
+                }
+            }
+        }
+        out.push(Diagnostic {
+            file: first.file.clone(),
+            pos: first.pos,
+            severity: Severity::Warning,
+            code,
+            message,
+        });
+    }
+    out.sort();
+    out
+}
+
+/// How many flags of a snapshot one mirror carries, and how well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Coverage {
+    /// Every flag of the snapshot.
+    pub flags: usize,
+    /// Flags the mirror exports (not omitted).
+    pub exported: usize,
+    /// Exported flags without any finding.
+    pub exact: usize,
+    /// Exported flags with at least one inexact finding.
+    pub inexact: usize,
+    /// Flags left out (an omission, whatever else is said about them).
+    pub omitted: usize,
+}
+
+/// Per mirror of `Mirror::ALL`, counted in flags: a flag with several findings counts once.
+pub fn coverage(snapshot: &Snapshot, findings: &[Finding]) -> Vec<(Mirror, Coverage)> {
+    let flags = snapshot.flag_count();
+    Mirror::ALL
+        .iter()
+        .map(|&mirror| {
+            let mut worst: BTreeMap<(&str, &str), Fidelity> = BTreeMap::new();
+            for f in findings.iter().filter(|f| f.mirror == mirror) {
+                let slot = worst.entry((&f.namespace, &f.flag)).or_insert(f.fidelity);
+                *slot = (*slot).max(f.fidelity);
+            }
+            let omitted = worst.values().filter(|&&w| w == Fidelity::Omitted).count();
+            let inexact = worst.len() - omitted;
+            let exported = flags.saturating_sub(omitted);
+            let coverage = Coverage {
+                flags,
+                exported,
+                exact: exported.saturating_sub(inexact),
+                inexact,
+                omitted,
+            };
+            (mirror, coverage)
+        })
+        .collect()
+}
