@@ -115,3 +115,106 @@ pub fn coverage(snapshot: &Snapshot, findings: &[Finding]) -> Vec<(Mirror, Cover
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use vexil_core::{CompileOptions, Snapshot, SourceFile};
+
+    use crate::{Mirror, coverage, declared_findings, grouped_warnings};
+
+    /// `two-reasons` has two inexact findings for unleash (two crc32 rollouts), and an
+    /// omission besides an inexact finding for unleash-legacy (it reads `plan`).
+    const FLAGS: &str = "\
+flags:
+  two-reasons:
+    rules:
+      - { when: [{ attr: plan, in: [pro] }], rollout: 50 }
+      - { rollout: 25 }
+  exact: { default: true }
+";
+
+    fn snapshot(config: Option<&str>) -> Snapshot {
+        let mut files = vec![SourceFile {
+            path: "f.yaml".into(),
+            text: FLAGS.into(),
+        }];
+        if let Some(text) = config {
+            files.push(SourceFile {
+                path: "vexil.yaml".into(),
+                text: text.into(),
+            });
+        }
+        let options = CompileOptions {
+            clients: Some(Mirror::names()),
+            ..CompileOptions::default()
+        };
+        let compiled = vexil_core::compile(&files, &options);
+        compiled
+            .snapshot
+            .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics))
+    }
+
+    #[test]
+    fn coverage_counts_flags_not_findings() {
+        let s = snapshot(None);
+        let findings = crate::findings(&s, &Mirror::ALL);
+        let unleash: Vec<_> = findings
+            .iter()
+            .filter(|f| f.mirror == Mirror::Unleash)
+            .collect();
+        assert_eq!(unleash.len(), 2, "{unleash:?}");
+        let got = coverage(&s, &findings);
+        let of = |m: Mirror| got.iter().find(|(x, _)| *x == m).map(|(_, c)| *c).unwrap();
+        let unleash = of(Mirror::Unleash);
+        assert_eq!(
+            (unleash.flags, unleash.exported, unleash.exact, unleash.inexact, unleash.omitted),
+            (2, 2, 1, 1, 0)
+        );
+        let legacy = of(Mirror::UnleashLegacy);
+        assert_eq!(
+            (legacy.flags, legacy.exported, legacy.exact, legacy.inexact, legacy.omitted),
+            (2, 1, 1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn one_warning_per_flag_and_client_with_every_reason_and_place() {
+        let s = snapshot(None);
+        let warnings = grouped_warnings(&crate::findings(&s, &[Mirror::Unleash]));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert_eq!((w.file.as_str(), w.pos.line, w.pos.column), ("f.yaml", 4, 9));
+        assert_eq!(w.code.as_str(), "mirror-inexact");
+        assert!(
+            w.message.starts_with(
+                "flag `two-reasons` is exported inexactly to the unleash mirror: 2 reasons: (1) rule `1` buckets"
+            ),
+            "{}",
+            w.message
+        );
+        assert!(w.message.contains("; (2) rule `2` buckets"), "{}", w.message);
+        assert!(w.message.ends_with("(at f.yaml:5:9)"), "{}", w.message);
+        // A single reason reads as one finding did.
+        let legacy = grouped_warnings(&crate::findings(&s, &[Mirror::UnleashLegacy]));
+        assert_eq!(legacy.len(), 1, "{legacy:?}");
+        assert_eq!(legacy[0].code.as_str(), "mirror-omitted");
+        assert!(legacy[0].message.contains("the unleash-legacy mirror: rule `1` reads `plan`"), "{}", legacy[0].message);
+    }
+
+    #[test]
+    fn declared_clients_choose_the_findings_unless_the_command_line_does() {
+        let mirrors = |findings: Vec<crate::Finding>| {
+            let mut m: Vec<&str> = findings.iter().map(|f| f.mirror.as_str()).collect();
+            m.dedup();
+            m
+        };
+        let all = snapshot(None);
+        assert_eq!(mirrors(declared_findings(&all, None)).len(), Mirror::ALL.len());
+        let declared = snapshot(Some("clients: [unleash]\n"));
+        assert_eq!(mirrors(declared_findings(&declared, None)), ["unleash"]);
+        let chosen = declared_findings(&declared, Some(&[Mirror::Flipper]));
+        assert_eq!(mirrors(chosen), ["flipper"]);
+        let none = snapshot(Some("clients: []\nnamespaces:\n  default: { clients: [] }\n"));
+        assert!(declared_findings(&none, None).is_empty());
+    }
+}
