@@ -31,13 +31,21 @@ fn validate_prints_no_warnings_for_the_example_repository() {
     let summary = String::from_utf8_lossy(&human.stderr);
     assert!(summary.contains("(0 warnings)"), "{summary}");
     // `--mirrors` still asks about any mirror, whatever the repository declares.
-    let asked = vexil(&["validate", "flags", "--mirrors", "unleash", "--format", "json"]);
+    let asked = vexil(&[
+        "validate",
+        "flags",
+        "--mirrors",
+        "unleash",
+        "--format",
+        "json",
+    ]);
     let items: Vec<serde_json::Value> = serde_json::from_slice(&asked.stdout).unwrap();
     assert!(!items.is_empty());
     assert!(
-        items
-            .iter()
-            .all(|i| i["message"].as_str().unwrap().contains(" the unleash mirror")),
+        items.iter().all(|i| i["message"]
+            .as_str()
+            .unwrap()
+            .contains(" the unleash mirror")),
         "{items:#?}"
     );
 }
@@ -56,7 +64,10 @@ fn validate_groups_findings_per_flag_and_declared_client() {
     let items: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(items.len(), 1, "{items:#?}");
     let item = &items[0];
-    assert_eq!((item["line"].as_u64(), item["column"].as_u64()), (Some(4), Some(9)));
+    assert_eq!(
+        (item["line"].as_u64(), item["column"].as_u64()),
+        (Some(4), Some(9))
+    );
     assert_eq!(item["code"], "mirror-inexact");
     let message = item["message"].as_str().unwrap();
     assert!(
@@ -69,7 +80,10 @@ fn validate_groups_findings_per_flag_and_declared_client() {
     let human = vexil(&["validate", root]);
     let text = stdout(&human);
     assert_eq!(text.matches("warning[").count(), 1, "{text}");
-    assert!(text.contains(&format!("--> {root}/flags.yaml:4:9")), "{text}");
+    assert!(
+        text.contains(&format!("--> {root}/flags.yaml:4:9")),
+        "{text}"
+    );
     assert!(String::from_utf8_lossy(&human.stderr).contains("(1 warnings)"));
 
     // One annotation, on one line (the message holds no line break to escape).
@@ -88,7 +102,12 @@ fn validate_groups_findings_per_flag_and_declared_client() {
         .iter()
         .map(|i| {
             let m = i["message"].as_str().unwrap();
-            m.split(" the ").nth(1).unwrap().split(" mirror").next().unwrap()
+            m.split(" the ")
+                .nth(1)
+                .unwrap()
+                .split(" mirror")
+                .next()
+                .unwrap()
         })
         .collect();
     let count = clients.len();
@@ -115,14 +134,28 @@ fn validate_reads_the_config_file_of_a_git_revision() {
     std::fs::write(flags.join("vexil.yaml"), "clients: []\n").unwrap();
     let messages = |args: &[&str]| -> Vec<String> {
         let out = vexil_in(dir.path(), args);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        items.iter().map(|i| i["message"].as_str().unwrap().to_owned()).collect()
+        items
+            .iter()
+            .map(|i| i["message"].as_str().unwrap().to_owned())
+            .collect()
     };
     let committed = messages(&["validate", "flags", "--rev", "HEAD", "--format", "json"]);
     assert_eq!(committed.len(), 1, "{committed:#?}");
-    assert!(committed[0].contains(" the unleash mirror: 2 reasons"), "{committed:#?}");
-    assert_eq!(messages(&["validate", "flags", "--format", "json"]), Vec::<String>::new());
+    assert!(
+        committed[0].contains(" the unleash mirror: 2 reasons"),
+        "{committed:#?}"
+    );
+    assert_eq!(
+        messages(&["validate", "flags", "--format", "json"]),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

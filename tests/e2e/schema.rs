@@ -85,7 +85,10 @@ fn config_schema_accepts_valid_and_rejects_invalid_configs() {
         "clients: []\nnamespaces:\n  checkout: { clients: [unleash-legacy] }\n  web: {}\n",
     ]);
     for doc in valid {
-        let errors: Vec<String> = v.iter_errors(&yaml_to_json(doc)).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = v
+            .iter_errors(&yaml_to_json(doc))
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{doc}: {errors:#?}");
     }
     let broken = [

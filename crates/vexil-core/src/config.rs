@@ -116,7 +116,12 @@ pub(crate) fn decode(sink: &mut Sink<'_>, root: &Node, known: Option<&[&str]>) -
     config
 }
 
-fn clients(sink: &mut Sink<'_>, node: &Node, what: &str, known: Option<&[&str]>) -> Option<Clients> {
+fn clients(
+    sink: &mut Sink<'_>,
+    node: &Node,
+    what: &str,
+    known: Option<&[&str]>,
+) -> Option<Clients> {
     let list = decode::texts(sink, node, what)?;
     let mut names: Vec<Box<str>> = Vec::with_capacity(list.len());
     for (name, pos) in list {
@@ -192,7 +197,9 @@ mod tests {
 
     #[test]
     fn declared_clients_per_namespace() {
-        let compiled = compile("clients: [unleash, flipper]\nnamespaces:\n  checkout: { clients: [unleash-legacy] }\n");
+        let compiled = compile(
+            "clients: [unleash, flipper]\nnamespaces:\n  checkout: { clients: [unleash-legacy] }\n",
+        );
         assert_eq!(compiled.diagnostics, []);
         let snapshot = compiled.snapshot.unwrap();
         let config = snapshot.config();
@@ -221,7 +228,11 @@ mod tests {
             "clients: [unleas, flipper, flipper, zzz]\nnamespaces:\n  checkot: { clients: [unleash] }\n  default: { clinets: [] }\nextra: 1\n",
         );
         assert!(compiled.snapshot.is_none());
-        let got: Vec<String> = compiled.diagnostics.iter().map(ToString::to_string).collect();
+        let got: Vec<String> = compiled
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             got,
             [

@@ -167,12 +167,24 @@ flags:
         let of = |m: Mirror| got.iter().find(|(x, _)| *x == m).map(|(_, c)| *c).unwrap();
         let unleash = of(Mirror::Unleash);
         assert_eq!(
-            (unleash.flags, unleash.exported, unleash.exact, unleash.inexact, unleash.omitted),
+            (
+                unleash.flags,
+                unleash.exported,
+                unleash.exact,
+                unleash.inexact,
+                unleash.omitted
+            ),
             (2, 2, 1, 1, 0)
         );
         let legacy = of(Mirror::UnleashLegacy);
         assert_eq!(
-            (legacy.flags, legacy.exported, legacy.exact, legacy.inexact, legacy.omitted),
+            (
+                legacy.flags,
+                legacy.exported,
+                legacy.exact,
+                legacy.inexact,
+                legacy.omitted
+            ),
             (2, 1, 1, 0, 1)
         );
     }
@@ -183,7 +195,10 @@ flags:
         let warnings = grouped_warnings(&crate::findings(&s, &[Mirror::Unleash]));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         let w = &warnings[0];
-        assert_eq!((w.file.as_str(), w.pos.line, w.pos.column), ("f.yaml", 4, 9));
+        assert_eq!(
+            (w.file.as_str(), w.pos.line, w.pos.column),
+            ("f.yaml", 4, 9)
+        );
         assert_eq!(w.code.as_str(), "mirror-inexact");
         assert!(
             w.message.starts_with(
@@ -192,13 +207,23 @@ flags:
             "{}",
             w.message
         );
-        assert!(w.message.contains("; (2) rule `2` buckets"), "{}", w.message);
+        assert!(
+            w.message.contains("; (2) rule `2` buckets"),
+            "{}",
+            w.message
+        );
         assert!(w.message.ends_with("(at f.yaml:5:9)"), "{}", w.message);
         // A single reason reads as one finding did.
         let legacy = grouped_warnings(&crate::findings(&s, &[Mirror::UnleashLegacy]));
         assert_eq!(legacy.len(), 1, "{legacy:?}");
         assert_eq!(legacy[0].code.as_str(), "mirror-omitted");
-        assert!(legacy[0].message.contains("the unleash-legacy mirror: rule `1` reads `plan`"), "{}", legacy[0].message);
+        assert!(
+            legacy[0]
+                .message
+                .contains("the unleash-legacy mirror: rule `1` reads `plan`"),
+            "{}",
+            legacy[0].message
+        );
     }
 
     #[test]
@@ -209,12 +234,17 @@ flags:
             m
         };
         let all = snapshot(None);
-        assert_eq!(mirrors(declared_findings(&all, None)).len(), Mirror::ALL.len());
+        assert_eq!(
+            mirrors(declared_findings(&all, None)).len(),
+            Mirror::ALL.len()
+        );
         let declared = snapshot(Some("clients: [unleash]\n"));
         assert_eq!(mirrors(declared_findings(&declared, None)), ["unleash"]);
         let chosen = declared_findings(&declared, Some(&[Mirror::Flipper]));
         assert_eq!(mirrors(chosen), ["flipper"]);
-        let none = snapshot(Some("clients: []\nnamespaces:\n  default: { clients: [] }\n"));
+        let none = snapshot(Some(
+            "clients: []\nnamespaces:\n  default: { clients: [] }\n",
+        ));
         assert!(declared_findings(&none, None).is_empty());
     }
 }
