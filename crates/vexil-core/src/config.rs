@@ -112,6 +112,17 @@ pub(crate) fn decode(sink: &mut Sink<'_>, root: &Node, known: Option<&[&str]>) -
                 .insert(name, NamespaceConfig { clients, origin });
         }
     }
+    // A flag file named `vexil.yaml` (from before the name was reserved) deserves more than
+    // "unknown field".
+    for field in ["namespace", "segments", "flags"] {
+        if let (Some(pos), Some(_)) = (f.key_pos(field), f.take(field)) {
+            sink.error(
+                pos,
+                Code::UnknownField,
+                format!("`{field}` in the repository config file: `{CONFIG_FILE}` at the flags root holds settings, not flags; move flags and segments to another file"),
+            );
+        }
+    }
     f.finish(sink, "the repository config file", CONFIG_FIELDS);
     config
 }

@@ -27,7 +27,6 @@ pub mod unleash;
 
 pub use report::{Coverage, coverage, declared_findings, grouped_warnings};
 
-use vexil_core::diag::{Code, Diagnostic, Severity};
 use vexil_core::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
 
 /// A mirror: a wire protocol and the client capabilities it is exported for.
@@ -115,26 +114,6 @@ impl Finding {
             reason,
             file: origin.file.clone(),
             pos: origin.pos,
-        }
-    }
-
-    /// The finding as a `vexil validate` warning.
-    pub fn to_diagnostic(&self) -> Diagnostic {
-        let (code, what) = match self.fidelity {
-            Fidelity::Inexact => (Code::MirrorInexact, "is exported inexactly to"),
-            Fidelity::Omitted => (Code::MirrorOmitted, "is left out of"),
-        };
-        Diagnostic {
-            file: self.file.clone(),
-            pos: self.pos,
-            severity: Severity::Warning,
-            code,
-            message: format!(
-                "flag `{}` {what} the {} mirror: {}",
-                self.flag,
-                self.mirror.as_str(),
-                self.reason
-            ),
         }
     }
 }

@@ -74,6 +74,15 @@ pub fn today() -> jiff::civil::Date {
         .date()
 }
 
+/// How every command compiles: the mirrors' names are the clients a repository config may
+/// declare (so a typo in `vexil.yaml` fails `eval` and `diff` as it fails `validate`).
+pub fn compile_options(today: Option<jiff::civil::Date>) -> CompileOptions {
+    CompileOptions {
+        today,
+        clients: Some(Mirror::names()),
+    }
+}
+
 /// The flags of `path`, from the working tree or from `rev`.
 pub fn load(path: &Path, rev: Option<&str>) -> anyhow::Result<Loaded> {
     Ok(match rev {
@@ -86,10 +95,7 @@ pub fn load(path: &Path, rev: Option<&str>) -> anyhow::Result<Loaded> {
 /// about the tests).
 pub fn run(args: &Args, tests_only: bool) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.path, args.rev.as_deref())?;
-    let options = CompileOptions {
-        today: Some(today()),
-        clients: Some(Mirror::names()),
-    };
+    let options = compile_options(Some(today()));
     let mut compiled = vexil_core::compile(&loaded.files, &options);
     let mut diagnostics = std::mem::take(&mut compiled.diagnostics);
     diagnostics.extend(loaded.diagnostics.iter().cloned());
