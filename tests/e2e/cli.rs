@@ -75,7 +75,7 @@ fn validate_groups_findings_per_flag_and_declared_client() {
         "{message}"
     );
     assert!(message.contains("; (2) rule `2` buckets"), "{message}");
-    assert!(message.ends_with("(at flags.yaml:5:9)"), "{message}");
+    assert!(message.ends_with("(line 5, column 9)"), "{message}");
 
     let human = vexil(&["validate", root]);
     let text = stdout(&human);

@@ -24,7 +24,7 @@ pub fn declared_findings(snapshot: &Snapshot, mirrors: Option<&[Mirror]>) -> Vec
 
 /// One warning per flag and mirror, in place of one per finding. It stands at the first
 /// place (in file order); every reason is in the message, each with its place when it is
-/// elsewhere. An omission makes it a `mirror-omitted` warning (its reason first), else
+/// elsewhere (line and column in the same file, else file:line:column from the flags root). An omission makes it a `mirror-omitted` warning (its reason first), else
 /// `mirror-inexact`.
 pub fn grouped_warnings(findings: &[Finding]) -> Vec<Diagnostic> {
     let mut groups: BTreeMap<(&str, &str, Mirror), Vec<&Finding>> = BTreeMap::new();
@@ -55,8 +55,11 @@ pub fn grouped_warnings(findings: &[Finding]) -> Vec<Diagnostic> {
             let _ = write!(message, "{} reasons:", group.len());
             for (i, f) in group.iter().enumerate() {
                 let _ = write!(message, " ({}) {}", i + 1, f.reason);
-                if (&f.file, f.pos) != (&first.file, first.pos) {
+                // Places are the flag's own file in practice: line and column say enough.
+                if f.file != first.file {
                     let _ = write!(message, " (at {}:{}:{})", f.file, f.pos.line, f.pos.column);
+                } else if f.pos != first.pos {
+                    let _ = write!(message, " (line {}, column {})", f.pos.line, f.pos.column);
                 }
                 if i + 1 < group.len() {
                     message.push(';');
@@ -212,7 +215,7 @@ flags:
             "{}",
             w.message
         );
-        assert!(w.message.ends_with("(at f.yaml:5:9)"), "{}", w.message);
+        assert!(w.message.ends_with("(line 5, column 9)"), "{}", w.message);
         // A single reason reads as one finding did.
         let legacy = grouped_warnings(&crate::findings(&s, &[Mirror::UnleashLegacy]));
         assert_eq!(legacy.len(), 1, "{legacy:?}");
