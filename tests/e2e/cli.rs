@@ -19,6 +19,145 @@ fn validate_accepts_the_example_repository() {
     assert!(summary.starts_with("valid: "), "{summary}");
 }
 
+/// flags/README.md promises no warnings: the repository config (`flags/vexil.yaml`) declares
+/// only clients whose mirrors carry its flags exactly.
+#[test]
+fn validate_prints_no_warnings_for_the_example_repository() {
+    let out = vexil(&["validate", "flags", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(items.is_empty(), "{items:#?}");
+    let human = vexil(&["validate", "flags"]);
+    let summary = String::from_utf8_lossy(&human.stderr);
+    assert!(summary.contains("(0 warnings)"), "{summary}");
+    // `--mirrors` still asks about any mirror, whatever the repository declares.
+    let asked = vexil(&[
+        "validate",
+        "flags",
+        "--mirrors",
+        "unleash",
+        "--format",
+        "json",
+    ]);
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&asked.stdout).unwrap();
+    assert!(!items.is_empty());
+    assert!(
+        items.iter().all(|i| i["message"]
+            .as_str()
+            .unwrap()
+            .contains(" the unleash mirror")),
+        "{items:#?}"
+    );
+}
+
+/// One warning per flag and client, with every reason and its place, in every format; only
+/// the declared clients' findings.
+#[test]
+fn validate_groups_findings_per_flag_and_declared_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = "flags:\n  two-rollouts:\n    rules:\n      - { when: [{ attr: plan, in: [pro] }], rollout: 50 }\n      - { rollout: 25 }\n";
+    std::fs::write(dir.path().join("flags.yaml"), flags).unwrap();
+    std::fs::write(dir.path().join("vexil.yaml"), "clients: [unleash]\n").unwrap();
+    let root = dir.path().to_str().unwrap();
+    let json = vexil(&["validate", root, "--format", "json"]);
+    assert_eq!(json.status.code(), Some(0));
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(items.len(), 1, "{items:#?}");
+    let item = &items[0];
+    assert_eq!(
+        (item["line"].as_u64(), item["column"].as_u64()),
+        (Some(4), Some(9))
+    );
+    assert_eq!(item["code"], "mirror-inexact");
+    let message = item["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("flag `two-rollouts` is exported inexactly to the unleash mirror: 2 reasons: (1) rule `1` buckets"),
+        "{message}"
+    );
+    assert!(message.contains("; (2) rule `2` buckets"), "{message}");
+    assert!(message.ends_with("(line 5, column 9)"), "{message}");
+
+    let human = vexil(&["validate", root]);
+    let text = stdout(&human);
+    assert_eq!(text.matches("warning[").count(), 1, "{text}");
+    assert!(
+        text.contains(&format!("--> {root}/flags.yaml:4:9")),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&human.stderr).contains("(1 warnings)"));
+
+    // One annotation, on one line (the message holds no line break to escape).
+    let github = stdout(&vexil(&["validate", root, "--format", "github"]));
+    assert_eq!(github.lines().count(), 1, "{github}");
+    assert!(
+        github.starts_with(&format!("::warning file={root}/flags.yaml,line=4,col=9,title=vexil mirror-inexact::flag `two-rollouts`")),
+        "{github}"
+    );
+
+    // Without the config file: every mirror, still one warning per flag and client.
+    std::fs::remove_file(dir.path().join("vexil.yaml")).unwrap();
+    let all = vexil(&["validate", root, "--format", "json"]);
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&all.stdout).unwrap();
+    let mut clients: Vec<&str> = items
+        .iter()
+        .map(|i| {
+            let m = i["message"].as_str().unwrap();
+            m.split(" the ")
+                .nth(1)
+                .unwrap()
+                .split(" mirror")
+                .next()
+                .unwrap()
+        })
+        .collect();
+    let count = clients.len();
+    clients.dedup();
+    assert_eq!(clients.len(), count, "one warning per client: {items:#?}");
+    assert!(clients.contains(&"unleash") && count >= 2, "{items:#?}");
+}
+
+/// The config file is one more file of a revision: a git revision's `vexil.yaml` is read as
+/// the working tree's is (the reloader's sources share the same walk and compile).
+#[test]
+fn validate_reads_the_config_file_of_a_git_revision() {
+    use crate::helpers::{git, vexil_in};
+    let dir = tempfile::tempdir().unwrap();
+    let flags = dir.path().join("flags");
+    std::fs::create_dir(&flags).unwrap();
+    let two_rollouts = "flags:\n  two-rollouts: { rules: [{ rollout: 50 }, { rollout: 25 }] }\n";
+    std::fs::write(flags.join("flags.yaml"), two_rollouts).unwrap();
+    std::fs::write(flags.join("vexil.yaml"), "clients: [unleash]\n").unwrap();
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "flags"]);
+    // The working tree declares no client; the commit declares unleash.
+    std::fs::write(flags.join("vexil.yaml"), "clients: []\n").unwrap();
+    let messages = |args: &[&str]| -> Vec<String> {
+        let out = vexil_in(dir.path(), args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        items
+            .iter()
+            .map(|i| i["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let committed = messages(&["validate", "flags", "--rev", "HEAD", "--format", "json"]);
+    assert_eq!(committed.len(), 1, "{committed:#?}");
+    assert!(
+        committed[0].contains(" the unleash mirror: 2 reasons"),
+        "{committed:#?}"
+    );
+    assert_eq!(
+        messages(&["validate", "flags", "--format", "json"]),
+        Vec::<String>::new()
+    );
+}
+
 #[test]
 fn validate_reports_invalid_files_in_every_format() {
     let fixture = "tests/invalid/unknown-references";
@@ -158,4 +297,16 @@ fn schema_command_prints_the_schema() {
     let shipped =
         std::fs::read_to_string(repo_root().join("crates/vexil-core/src/schema.json")).unwrap();
     assert_eq!(stdout(&out).trim_end(), shipped.trim_end());
+}
+
+#[test]
+fn schema_command_prints_the_config_schema_with_this_builds_clients() {
+    let out = vexil(&["schema", "--config"]);
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["$id"], "https://vexil.dev/schema/config.json");
+    assert_eq!(
+        schema["$defs"]["client"]["enum"],
+        serde_json::json!(vexil_mirror::Mirror::names())
+    );
 }

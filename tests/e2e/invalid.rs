@@ -19,6 +19,7 @@ fn invalid_fixtures_report_expected_diagnostics() {
     // A fixed date makes `expires` warnings reproducible.
     let options = CompileOptions {
         today: Some(jiff::civil::date(2026, 11, 21)),
+        clients: Some(vexil_mirror::Mirror::names()),
     };
     let mut failures = Vec::new();
     for case in &cases {

@@ -15,8 +15,10 @@ fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
             yaml_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
             && !vexil_core::source::is_test_file(&path.file_name().unwrap().to_string_lossy())
+            && !vexil_core::config::is_reserved(&path.to_string_lossy())
         {
-            // Flag files only: `*.test.yaml` files are flag tests, with a format of their own.
+            // Flag files only: `*.test.yaml` files are flag tests and `vexil.yaml` the
+            // repository config, each with a format of its own.
             out.push(path);
         }
     }
@@ -58,6 +60,44 @@ fn schema_rejects_what_validation_rejects() {
         "flags:\n  \"bad key\": {}\n",
         "namespce: x\n",
         "segments:\n  s:\n    description: nobody\n",
+    ];
+    for doc in broken {
+        assert!(!v.is_valid(&yaml_to_json(doc)), "schema accepted:\n{doc}");
+    }
+}
+
+fn config_validator() -> jsonschema::Validator {
+    let text = vexil_core::schema::config_schema(vexil_mirror::Mirror::names()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// The config schema accepts the example's config file and what validation accepts, and
+/// rejects what validation rejects.
+#[test]
+fn config_schema_accepts_valid_and_rejects_invalid_configs() {
+    let v = config_validator();
+    let example = std::fs::read_to_string(repo_root().join("flags/vexil.yaml")).unwrap();
+    let mut valid = vec![example.as_str()];
+    valid.extend([
+        "",
+        "clients: [flipper, unleash]\n",
+        "clients: []\nnamespaces:\n  checkout: { clients: [unleash-legacy] }\n  web: {}\n",
+    ]);
+    for doc in valid {
+        let errors: Vec<String> = v
+            .iter_errors(&yaml_to_json(doc))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{doc}: {errors:#?}");
+    }
+    let broken = [
+        "clients: [flippr]\n",
+        "clients: unleash\n",
+        "clients: [unleash, unleash]\n",
+        "clinets: [unleash]\n",
+        "namespaces:\n  checkout: { client: [unleash] }\n",
+        "namespaces:\n  \"bad key\": {}\n",
     ];
     for doc in broken {
         assert!(!v.is_valid(&yaml_to_json(doc)), "schema accepted:\n{doc}");

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::{self, CONFIG_FILE, RepoConfig};
 use crate::decode::closest;
 use crate::diag::{Code, Diagnostic, Pos, Sink, has_errors};
 use crate::format::{self, FileDef, FlagDef, SegmentDef};
@@ -23,6 +24,9 @@ pub const MAX_INCLUDE_DEPTH: usize = 32;
 pub struct CompileOptions {
     /// The date expiry warnings compare against; `None` skips them (keeps tests reproducible).
     pub today: Option<jiff::civil::Date>,
+    /// The client names the repository config (`vexil.yaml`) may declare: the mirrors' names,
+    /// which the core does not know (`vexil_mirror::Mirror::names()`); `None` accepts any.
+    pub clients: Option<&'static [&'static str]>,
 }
 
 /// The outcome of compiling a set of files.
@@ -53,7 +57,7 @@ pub fn compile(files: &[SourceFile], options: &CompileOptions) -> Compiled {
 }
 
 /// `compile`, reusing the files of `cache` whose text is unchanged; the cache then holds
-/// exactly `files`.
+/// exactly the flag files of `files` (the small config file is decoded every time).
 pub fn compile_cached(
     files: &[SourceFile],
     options: &CompileOptions,
@@ -84,7 +88,23 @@ fn compile_files(
     let mut diagnostics = Vec::new();
     let mut namespaces: BTreeMap<String, NsDefs<'_>> = BTreeMap::new();
     let mut kept: FastMap<String, CachedFile> = FastMap::default();
+    let mut config = RepoConfig::default();
     for file in files {
+        if config::is_reserved(&file.path) {
+            let mut sink = Sink::new(&file.path, &mut diagnostics);
+            if file.path == CONFIG_FILE {
+                config = match yaml::parse(&file.text) {
+                    Ok(root) => config::decode(&mut sink, &root, options.clients),
+                    Err(e) => {
+                        sink.error(e.pos, e.code, e.message);
+                        RepoConfig::default()
+                    }
+                };
+            } else {
+                config::misplaced(&mut sink);
+            }
+            continue;
+        }
         let hit = cache
             .as_deref_mut()
             .and_then(|c| c.files.remove(&file.path))
@@ -120,6 +140,12 @@ fn compile_files(
         cache.files = kept;
     }
 
+    let defined: Vec<&str> = namespaces.keys().map(String::as_str).collect();
+    config::check_namespaces(
+        &mut Sink::new(CONFIG_FILE, &mut diagnostics),
+        &config,
+        &defined,
+    );
     let mut built = Vec::with_capacity(namespaces.len());
     for (name, defs) in namespaces {
         built.push(build_namespace(name, defs, options, &mut diagnostics));
@@ -135,6 +161,7 @@ fn compile_files(
             revision: revision(files),
             namespaces: built,
             namespace_index,
+            config,
             derived: Default::default(),
         }
     });

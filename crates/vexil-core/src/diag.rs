@@ -82,6 +82,9 @@ codes! {
     UnusedSegment => "unused-segment",
     MirrorInexact => "mirror-inexact",
     MirrorOmitted => "mirror-omitted",
+    UnknownClient => "unknown-client",
+    UnknownNamespace => "unknown-namespace",
+    MisplacedConfig => "misplaced-config",
 }
 
 impl fmt::Display for Code {

@@ -20,6 +20,7 @@
 
 pub mod bucket;
 pub mod compile;
+pub mod config;
 pub mod context;
 mod decode;
 pub mod diag;

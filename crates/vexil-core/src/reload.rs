@@ -51,6 +51,8 @@ pub struct ReloadOptions {
     /// (`Source::last_served`): with nothing served yet, an unreadable or invalid source
     /// serves nothing (and fails `start`, unless `start_empty`).
     pub require_fresh_start: bool,
+    /// The client names the repository config may declare (`CompileOptions::clients`).
+    pub clients: Option<&'static [&'static str]>,
 }
 
 type PrepareFn = dyn Fn(&Snapshot, Option<&Snapshot>) -> Arc<dyn Any + Send + Sync> + Send + Sync;
@@ -607,6 +609,7 @@ impl Worker {
                         .date(),
                 )
             }),
+            clients: self.options.clients,
         };
         let cache = &mut self.cache;
         let compiled = match catch_unwind(AssertUnwindSafe(|| {

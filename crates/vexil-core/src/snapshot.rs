@@ -329,6 +329,8 @@ pub struct Snapshot {
     /// Sorted by name.
     pub(crate) namespaces: Vec<Namespace>,
     pub(crate) namespace_index: FastMap<Box<str>, usize>,
+    /// The repository config file (`vexil.yaml`), compiled with the flags.
+    pub(crate) config: crate::config::RepoConfig,
     /// What a server derived from this snapshot (tables, serialised bodies), built by
     /// `ReloadOptions::prepare` before the swap: readers never see the snapshot without it.
     pub(crate) derived: Derived,
@@ -357,6 +359,11 @@ impl Snapshot {
     /// The revision id: a commit id for git sources, else a content hash of the files.
     pub fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// What the repository config file declares (the default without one).
+    pub fn config(&self) -> &crate::config::RepoConfig {
+        &self.config
     }
 
     pub fn namespaces(&self) -> &[Namespace] {

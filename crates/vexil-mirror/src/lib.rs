@@ -22,9 +22,11 @@
 )]
 
 pub mod flipper;
+mod report;
 pub mod unleash;
 
-use vexil_core::diag::{Code, Diagnostic, Severity};
+pub use report::{Coverage, coverage, declared_findings, grouped_warnings};
+
 use vexil_core::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
 
 /// A mirror: a wire protocol and the client capabilities it is exported for.
@@ -64,6 +66,13 @@ impl Mirror {
 
     pub fn parse(s: &str) -> Option<Mirror> {
         Mirror::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The names of `ALL`: the client names a repository config (`vexil.yaml`) may declare.
+    pub fn names() -> &'static [&'static str] {
+        static NAMES: std::sync::LazyLock<Vec<&'static str>> =
+            std::sync::LazyLock::new(|| Mirror::ALL.iter().map(|m| m.as_str()).collect());
+        &NAMES
     }
 }
 
@@ -115,26 +124,6 @@ impl Finding {
             reason,
             file: origin.file.clone(),
             pos: origin.pos,
-        }
-    }
-
-    /// The finding as a `vexil validate` warning.
-    pub fn to_diagnostic(&self) -> Diagnostic {
-        let (code, what) = match self.fidelity {
-            Fidelity::Inexact => (Code::MirrorInexact, "is exported inexactly to"),
-            Fidelity::Omitted => (Code::MirrorOmitted, "is left out of"),
-        };
-        Diagnostic {
-            file: self.file.clone(),
-            pos: self.pos,
-            severity: Severity::Warning,
-            code,
-            message: format!(
-                "flag `{}` {what} the {} mirror: {}",
-                self.flag,
-                self.mirror.as_str(),
-                self.reason
-            ),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use vexil_core::{DEFAULT_NAMESPACE, Snapshot};
-use vexil_mirror::{Finding, Mirror, flipper, unleash};
+use vexil_mirror::{Finding, flipper, unleash};
 
 use crate::conditional::Body;
 use crate::evaluation::Error;
@@ -289,6 +289,7 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
 }
 
 fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Value {
+    let config = snapshot.config();
     let items: Vec<serde_json::Value> = findings
         .iter()
         .map(|f| {
@@ -301,33 +302,29 @@ fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Va
                 "file": f.file,
                 "line": f.pos.line,
                 "column": f.pos.column,
+                "declared": config.declares(&f.namespace, f.mirror.as_str()),
             })
         })
         .collect();
-    // A flag has one omission finding at most, but may have several inexact ones.
-    let omitted_flags = |mirror: Mirror| {
-        findings
-            .iter()
-            .filter(|f| f.mirror == mirror && f.fidelity == vexil_mirror::Fidelity::Omitted)
-            .map(|f| (&f.namespace, &f.flag))
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-    };
+    // Counted in flags: a flag with several findings counts once, as its worst.
     let mut summary = serde_json::Map::new();
-    for mirror in Mirror::ALL {
-        let count = |fidelity| {
-            findings
-                .iter()
-                .filter(|f| f.mirror == mirror && f.fidelity == fidelity)
-                .count()
-        };
+    for (mirror, c) in vexil_mirror::coverage(snapshot, findings) {
+        // The namespaces whose findings for this client `vexil validate` reports.
+        let declared: Vec<&str> = snapshot
+            .namespaces()
+            .iter()
+            .map(|ns| &*ns.name)
+            .filter(|ns| config.declares(ns, mirror.as_str()))
+            .collect();
         summary.insert(
             mirror.as_str().into(),
             serde_json::json!({
-                "flags": snapshot.flag_count(),
-                "exported": snapshot.flag_count() - omitted_flags(mirror),
-                "inexact": count(vexil_mirror::Fidelity::Inexact),
-                "omitted": count(vexil_mirror::Fidelity::Omitted),
+                "flags": c.flags,
+                "exported": c.exported,
+                "exact": c.exact,
+                "inexact": c.inexact,
+                "omitted": c.omitted,
+                "declared": declared,
             }),
         );
     }

@@ -170,7 +170,8 @@ pub struct AppState {
 
 impl AppState {
     /// Starts the reloader on `source` with the server's `prepare` hook (so every snapshot is
-    /// served with its tables) and wires the state to it.
+    /// served with its tables) and the mirrors' names as the clients a repository config may
+    /// declare, and wires the state to it.
     pub fn start(
         source: Box<dyn vexil_core::Source>,
         reload: ReloadOptions,
@@ -180,6 +181,7 @@ impl AppState {
             source,
             ReloadOptions {
                 prepare: Some(prepare()),
+                clients: Some(vexil_mirror::Mirror::names()),
                 ..reload
             },
         )?;

@@ -72,6 +72,10 @@ struct Setup {
     /// Which pushes the webhooks read the source for (default: any).
     #[serde(default)]
     served_ref: ServedRefSetup,
+    /// Files added to the flag repository for this case (path -> text), such as a
+    /// repository config `vexil.yaml` or a namespace of its own.
+    #[serde(default)]
+    files: BTreeMap<String, String>,
 }
 
 /// `any`, `default_branch`, or `{named: REF}` (as `--ref REF`).
@@ -165,7 +169,14 @@ struct Report {
 
 /// Server states by (max_message_bytes, public_metrics, no_snapshot, webhook secret, served
 /// ref); tokens only change the router.
-type StateKey = (Option<usize>, bool, bool, Option<String>, ServedRefSetup);
+type StateKey = (
+    Option<usize>,
+    bool,
+    bool,
+    Option<String>,
+    ServedRefSetup,
+    BTreeMap<String, String>,
+);
 
 struct World {
     files: Vec<(String, String)>,
@@ -203,6 +214,7 @@ impl World {
             setup.no_snapshot,
             setup.webhook_secret.clone(),
             setup.served_ref.clone(),
+            setup.files.clone(),
         );
         if let Some(state) = self.states.get(&key) {
             return Arc::clone(state);
@@ -235,8 +247,10 @@ impl World {
             state.reloader.reload().unwrap();
             state
         } else {
+            let mut files = self.files.clone();
+            files.extend(setup.files.clone());
             AppState::start(
-                Box::new(MemorySource::new(SOURCE, self.files.clone())),
+                Box::new(MemorySource::new(SOURCE, files)),
                 ReloadOptions::default(),
                 options,
             )

@@ -38,9 +38,11 @@ pub struct Args {
     #[arg(long)]
     no_tests: bool,
     /// Warn about flags these mirrors export inexactly or leave out: `all`, `none`, or a
-    /// comma-separated list of `flipper`, `unleash`, `unleash-node`, `unleash-legacy`.
-    #[arg(long, default_value = "all", value_parser = mirrors)]
-    mirrors: Mirrors,
+    /// comma-separated list of mirror names (`flipper`, `unleash`, `unleash-legacy`, ...).
+    /// Without it, the clients the repository config (`vexil.yaml`) declares; without that
+    /// file, all.
+    #[arg(long, value_parser = mirrors)]
+    mirrors: Option<Mirrors>,
 }
 
 /// The mirrors `--mirrors` names.
@@ -55,7 +57,10 @@ fn mirrors(s: &str) -> Result<Mirrors, String> {
             .split(',')
             .map(|m| {
                 Mirror::parse(m.trim()).ok_or_else(|| {
-                    format!("unknown mirror `{m}` (expected flipper, unleash, unleash-node, unleash-legacy, all or none)")
+                    format!(
+                        "unknown mirror `{m}` (expected {}, all or none)",
+                        Mirror::names().join(", ")
+                    )
                 })
             })
             .collect::<Result<_, _>>()
@@ -67,6 +72,15 @@ pub fn today() -> jiff::civil::Date {
     jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
+}
+
+/// How every command compiles: the mirrors' names are the clients a repository config may
+/// declare (so a typo in `vexil.yaml` fails `eval` and `diff` as it fails `validate`).
+pub fn compile_options(today: Option<jiff::civil::Date>) -> CompileOptions {
+    CompileOptions {
+        today,
+        clients: Some(Mirror::names()),
+    }
 }
 
 /// The flags of `path`, from the working tree or from `rev`.
@@ -81,9 +95,7 @@ pub fn load(path: &Path, rev: Option<&str>) -> anyhow::Result<Loaded> {
 /// about the tests).
 pub fn run(args: &Args, tests_only: bool) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.path, args.rev.as_deref())?;
-    let options = CompileOptions {
-        today: Some(today()),
-    };
+    let options = compile_options(Some(today()));
     let mut compiled = vexil_core::compile(&loaded.files, &options);
     let mut diagnostics = std::mem::take(&mut compiled.diagnostics);
     diagnostics.extend(loaded.diagnostics.iter().cloned());
@@ -96,13 +108,13 @@ pub fn run(args: &Args, tests_only: bool) -> anyhow::Result<ExitCode> {
     if let Some(t) = &tests {
         diagnostics.extend(t.diagnostics.iter().cloned());
     }
-    // `vexil test` is about the tests; `validate` also says what the mirrors cannot carry.
+    // `vexil test` is about the tests; `validate` also says what the declared clients'
+    // mirrors cannot carry, one warning per flag and client.
     if let Some(s) = snapshot.as_ref().filter(|_| !tests_only) {
-        diagnostics.extend(
-            vexil_mirror::findings(s, &args.mirrors.0)
-                .iter()
-                .map(vexil_mirror::Finding::to_diagnostic),
-        );
+        let chosen = args.mirrors.as_ref().map(|m| m.0.as_slice());
+        diagnostics.extend(vexil_mirror::grouped_warnings(
+            &vexil_mirror::declared_findings(s, chosen),
+        ));
     }
     diagnostics.sort();
     let all_files: Vec<SourceFile> = loaded.files.iter().chain(&loaded.tests).cloned().collect();

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde_json::Value as Json;
+use vexil_core::Snapshot;
 use vexil_core::review::{FieldChange, Report};
-use vexil_core::{CompileOptions, Snapshot};
 
 use crate::check_cmd::load;
 
@@ -51,7 +51,7 @@ fn snapshot(path: &Path, rev: Option<&str>, label: &str) -> anyhow::Result<Snaps
     let loaded = load(path, rev)?;
     let compiled = vexil_core::compile_loaded(
         loaded,
-        &CompileOptions::default(),
+        &crate::check_cmd::compile_options(None),
         &mut vexil_core::FileCache::default(),
     );
     match compiled.snapshot {

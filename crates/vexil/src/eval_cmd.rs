@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use vexil_core::{AttrValue, CompileOptions, Context};
+use vexil_core::{AttrValue, Context};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,8 +46,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         };
         ctx.attributes.insert(name.to_owned(), value);
     }
-    let (_, compiled) = vexil_core::load_dir(&args.source, &CompileOptions::default())
-        .with_context(|| format!("reading flags from {}", args.source.display()))?;
+    let (_, compiled) =
+        vexil_core::load_dir(&args.source, &crate::check_cmd::compile_options(None))
+            .with_context(|| format!("reading flags from {}", args.source.display()))?;
     let Some(snapshot) = compiled.snapshot else {
         for d in &compiled.diagnostics {
             eprintln!("{d}");

@@ -40,11 +40,19 @@ enum Command {
     Diff(diff_cmd::Args),
     /// Evaluate one flag for a context.
     Eval(eval_cmd::Args),
-    /// Print the JSON Schema of a flag file (for editors).
-    Schema,
+    /// Print the JSON Schema of a flag file (for editors), or with `--config` of the
+    /// repository config file (`vexil.yaml`).
+    Schema(SchemaArgs),
     /// Serve flags over gRPC (vexil.v1, health, reflection) and HTTP (metrics, probes),
     /// reloading them as the source changes.
     Serve(Box<serve_cmd::Args>),
+}
+
+#[derive(Debug, clap::Args)]
+struct SchemaArgs {
+    /// The schema of the repository config file (`vexil.yaml`), with this build's client names.
+    #[arg(long)]
+    config: bool,
 }
 
 fn main() -> ExitCode {
@@ -55,7 +63,15 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff_cmd::run(&args),
         Command::Eval(args) => eval_cmd::run(&args),
         Command::Serve(args) => serve_cmd::run(&args),
-        Command::Schema => {
+        Command::Schema(args) if args.config => {
+            vexil_core::schema::config_schema(vexil_mirror::Mirror::names())
+                .map(|schema| {
+                    println!("{schema}");
+                    ExitCode::SUCCESS
+                })
+                .map_err(anyhow::Error::from)
+        }
+        Command::Schema(_) => {
             println!("{}", vexil_core::schema::FLAG_FILE_SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)
         }

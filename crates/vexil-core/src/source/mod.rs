@@ -304,7 +304,8 @@ impl SourceError {
     }
 }
 
-/// True for the files Vexil reads as flag files.
+/// True for the files Vexil reads as flag files (and the repository config, `vexil.yaml`,
+/// which has a flag file's name and which `compile` tells apart).
 pub fn is_flag_file(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     (lower.ends_with(".yaml") || lower.ends_with(".yml"))
