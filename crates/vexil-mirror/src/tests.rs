@@ -49,7 +49,7 @@ flags:
       - { percentage_of_time: 5 }
 "#,
     );
-    let export = flipper::export(&s.namespaces()[0]);
+    let export = flipper::export(&s.namespaces()[0], flipper::Profile::Legacy);
     assert!(export.findings.is_empty(), "{:?}", export.findings);
     assert_eq!(
         export.features[0].to_json(flipper::Form::Full),
@@ -98,9 +98,11 @@ flags:
         );
     };
     has("color", "flipper", "omitted", "serves string values");
-    has("off-first", "flipper", "omitted", "serves false before");
+    has("off-first", "flipper-legacy", "omitted", "serves false before");
+    has("off-first", "flipper", "omitted", "hashes as Unleash does");
     has("off-first", "unleash", "omitted", "serves false before");
-    has("attrs", "flipper", "omitted", "attribute conditions");
+    has("attrs", "flipper-legacy", "omitted", "attribute conditions");
+    has("attrs", "flipper", "omitted", "no suffix test");
     has("attrs", "unleash-legacy", "omitted", "reads `plan`");
     has("crc", "unleash", "inexact", "bucketing: unleash");
     // Exact where it can be.
@@ -119,11 +121,18 @@ flags:
     let ns = &s.namespaces()[0];
     let exported = |mirror: Mirror| -> Vec<String> {
         match mirror {
-            Mirror::Flipper => flipper::export(ns)
-                .features
+            Mirror::Flipper | Mirror::FlipperLegacy => {
+                let profile = if mirror == Mirror::Flipper {
+                    flipper::Profile::Expressions
+                } else {
+                    flipper::Profile::Legacy
+                };
+                flipper::export(ns, profile)
+                    .features
                 .iter()
-                .map(|f| f.key.to_string())
-                .collect(),
+                    .map(|f| f.key.to_string())
+                    .collect()
+            }
             Mirror::Unleash | Mirror::UnleashLegacy => {
                 let profile = if mirror == Mirror::Unleash {
                     Profile::Modern
@@ -154,6 +163,7 @@ flags:
         }
     }
     assert_eq!(exported(Mirror::Flipper), ["crc"]);
+    assert_eq!(exported(Mirror::FlipperLegacy), ["crc"]);
 }
 
 #[test]

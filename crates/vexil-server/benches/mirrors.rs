@@ -48,7 +48,10 @@ fn exports_only(bencher: divan::Bencher, flags: usize) {
     let snapshot = snapshot(flags, 20);
     bencher.bench(|| {
         for ns in snapshot.namespaces() {
-            divan::black_box(vexil_mirror::flipper::export(ns));
+            divan::black_box(vexil_mirror::flipper::export(
+                ns,
+                vexil_mirror::flipper::Profile::Expressions,
+            ));
             divan::black_box(vexil_mirror::unleash::export(
                 ns,
                 vexil_mirror::unleash::Profile::Legacy,

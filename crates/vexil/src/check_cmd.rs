@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long)]
     no_tests: bool,
     /// Warn about flags these mirrors export inexactly or leave out: `all`, `none`, or a
-    /// comma-separated list of `flipper`, `unleash`, `unleash-legacy`.
+    /// comma-separated list of `flipper`, `flipper-legacy`, `unleash`, `unleash-legacy`.
     #[arg(long, default_value = "all", value_parser = mirrors)]
     mirrors: Mirrors,
 }
@@ -55,7 +55,7 @@ fn mirrors(s: &str) -> Result<Mirrors, String> {
             .split(',')
             .map(|m| {
                 Mirror::parse(m.trim()).ok_or_else(|| {
-                    format!("unknown mirror `{m}` (expected flipper, unleash, unleash-legacy, all or none)")
+                    format!("unknown mirror `{m}` (expected flipper, flipper-legacy, unleash, unleash-legacy, all or none)")
                 })
             })
             .collect::<Result<_, _>>()

@@ -26,6 +26,7 @@ use crate::openfeature::{candidates, is_random, named_ids, python, run};
 use crate::serve::{TestServer, commit, repo_with};
 
 mod contract;
+mod flipper1x;
 
 /// Contexts generated per flag and client.
 const CONTEXTS_PER_FLAG: usize = 1000;
@@ -109,7 +110,10 @@ fn exact(snapshot: &Snapshot, ns: &Namespace, mirror: Mirror) -> Vec<String> {
         .iter()
         .filter(|f| !is_random(ns, f))
         .filter(|f| !findings.contains(&(f.key.to_string(), mirror)))
-        .filter(|f| mirror != Mirror::Flipper || f.flag_type == FlagType::Boolean)
+        .filter(|f| {
+            !matches!(mirror, Mirror::Flipper | Mirror::FlipperLegacy)
+                || f.flag_type == FlagType::Boolean
+        })
         .map(|f| f.key.to_string())
         .collect()
 }
@@ -416,8 +420,9 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
             report.push((format!("{client} {}", ns.name), flags.len(), n));
         }
 
-        // Flipper 0.25.4 gates, fed the mirror's GET /features.
-        let flags = exact(&snapshot, ns, Mirror::Flipper);
+        // Flipper 0.25.4 gates, fed the mirror's GET /features (its User-Agent chooses the
+        // legacy profile).
+        let flags = exact(&snapshot, ns, Mirror::FlipperLegacy);
         if !flags.is_empty() {
             let (cases, want) = flipper_cases(&snapshot, ns, &flags);
             let input: Vec<Json> = cases
@@ -609,7 +614,7 @@ async fn flipper_wire_contract() {
     );
     // Every boolean flag Flipper can carry, in flag order; the rest are left out.
     let ns = snapshot.namespace("default").unwrap();
-    let exported: Vec<String> = vexil_mirror::flipper::export(ns)
+    let exported: Vec<String> = vexil_mirror::flipper::export(ns, vexil_mirror::flipper::Profile::Legacy)
         .features
         .iter()
         .map(|f| f.key.to_string())
