@@ -57,10 +57,12 @@ pub fn profile_index(profile: flipper::Profile) -> usize {
     }
 }
 
+/// The legacy bodies keep the tags they had before profiles existed (clients of then keep
+/// their caches); the expression bodies' tags differ from them even for equal bytes.
 pub fn profile_tag(profile: flipper::Profile) -> &'static str {
     match profile {
-        flipper::Profile::Expressions => "",
-        flipper::Profile::Legacy => "-legacy",
+        flipper::Profile::Expressions => "-expr",
+        flipper::Profile::Legacy => "",
     }
 }
 

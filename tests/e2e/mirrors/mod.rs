@@ -774,6 +774,18 @@ async fn flipper_wire_contract() {
     let (code, _, _) = get_json(addr, "/flipper/api/features/checkout-v2", &[]).await;
     assert_eq!(code, 404, "another namespace's flag");
     let (code, _, _) = get_json(addr, "/ns/nope/flipper/api/features", &[]).await;
-    assert_eq!(code, 404);
+    assert_eq!(code, 400);
+
+    // A mistyped namespace is 400 wherever the adapter reads (Debian's ruby-flipper lacks the
+    // HTTP adapter, whose `get` raises on any status but 200 and 404: 404 would read "off").
+    for path in ["/features", "/features/checkout-v2", "/actors/u-5"] {
+        let (code, _, body) = get_json(addr, &format!("/ns/typo/flipper/api{path}"), &[]).await;
+        assert_eq!(code, 400, "{path}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Namespace `typo` not found") && message.contains("`default`, `shop`"),
+            "{message}"
+        );
+    }
     server.stop().await;
 }
