@@ -221,3 +221,53 @@ fn flipper_percentages_select_the_same_buckets() {
     assert_eq!(adjusted, 731);
     assert_eq!(flipper::flipper_percent(2_007), "2.0065");
 }
+
+#[test]
+fn flipper_expressions_carry_the_whole_flag() {
+    let s = snapshot(
+        r#"
+flags:
+  off-first:
+    rules:
+      - { ids: [u-1], serve: false }
+      - { when: [{ attr: plan, equals: free }], serve: false }
+      - { rollout: 50 }
+  pro:
+    rules:
+      - { groups: [admins], serve: true }
+      - { when: [{ attr: seats, gte: 10 }, { attr: coupon, present: true }], serve: true }
+"#,
+    );
+    let ns = &s.namespaces()[0];
+    let modern = flipper::export(ns, flipper::Profile::Expressions);
+    let key = json!({"Property": ["flipper_id"]});
+    let plan = json!({"Property": ["plan"]});
+    assert_eq!(
+        modern.features[0].expression,
+        Some(json!({"All": [
+            {"Equal": [{"Equal": [key, "u-1"]}, false]},
+            {"Equal": [{"Equal": [plan, "free"]}, false]},
+            {"Any": [{"NotEqual": [{"String": [key]}, ""]}, {"Equal": [key, ""]}]},
+            {"PercentageOfActors": [key, 50]},
+        ]}))
+    );
+    // Only switches on: the groups rule stays a gate beside the expression.
+    let pro = &modern.features[1];
+    assert_eq!(pro.groups.iter().map(|g| &**g).collect::<Vec<_>>(), ["admins"]);
+    let seats = json!({"Property": ["seats"]});
+    let number = json!({"Number": [{"String": [seats]}]});
+    assert_eq!(
+        pro.expression.as_ref().unwrap()["All"][0],
+        json!({"Any": [{"Equal": [number, seats]}, {"Equal": [{"String": [number]}, seats]}]})
+    );
+    assert_eq!(pro.to_json(flipper::Form::NoGates)["state"], "conditional");
+    // Number comparisons are inexact for unusual inputs only; the legacy profile leaves both
+    // flags out.
+    assert!(modern.findings.iter().all(|f| f.flag.as_ref() == "pro"
+        && f.fidelity == Fidelity::Inexact
+        && f.reason.contains("for unusual inputs only")));
+    let legacy = flipper::export(ns, flipper::Profile::Legacy);
+    assert!(legacy.features.is_empty());
+    assert_eq!(legacy.findings.len(), 2);
+    assert!(legacy.findings.iter().all(|f| f.mirror == Mirror::FlipperLegacy));
+}

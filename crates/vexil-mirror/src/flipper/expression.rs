@@ -540,12 +540,6 @@ pub(super) fn feature<'f>(
     Ok(f)
 }
 
-/// The text a flag's expression gate holds (for tests and the docs' examples).
-#[cfg(test)]
-pub(super) fn expression_of(ns: &Namespace, flag: &Flag) -> Option<Json> {
-    feature(ns, flag, &mut Vec::new()).ok()?.expression
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
