@@ -98,7 +98,12 @@ flags:
         );
     };
     has("color", "flipper", "omitted", "serves string values");
-    has("off-first", "flipper-legacy", "omitted", "serves false before");
+    has(
+        "off-first",
+        "flipper-legacy",
+        "omitted",
+        "serves false before",
+    );
     has("off-first", "flipper", "omitted", "hashes as Unleash does");
     has("off-first", "unleash", "omitted", "serves false before");
     has("attrs", "flipper-legacy", "omitted", "attribute conditions");
@@ -129,7 +134,7 @@ flags:
                 };
                 flipper::export(ns, profile)
                     .features
-                .iter()
+                    .iter()
                     .map(|f| f.key.to_string())
                     .collect()
             }
@@ -253,7 +258,10 @@ flags:
     );
     // Only switches on: the groups rule stays a gate beside the expression.
     let pro = &modern.features[1];
-    assert_eq!(pro.groups.iter().map(|g| &**g).collect::<Vec<_>>(), ["admins"]);
+    assert_eq!(
+        pro.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
+        ["admins"]
+    );
     let seats = json!({"Property": ["seats"]});
     let number = json!({"Number": [{"String": [seats]}]});
     assert_eq!(
@@ -269,5 +277,10 @@ flags:
     let legacy = flipper::export(ns, flipper::Profile::Legacy);
     assert!(legacy.features.is_empty());
     assert_eq!(legacy.findings.len(), 2);
-    assert!(legacy.findings.iter().all(|f| f.mirror == Mirror::FlipperLegacy));
+    assert!(
+        legacy
+            .findings
+            .iter()
+            .all(|f| f.mirror == Mirror::FlipperLegacy)
+    );
 }

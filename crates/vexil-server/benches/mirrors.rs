@@ -32,7 +32,7 @@ fn snapshot(flags: usize, files: usize) -> Snapshot {
     // Setup check (also under `-- --test`): every mirror exports something.
     let tables = Tables::build(&snapshot);
     assert!(!tables.unleash["default"].all[2].bytes.is_empty());
-    assert!(!tables.flipper["default"].all[0].bytes.is_empty());
+    assert!(!tables.flipper["default"][0].all[0].bytes.is_empty());
     snapshot
 }
 

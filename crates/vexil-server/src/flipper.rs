@@ -62,7 +62,6 @@ pub fn method(path: &str) -> &'static str {
         "feature"
     } else if path.contains("/actors/") {
         "actor"
-
     } else {
         "other"
     }
@@ -355,9 +354,5 @@ async fn unknown(State(f): State<Flipper>, method: Method) -> Response {
 /// and `telemetry-shutdown: true` makes the client stop sending (a 2xx other than 429 is
 /// not retried; Flipper 1.x reads the header from any answer it gets).
 async fn telemetry() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [("telemetry-shutdown", "true")],
-    )
-        .into_response()
+    (StatusCode::NO_CONTENT, [("telemetry-shutdown", "true")]).into_response()
 }

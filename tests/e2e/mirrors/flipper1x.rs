@@ -126,7 +126,11 @@ fn ruby_to_number(s: &str, float: bool) -> Rb {
     let int_digits = after_int > end;
     end = after_int;
     if !float {
-        return Rb::Int(if int_digits { text.parse().unwrap_or(0) } else { 0 });
+        return Rb::Int(if int_digits {
+            text.parse().unwrap_or(0)
+        } else {
+            0
+        });
     }
     if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
         text.push('.');
@@ -195,7 +199,11 @@ fn compare(op: &str, left: &Rb, right: &Rb) -> Result<bool, Raised> {
         (a, b) if a.number().is_some() && b.number().is_some() => {
             a.number().unwrap().partial_cmp(&b.number().unwrap())
         }
-        (a, b) => return Err(format!("ArgumentError: comparison of {a:?} with {b:?} failed")),
+        (a, b) => {
+            return Err(format!(
+                "ArgumentError: comparison of {a:?} with {b:?} failed"
+            ));
+        }
     };
     let Some(ord) = ord else {
         return Ok(false);
@@ -213,15 +221,24 @@ fn compare(op: &str, left: &Rb, right: &Rb) -> Result<bool, Raised> {
 fn eval(expr: &Json, props: &BTreeMap<String, Rb>, feature: &str) -> Result<Rb, Raised> {
     let (name, args) = match expr {
         Json::Object(map) => map.iter().next().ok_or("empty expression")?,
-        Json::Null => return Err("ArgumentError: nil cannot be converted into an expression".into()),
+        Json::Null => {
+            return Err("ArgumentError: nil cannot be converted into an expression".into());
+        }
         Json::Array(_) => return Err("ArgumentError: an array is no expression".into()),
         constant => return Ok(Rb::from_json(constant)),
     };
     let args: Vec<Rb> = match args {
-        Json::Array(items) => items.iter().map(|a| eval(a, props, feature)).collect::<Result<_, _>>()?,
+        Json::Array(items) => items
+            .iter()
+            .map(|a| eval(a, props, feature))
+            .collect::<Result<_, _>>()?,
         one => vec![eval(one, props, feature)?],
     };
-    let arg = |i: usize| args.get(i).cloned().ok_or(format!("{name}: missing argument"));
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .ok_or(format!("{name}: missing argument"))
+    };
     let op = |op: &str| -> Result<Rb, Raised> { Ok(Rb::Bool(compare(op, &arg(0)?, &arg(1)?)?)) };
     match name.as_str() {
         "All" => Ok(Rb::Bool(args.iter().all(Rb::truthy))),
@@ -238,30 +255,41 @@ fn eval(expr: &Json, props: &BTreeMap<String, Rb>, feature: &str) -> Result<Rb, 
             n @ (Rb::Int(_) | Rb::Float(_)) => Ok(n),
             Rb::Str(s) => Ok(ruby_to_number(&s, s.contains('.'))),
             Rb::Nil => Ok(Rb::Int(0)),
-            other => Err(format!("ArgumentError: {other:?} cannot be converted to a number")),
+            other => Err(format!(
+                "ArgumentError: {other:?} cannot be converted to a number"
+            )),
         },
-        "Boolean" => Ok(Rb::Bool(matches!(
-            arg(0)?,
-            Rb::Bool(true) | Rb::Int(1)
-        ) || matches!(arg(0)?, Rb::Str(s) if s == "true" || s == "1"))),
+        "Boolean" => Ok(Rb::Bool(
+            matches!(arg(0)?, Rb::Bool(true) | Rb::Int(1))
+                || matches!(arg(0)?, Rb::Str(s) if s == "true" || s == "1"),
+        )),
         "Percentage" => {
             let n = match arg(0)? {
                 Rb::Str(s) => ruby_to_number(&s, true).number().unwrap_or(0.0),
                 other => other.number().unwrap_or(0.0),
             };
             let n = n.clamp(0.0, 100.0);
-            Ok(if n.fract() == 0.0 { Rb::Int(n as i64) } else { Rb::Float(n) })
+            Ok(if n.fract() == 0.0 {
+                Rb::Int(n as i64)
+            } else {
+                Rb::Float(n)
+            })
         }
         "Time" => match arg(0)? {
             Rb::Str(s) => s
                 .parse::<jiff::Timestamp>()
                 .map(|t| Rb::Time(t.as_second() as f64))
                 .map_err(|e| format!("ArgumentError: no time information in {s:?}: {e}")),
-            other => other.number().map(Rb::Time).ok_or(format!("Time({other:?})")),
+            other => other
+                .number()
+                .map(Rb::Time)
+                .ok_or(format!("Time({other:?})")),
         },
         "Now" => Ok(Rb::Time(jiff::Timestamp::now().as_second() as f64)),
         "PercentageOfActors" => Ok(Rb::Bool(percentage_of_actors(feature, &arg(0)?, &arg(1)?)?)),
-        other => Err(format!("NameError: uninitialized constant Flipper::Expressions::{other}")),
+        other => Err(format!(
+            "NameError: uninitialized constant Flipper::Expressions::{other}"
+        )),
     }
 }
 
@@ -311,9 +339,10 @@ fn enabled(feature: &Json, actor: Option<&Actor>) -> Result<bool, Raised> {
             return Ok(true);
         }
     }
-    Ok(gate("groups")
-        .as_array()
-        .is_some_and(|gs| gs.iter().any(|g| actor.groups.iter().any(|a| g == a.as_str()))))
+    Ok(gate("groups").as_array().is_some_and(|gs| {
+        gs.iter()
+            .any(|g| actor.groups.iter().any(|a| g == a.as_str()))
+    }))
 }
 
 fn vectors() -> Json {
@@ -368,15 +397,30 @@ fn the_flipper_1x_evaluator_gives_every_reference_vector() {
             props: [("flipper_id".to_owned(), Rb::Str(id.to_owned()))].into(),
             groups: Vec::new(),
         });
-        assert_eq!(json!(enabled(&case["feature"], actor.as_ref()).unwrap()), case["result"], "{case}");
+        assert_eq!(
+            json!(enabled(&case["feature"], actor.as_ref()).unwrap()),
+            case["result"],
+            "{case}"
+        );
         checked += 1;
     }
     assert!(checked >= 30, "{checked} vectors");
     // Ruby's number texts, which the numeric guards of the export rely on.
-    for (f, text) in [(42.0, "42.0"), (1.5, "1.5"), (1e16, "1.0e+16"), (1e-5, "1.0e-05"), (0.1 + 0.2, "0.30000000000000004")] {
+    for (f, text) in [
+        (42.0, "42.0"),
+        (1.5, "1.5"),
+        (1e16, "1.0e+16"),
+        (1e-5, "1.0e-05"),
+        (0.1 + 0.2, "0.30000000000000004"),
+    ] {
         assert_eq!(ruby_float(f), text);
     }
-    for (s, want) in [("42abc", Rb::Int(42)), (" 7", Rb::Int(7)), ("1_000", Rb::Int(1000)), ("x", Rb::Int(0))] {
+    for (s, want) in [
+        ("42abc", Rb::Int(42)),
+        (" 7", Rb::Int(7)),
+        ("1_000", Rb::Int(1000)),
+        ("x", Rb::Int(0)),
+    ] {
         assert_eq!(ruby_to_number(s, false), want, "{s}");
     }
     assert_eq!(ruby_to_number("1.5e3x", true), Rb::Float(1500.0));
@@ -406,15 +450,27 @@ fn ruby_pool(snapshot: &Snapshot) -> BTreeMap<String, Vec<Rb>> {
                         out.push(Rb::Int(f as i64));
                     }
                     out.extend([Rb::Float(f), Rb::Float(f + 0.25)]);
-                    out.extend([Rb::Str(Rb::Float(f).to_s()), Rb::Str(format!("{}", f as i64))]);
+                    out.extend([
+                        Rb::Str(Rb::Float(f).to_s()),
+                        Rb::Str(format!("{}", f as i64)),
+                    ]);
                 }
                 Json::Bool(b) => {
-                    out.extend([Rb::Bool(b), Rb::Str(b.to_string().to_uppercase()), Rb::Int(i64::from(b))]);
+                    out.extend([
+                        Rb::Bool(b),
+                        Rb::Str(b.to_string().to_uppercase()),
+                        Rb::Int(i64::from(b)),
+                    ]);
                 }
                 _ => {}
             }
         }
-        out.extend([Rb::Str(String::new()), Rb::Bool(true), Rb::Int(0), Rb::Str("zz".into())]);
+        out.extend([
+            Rb::Str(String::new()),
+            Rb::Bool(true),
+            Rb::Int(0),
+            Rb::Str("zz".into()),
+        ]);
     }
     pool
 }
@@ -437,7 +493,9 @@ fn agree(root: &std::path::Path) -> usize {
     let pool = ruby_pool(&snapshot);
     let mut ids = named_ids(&snapshot);
     ids.extend(["User;1", "synthetic-1", "u-10"].map(String::from));
-    let groups: Vec<String> = ["admins", "staff", "beta-testers", "partners"].map(String::from).to_vec();
+    let groups: Vec<String> = ["admins", "staff", "beta-testers", "partners"]
+        .map(String::from)
+        .to_vec();
     let mut rng = fastrand::Rng::with_seed(111);
     let mut flags_checked = 0;
     let mut expressions = 0;
@@ -468,8 +526,16 @@ fn agree(root: &std::path::Path) -> usize {
                         props.insert("org".into(), Rb::Str(format!("org-{}", rng.u32(..1000))));
                     }
                     props.insert("flipper_id".into(), Rb::Str(id.clone()));
-                    let mine = groups.iter().filter(|_| rng.u8(..4) == 0).cloned().collect();
-                    Actor { id, props, groups: mine }
+                    let mine = groups
+                        .iter()
+                        .filter(|_| rng.u8(..4) == 0)
+                        .cloned()
+                        .collect();
+                    Actor {
+                        id,
+                        props,
+                        groups: mine,
+                    }
                 });
                 let ctx = match &actor {
                     None => Context::new(),
@@ -482,9 +548,16 @@ fn agree(root: &std::path::Path) -> usize {
                         ctx
                     }
                 };
-                let want = matches!(ns.evaluate_flag(flag, &ctx).variant.value, vexil_core::Value::Bool(true));
+                let want = matches!(
+                    ns.evaluate_flag(flag, &ctx).variant.value,
+                    vexil_core::Value::Bool(true)
+                );
                 let got = enabled(&body, actor.as_ref()).unwrap_or_else(|e| {
-                    panic!("{}/{key}: Flipper 1.x raises: {e}\nfeature {body}\nactor {:?}", ns.name, actor.as_ref().map(|a| &a.props))
+                    panic!(
+                        "{}/{key}: Flipper 1.x raises: {e}\nfeature {body}\nactor {:?}",
+                        ns.name,
+                        actor.as_ref().map(|a| &a.props)
+                    )
                 });
                 assert_eq!(
                     got,

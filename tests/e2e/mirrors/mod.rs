@@ -614,11 +614,12 @@ async fn flipper_wire_contract() {
     );
     // Every boolean flag Flipper can carry, in flag order; the rest are left out.
     let ns = snapshot.namespace("default").unwrap();
-    let exported: Vec<String> = vexil_mirror::flipper::export(ns, vexil_mirror::flipper::Profile::Legacy)
-        .features
-        .iter()
-        .map(|f| f.key.to_string())
-        .collect();
+    let exported: Vec<String> =
+        vexil_mirror::flipper::export(ns, vexil_mirror::flipper::Profile::Legacy)
+            .features
+            .iter()
+            .map(|f| f.key.to_string())
+            .collect();
     assert_eq!(keys(&all), exported);
     assert!(!exported.contains(&"theme".to_owned()) && exported.contains(&"by-ids".to_owned()));
     let by_ids = all["features"]
@@ -783,7 +784,8 @@ async fn flipper_wire_contract() {
         assert_eq!(code, 400, "{path}");
         let message = body["message"].as_str().unwrap();
         assert!(
-            message.starts_with("Namespace `typo` not found") && message.contains("`default`, `shop`"),
+            message.starts_with("Namespace `typo` not found")
+                && message.contains("`default`, `shop`"),
             "{message}"
         );
     }

@@ -86,7 +86,10 @@ fn choose(c: E, then: E, otherwise: E) -> E {
     match then {
         E::Const(true) => any(vec![c, otherwise]),
         E::Const(false) => all(vec![not(c), otherwise]),
-        then => any(vec![all(vec![c.clone(), then]), all(vec![not(c), otherwise])]),
+        then => any(vec![
+            all(vec![c.clone(), then]),
+            all(vec![not(c), otherwise]),
+        ]),
     }
 }
 
@@ -348,11 +351,7 @@ fn ids<'a>(ids: impl Iterator<Item = &'a Box<str>>) -> E {
         .collect())
 }
 
-fn matchers(
-    ns: &Namespace,
-    rule: &Rule,
-    notes: &mut Vec<&'static str>,
-) -> Result<E, String> {
+fn matchers(ns: &Namespace, rule: &Rule, notes: &mut Vec<&'static str>) -> Result<E, String> {
     let mut parts = Vec::new();
     for m in &rule.matchers {
         parts.push(match m {
@@ -447,9 +446,10 @@ fn rule_says(
             let value = E::Const(is_on(flag, *variant));
             match gate {
                 Gate::Always => (m, value),
-                Gate::Rollout { threshold, bucket } => {
-                    (all(vec![m, buckets(flag, bucket, 0, *threshold, notes)?]), value)
-                }
+                Gate::Rollout { threshold, bucket } => (
+                    all(vec![m, buckets(flag, bucket, 0, *threshold, notes)?]),
+                    value,
+                ),
                 Gate::PercentageOfTime { .. } => {
                     return Err(
                         "is a percentage of time, which Flipper says only as its one percentage_of_time gate (beside the expression), and only when no rule serves false"
@@ -524,7 +524,11 @@ pub(super) fn feature<'f>(
             .map_err(|why| (&rule.origin, format!("rule `{}` {why}", rule.name)))?;
         rule_notes.sort_unstable();
         rule_notes.dedup();
-        notes.extend(rule_notes.into_iter().map(|n| (&rule.origin, n, &*rule.name)));
+        notes.extend(
+            rule_notes
+                .into_iter()
+                .map(|n| (&rule.origin, n, &*rule.name)),
+        );
         e = choose(decides, value, e);
     }
     notes.reverse();
@@ -547,8 +551,16 @@ mod tests {
     #[test]
     fn spellings_cover_unicode_lower_casing() {
         assert_eq!(spellings("ok", true, false).unwrap().len(), 6);
-        assert!(spellings("ok", true, false).unwrap().contains(&"O\u{212A}".to_owned()));
-        assert!(spellings("hi", true, true).unwrap().contains(&"h\u{130}".to_owned()));
+        assert!(
+            spellings("ok", true, false)
+                .unwrap()
+                .contains(&"O\u{212A}".to_owned())
+        );
+        assert!(
+            spellings("hi", true, true)
+                .unwrap()
+                .contains(&"h\u{130}".to_owned())
+        );
         assert!(spellings("é", true, false).is_err());
         assert_eq!(after_prefix("ab-").as_deref(), Some("ab."));
         assert_eq!(after_prefix("").as_deref(), None);
@@ -560,7 +572,10 @@ mod tests {
         assert_eq!(any(vec![E::Const(false), E::Const(true)]), E::Const(true));
         assert_eq!(not(E::Const(true)), E::Const(false));
         let a = equal(json!(1), json!(1));
-        assert_eq!(all(vec![a.clone(), all(vec![a.clone(), a.clone()])]), x("All", vec![json!({"Equal": [1, 1]}); 3]));
+        assert_eq!(
+            all(vec![a.clone(), all(vec![a.clone(), a.clone()])]),
+            x("All", vec![json!({"Equal": [1, 1]}); 3])
+        );
         assert_eq!(choose(a.clone(), E::Const(true), E::Const(false)), a);
     }
 }
