@@ -191,6 +191,18 @@ fn form_index(form: Form) -> usize {
     Form::ALL.iter().position(|f| *f == form).unwrap_or(0)
 }
 
+/// A feature body depends on the User-Agent (the profile): caches must key on it too.
+fn by_profile(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let vary = if headers.contains_key(header::VARY) {
+        "accept-encoding, user-agent"
+    } else {
+        "user-agent"
+    };
+    headers.insert(header::VARY, HeaderValue::from_static(vary));
+    response
+}
+
 fn extra(f: &Flipper) -> [(&'static str, HeaderValue); 1] {
     [(
         "poll-interval",
@@ -224,7 +236,7 @@ async fn features(
     let Some(keys) = query.keys else {
         return table.all.get(form).map_or_else(
             || StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            |b| b.respond(&headers, &extra(&f)),
+            |b| by_profile(b.respond(&headers, &extra(&f))),
         );
     };
     // Known features in the order asked, each once; unknown names are dropped, as Flipper does.
@@ -235,11 +247,13 @@ async fn features(
         .filter_map(|k| table.features.get(k.as_str())?.get(form))
         .map(|b| &b.bytes)
         .collect();
-    Body::new_tagged(
-        join(FLIPPER_HEAD, parts.iter(), FLIPPER_TAIL),
-        profile_tag(profile),
+    by_profile(
+        Body::new_tagged(
+            join(FLIPPER_HEAD, parts.iter(), FLIPPER_TAIL),
+            profile_tag(profile),
+        )
+        .respond(&headers, &extra(&f)),
     )
-    .respond(&headers, &extra(&f))
 }
 
 async fn feature(
@@ -264,7 +278,7 @@ async fn feature(
         .and_then(|t| t.features.get(name))
         .and_then(|bodies| bodies.get(form))
     {
-        Some(body) => body.respond(&headers, &extra(&f)),
+        Some(body) => by_profile(body.respond(&headers, &extra(&f))),
         None => refused(&Error::FlagNotFound {
             namespace: namespace.to_owned(),
             flag: name.to_owned(),
