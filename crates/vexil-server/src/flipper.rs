@@ -2,8 +2,11 @@
 //! `/ns/{namespace}/flipper/api`), for apps using Flipper's HTTP adapter.
 //!
 //! `GET /features` (`keys=`, `exclude_gates=`, `exclude_gate_names=`), `GET /features/{name}`
-//! and `GET /actors/{flipper_id}` (evaluated by Vexil). Every other method answers 405 with
-//! Flipper's error JSON naming where the flags live. Bodies and ETags come from the
+//! and `GET /actors/{flipper_id}` (evaluated by Vexil). Feature bodies come in two profiles,
+//! chosen by the adapter's `User-Agent` (`mirrors::flipper_profile`): with the expression gate
+//! for Flipper 1.1+, gates only for everyone else. An unknown namespace is 400 (the adapter
+//! raises; a 404 would read as "off"), `POST /telemetry` is told to shut down. Every other
+//! method answers 405 with Flipper's error JSON naming where the flags live. Bodies and ETags come from the
 //! per-snapshot tables (`mirrors.rs`); only `keys=` bodies are assembled per request. Tokens
 //! and metrics are the front's layer's (`http::front`).
 

@@ -49,7 +49,7 @@ pub fn flipper_profile(headers: &HeaderMap) -> flipper::Profile {
     }
 }
 
-/// The index of a profile in `Tables::flipper`'s arrays, and its bodies' ETag suffix.
+/// The index of a profile in `Tables::flipper`'s arrays.
 pub fn profile_index(profile: flipper::Profile) -> usize {
     match profile {
         flipper::Profile::Expressions => 0,
@@ -163,17 +163,17 @@ impl Tables {
         let mut flipper_tables = HashMap::new();
         let mut unleash_tables = HashMap::new();
         for ns in snapshot.namespaces() {
-            let mut modern = flipper::export(ns, flipper::Profile::Expressions);
-            let mut old = flipper::export(ns, flipper::Profile::Legacy);
+            let mut expressions = flipper::export(ns, flipper::Profile::Expressions);
+            let mut gates_only = flipper::export(ns, flipper::Profile::Legacy);
             flipper_tables.insert(
                 ns.name.clone(),
                 [
-                    flipper_table(&modern, flipper::Profile::Expressions),
-                    flipper_table(&old, flipper::Profile::Legacy),
+                    flipper_table(&expressions, flipper::Profile::Expressions),
+                    flipper_table(&gates_only, flipper::Profile::Legacy),
                 ],
             );
-            findings.append(&mut modern.findings);
-            findings.append(&mut old.findings);
+            findings.append(&mut expressions.findings);
+            findings.append(&mut gates_only.findings);
             let mut legacy = unleash::export(ns, unleash::Profile::Legacy);
             let mut modern = unleash::export(ns, unleash::Profile::Modern);
             unleash_tables.insert(ns.name.clone(), unleash_table(&legacy, &modern));
