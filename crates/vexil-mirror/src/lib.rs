@@ -32,9 +32,12 @@ use vexil_core::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
 /// A mirror: a wire protocol and the client capabilities it is exported for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mirror {
-    /// The Flipper HTTP API, for Flipper 0.25+ clients (gates: boolean, actors, groups,
-    /// percentage of actors, percentage of time).
+    /// The Flipper HTTP API for Flipper 1.1+ clients (the adapter's User-Agent says so): the
+    /// gates and the expression gate.
     Flipper,
+    /// The Flipper HTTP API for Flipper 0.25 to 1.0 clients and callers that do not say
+    /// (gates: boolean, actors, groups, percentage of actors, percentage of time).
+    FlipperLegacy,
     /// The Unleash client API for SDKs that send `Unleash-Client-Spec` and evaluate with
     /// Unleash's yggdrasil engine (Python 6.x, Java, .NET, Ruby 6+, Edge: every operator,
     /// strategy variants).
@@ -48,8 +51,9 @@ pub enum Mirror {
 }
 
 impl Mirror {
-    pub const ALL: [Mirror; 4] = [
+    pub const ALL: [Mirror; 5] = [
         Mirror::Flipper,
+        Mirror::FlipperLegacy,
         Mirror::Unleash,
         Mirror::UnleashNode,
         Mirror::UnleashLegacy,
@@ -58,6 +62,7 @@ impl Mirror {
     pub fn as_str(self) -> &'static str {
         match self {
             Mirror::Flipper => "flipper",
+            Mirror::FlipperLegacy => "flipper-legacy",
             Mirror::Unleash => "unleash",
             Mirror::UnleashNode => "unleash-node",
             Mirror::UnleashLegacy => "unleash-legacy",
@@ -134,7 +139,12 @@ pub fn findings(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Finding> {
     for ns in snapshot.namespaces() {
         for &mirror in mirrors {
             match mirror {
-                Mirror::Flipper => out.extend(flipper::export(ns).findings),
+                Mirror::Flipper => {
+                    out.extend(flipper::export(ns, flipper::Profile::Expressions).findings);
+                }
+                Mirror::FlipperLegacy => {
+                    out.extend(flipper::export(ns, flipper::Profile::Legacy).findings);
+                }
                 Mirror::Unleash => {
                     out.extend(unleash::export(ns, unleash::Profile::Modern).findings);
                 }

@@ -237,14 +237,15 @@ flags:
             m
         };
         let all = snapshot(None);
+        // Without a config file, every mirror's findings.
         assert_eq!(
-            mirrors(declared_findings(&all, None)).len(),
-            Mirror::ALL.len()
+            declared_findings(&all, None),
+            crate::findings(&all, &Mirror::ALL)
         );
         let declared = snapshot(Some("clients: [unleash]\n"));
         assert_eq!(mirrors(declared_findings(&declared, None)), ["unleash"]);
-        let chosen = declared_findings(&declared, Some(&[Mirror::Flipper]));
-        assert_eq!(mirrors(chosen), ["flipper"]);
+        let chosen = declared_findings(&declared, Some(&[Mirror::FlipperLegacy]));
+        assert_eq!(mirrors(chosen), ["flipper-legacy"]);
         let none = snapshot(Some(
             "clients: []\nnamespaces:\n  default: { clients: [] }\n",
         ));

@@ -49,7 +49,7 @@ flags:
       - { percentage_of_time: 5 }
 "#,
     );
-    let export = flipper::export(&s.namespaces()[0]);
+    let export = flipper::export(&s.namespaces()[0], flipper::Profile::Legacy);
     assert!(export.findings.is_empty(), "{:?}", export.findings);
     assert_eq!(
         export.features[0].to_json(flipper::Form::Full),
@@ -98,9 +98,16 @@ flags:
         );
     };
     has("color", "flipper", "omitted", "serves string values");
-    has("off-first", "flipper", "omitted", "serves false before");
+    has(
+        "off-first",
+        "flipper-legacy",
+        "omitted",
+        "serves false before",
+    );
+    has("off-first", "flipper", "omitted", "hashes as Unleash does");
     has("off-first", "unleash", "omitted", "serves false before");
-    has("attrs", "flipper", "omitted", "attribute conditions");
+    has("attrs", "flipper-legacy", "omitted", "attribute conditions");
+    has("attrs", "flipper", "omitted", "no suffix test");
     has("attrs", "unleash-legacy", "omitted", "reads `plan`");
     has("crc", "unleash", "inexact", "bucketing: unleash");
     // Exact where it can be.
@@ -119,11 +126,18 @@ flags:
     let ns = &s.namespaces()[0];
     let exported = |mirror: Mirror| -> Vec<String> {
         match mirror {
-            Mirror::Flipper => flipper::export(ns)
-                .features
-                .iter()
-                .map(|f| f.key.to_string())
-                .collect(),
+            Mirror::Flipper | Mirror::FlipperLegacy => {
+                let profile = if mirror == Mirror::Flipper {
+                    flipper::Profile::Expressions
+                } else {
+                    flipper::Profile::Legacy
+                };
+                flipper::export(ns, profile)
+                    .features
+                    .iter()
+                    .map(|f| f.key.to_string())
+                    .collect()
+            }
             Mirror::Unleash | Mirror::UnleashNode | Mirror::UnleashLegacy => {
                 let profile = if mirror == Mirror::UnleashLegacy {
                     Profile::Legacy
@@ -154,6 +168,7 @@ flags:
         }
     }
     assert_eq!(exported(Mirror::Flipper), ["crc"]);
+    assert_eq!(exported(Mirror::FlipperLegacy), ["crc"]);
 }
 
 #[test]
@@ -343,4 +358,62 @@ fn flipper_percentages_select_the_same_buckets() {
     }
     assert_eq!(adjusted, 731);
     assert_eq!(flipper::flipper_percent(2_007), "2.0065");
+}
+
+#[test]
+fn flipper_expressions_carry_the_whole_flag() {
+    let s = snapshot(
+        r#"
+flags:
+  off-first:
+    rules:
+      - { ids: [u-1], serve: false }
+      - { when: [{ attr: plan, equals: free }], serve: false }
+      - { rollout: 50 }
+  pro:
+    rules:
+      - { groups: [admins], serve: true }
+      - { when: [{ attr: seats, gte: 10 }, { attr: coupon, present: true }], serve: true }
+"#,
+    );
+    let ns = &s.namespaces()[0];
+    let modern = flipper::export(ns, flipper::Profile::Expressions);
+    let key = json!({"Property": ["flipper_id"]});
+    let plan = json!({"Property": ["plan"]});
+    assert_eq!(
+        modern.features[0].expression,
+        Some(json!({"All": [
+            {"Equal": [{"Equal": [key, "u-1"]}, false]},
+            {"Equal": [{"Equal": [plan, "free"]}, false]},
+            {"Any": [{"NotEqual": [{"String": [key]}, ""]}, {"Equal": [key, ""]}]},
+            {"PercentageOfActors": [key, 50]},
+        ]}))
+    );
+    // Only switches on: the groups rule stays a gate beside the expression.
+    let pro = &modern.features[1];
+    assert_eq!(
+        pro.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
+        ["admins"]
+    );
+    let seats = json!({"Property": ["seats"]});
+    let number = json!({"Number": [{"String": [seats]}]});
+    assert_eq!(
+        pro.expression.as_ref().unwrap()["All"][0],
+        json!({"Any": [{"Equal": [number, seats]}, {"Equal": [{"String": [number]}, seats]}]})
+    );
+    assert_eq!(pro.to_json(flipper::Form::NoGates)["state"], "conditional");
+    // Number comparisons are inexact for unusual inputs only; the legacy profile leaves both
+    // flags out.
+    assert!(modern.findings.iter().all(|f| f.flag.as_ref() == "pro"
+        && f.fidelity == Fidelity::Inexact
+        && f.reason.contains("for unusual inputs only")));
+    let legacy = flipper::export(ns, flipper::Profile::Legacy);
+    assert!(legacy.features.is_empty());
+    assert_eq!(legacy.findings.len(), 2);
+    assert!(
+        legacy
+            .findings
+            .iter()
+            .all(|f| f.mirror == Mirror::FlipperLegacy)
+    );
 }

@@ -32,7 +32,7 @@ fn snapshot(flags: usize, files: usize) -> Snapshot {
     // Setup check (also under `-- --test`): every mirror exports something.
     let tables = Tables::build(&snapshot);
     assert!(!tables.unleash["default"].all[2].bytes.is_empty());
-    assert!(!tables.flipper["default"].all[0].bytes.is_empty());
+    assert!(!tables.flipper["default"][0].all[0].bytes.is_empty());
     snapshot
 }
 
@@ -48,7 +48,10 @@ fn exports_only(bencher: divan::Bencher, flags: usize) {
     let snapshot = snapshot(flags, 20);
     bencher.bench(|| {
         for ns in snapshot.namespaces() {
-            divan::black_box(vexil_mirror::flipper::export(ns));
+            divan::black_box(vexil_mirror::flipper::export(
+                ns,
+                vexil_mirror::flipper::Profile::Expressions,
+            ));
             divan::black_box(vexil_mirror::unleash::export(
                 ns,
                 vexil_mirror::unleash::Profile::Legacy,

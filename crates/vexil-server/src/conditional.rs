@@ -56,11 +56,17 @@ const GZIP_MIN: usize = 1024;
 
 impl Body {
     pub fn new(bytes: impl Into<Bytes>) -> Body {
+        Body::new_tagged(bytes, "")
+    }
+
+    /// A body whose ETags carry `suffix`: one of several representations a request header
+    /// chooses between (Flipper's profiles), whose tags must differ even for equal bytes.
+    pub fn new_tagged(bytes: impl Into<Bytes>, suffix: &str) -> Body {
         let bytes: Bytes = bytes.into();
         let digest = digest_of(&[&bytes]);
         Body {
-            etag: tagged(&digest, ""),
-            gzip_etag: tagged(&digest, "-gzip"),
+            etag: tagged(&digest, suffix),
+            gzip_etag: tagged(&digest, &format!("{suffix}-gzip")),
             bytes,
             gzip: None,
         }
@@ -72,7 +78,12 @@ impl Body {
 
     /// A whole, per-snapshot body: also served gzipped to clients that accept it.
     pub fn whole(bytes: Vec<u8>) -> Body {
-        let mut body = Body::new(bytes);
+        Body::whole_tagged(bytes, "")
+    }
+
+    /// A whole body whose ETags carry `suffix` (see `new_tagged`).
+    pub fn whole_tagged(bytes: Vec<u8>, suffix: &str) -> Body {
+        let mut body = Body::new_tagged(bytes, suffix);
         if body.bytes.len() >= GZIP_MIN {
             body.gzip = Some(Arc::new(OnceLock::new()));
         }

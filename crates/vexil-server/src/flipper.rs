@@ -2,8 +2,11 @@
 //! `/ns/{namespace}/flipper/api`), for apps using Flipper's HTTP adapter.
 //!
 //! `GET /features` (`keys=`, `exclude_gates=`, `exclude_gate_names=`), `GET /features/{name}`
-//! and `GET /actors/{flipper_id}` (evaluated by Vexil). Every other method answers 405 with
-//! Flipper's error JSON naming where the flags live. Bodies and ETags come from the
+//! and `GET /actors/{flipper_id}` (evaluated by Vexil). Feature bodies come in two profiles,
+//! chosen by the adapter's `User-Agent` (`mirrors::flipper_profile`): with the expression gate
+//! for Flipper 1.1+, gates only for everyone else. An unknown namespace is 400 (the adapter
+//! raises; a 404 would read as "off"), `POST /telemetry` is told to shut down. Every other
+//! method answers 405 with Flipper's error JSON naming where the flags live. Bodies and ETags come from the
 //! per-snapshot tables (`mirrors.rs`); only `keys=` bodies are assembled per request. Tokens
 //! and metrics are the front's layer's (`http::front`).
 
@@ -21,7 +24,9 @@ use vexil_mirror::flipper::Form;
 
 use crate::conditional::Body;
 use crate::evaluation::Error;
-use crate::mirrors::{FLIPPER_HEAD, FLIPPER_TAIL, admit, join};
+use crate::mirrors::{
+    FLIPPER_HEAD, FLIPPER_TAIL, admit, flipper_profile, join, profile_index, profile_tag,
+};
 use crate::state::AppState;
 
 const MORE_INFO: &str = "https://flippercloud.io/docs/api#error-code-reference";
@@ -44,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 &format!("{prefix}/actors/{{*flipper_id}}"),
                 get(actor).fallback(refuse),
             )
+            .route(&format!("{prefix}/telemetry"), any(telemetry))
             .route(&format!("{prefix}/{{*rest}}"), any(unknown))
             .route(&format!("{prefix}/"), any(unknown))
             .route(prefix, any(unknown));
@@ -96,6 +102,39 @@ pub fn refused(e: &Error) -> Response {
             error(StatusCode::UNPROCESSABLE_ENTITY, 4, &e.to_string())
         }
     }
+}
+
+/// Like `refused`, but an unknown namespace is 400 naming the namespaces there are: Flipper's
+/// HTTP adapter reads 404 on `GET /features/{name}` as "no such feature" (off, silently), and
+/// raises on any status but 200, 304 and (for that one call) 404, so a mistyped namespace
+/// fails loudly at the first read.
+fn refused_in(current: &crate::state::Current, e: &Error) -> Response {
+    let Error::UnknownNamespace(namespace) = e else {
+        return refused(e);
+    };
+    let names: Vec<String> = current.served().map_or_else(
+        |_| Vec::new(),
+        |served| {
+            served
+                .snapshot
+                .namespaces()
+                .iter()
+                .map(|ns| format!("`{}`", ns.name))
+                .collect()
+        },
+    );
+    error(
+        StatusCode::BAD_REQUEST,
+        400,
+        &format!(
+            "Namespace `{namespace}` not found: no flag file declares it, so this URL names no Flipper API. Namespaces served here: {} (`default` at /flipper/api, any other at /ns/{{namespace}}/flipper/api).",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ),
+    )
 }
 
 /// Query parameters, in order, empty ones (`?&keys=a`) skipped.
@@ -155,6 +194,18 @@ fn form_index(form: Form) -> usize {
     Form::ALL.iter().position(|f| *f == form).unwrap_or(0)
 }
 
+/// A feature body depends on the User-Agent (the profile): caches must key on it too.
+fn by_profile(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let vary = if headers.contains_key(header::VARY) {
+        "accept-encoding, user-agent"
+    } else {
+        "user-agent"
+    };
+    headers.insert(header::VARY, HeaderValue::from_static(vary));
+    response
+}
+
 fn extra(f: &Flipper) -> [(&'static str, HeaderValue); 1] {
     [(
         "poll-interval",
@@ -171,9 +222,16 @@ async fn features(
     let current = f.current();
     let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(e) => return refused(&e),
+        Err(e) => return refused_in(&current, &e),
     };
-    let Some(table) = served.derived.mirrors.flipper.get(namespace) else {
+    let profile = flipper_profile(&headers);
+    let Some(table) = served
+        .derived
+        .mirrors
+        .flipper
+        .get(namespace)
+        .and_then(|per_profile| per_profile.get(profile_index(profile)))
+    else {
         return refused(&Error::UnknownNamespace(namespace.to_owned()));
     };
     let query = Query::parse(raw.as_deref());
@@ -181,7 +239,7 @@ async fn features(
     let Some(keys) = query.keys else {
         return table.all.get(form).map_or_else(
             || StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            |b| b.respond(&headers, &extra(&f)),
+            |b| by_profile(b.respond(&headers, &extra(&f))),
         );
     };
     // Known features in the order asked, each once; unknown names are dropped, as Flipper does.
@@ -192,7 +250,13 @@ async fn features(
         .filter_map(|k| table.features.get(k.as_str())?.get(form))
         .map(|b| &b.bytes)
         .collect();
-    Body::new(join(FLIPPER_HEAD, parts.iter(), FLIPPER_TAIL)).respond(&headers, &extra(&f))
+    by_profile(
+        Body::new_tagged(
+            join(FLIPPER_HEAD, parts.iter(), FLIPPER_TAIL),
+            profile_tag(profile),
+        )
+        .respond(&headers, &extra(&f)),
+    )
 }
 
 async fn feature(
@@ -204,7 +268,7 @@ async fn feature(
     let current = f.current();
     let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(e) => return refused(&e),
+        Err(e) => return refused_in(&current, &e),
     };
     let name = params.get("name").map_or("", String::as_str);
     let form = form_index(Query::parse(raw.as_deref()).form());
@@ -213,10 +277,11 @@ async fn feature(
         .mirrors
         .flipper
         .get(namespace)
+        .and_then(|per_profile| per_profile.get(profile_index(flipper_profile(&headers))))
         .and_then(|t| t.features.get(name))
         .and_then(|bodies| bodies.get(form))
     {
-        Some(body) => body.respond(&headers, &extra(&f)),
+        Some(body) => by_profile(body.respond(&headers, &extra(&f))),
         None => refused(&Error::FlagNotFound {
             namespace: namespace.to_owned(),
             flag: name.to_owned(),
@@ -235,7 +300,7 @@ async fn actor(
     let current = f.current();
     let (served, namespace) = match admit(&current, &params) {
         Ok(x) => x,
-        Err(e) => return refused(&e),
+        Err(e) => return refused_in(&current, &e),
     };
     // Never empty: `/actors/` is an unknown path.
     let id = params.get("flipper_id").map_or("", String::as_str);
@@ -300,4 +365,11 @@ async fn unknown(State(f): State<Flipper>, method: Method) -> Response {
             .into_response();
     }
     refusal(&f, &method, "")
+}
+
+/// Flipper Cloud's telemetry (`POST /telemetry`, every minute by default): nothing is kept,
+/// and `telemetry-shutdown: true` makes the client stop sending (a 2xx other than 429 is
+/// not retried; Flipper 1.x reads the header from any answer it gets).
+async fn telemetry() -> Response {
+    (StatusCode::NO_CONTENT, [("telemetry-shutdown", "true")]).into_response()
 }

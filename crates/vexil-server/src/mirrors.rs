@@ -28,7 +28,46 @@ pub fn admit<'p>(
     Ok((served, namespace))
 }
 
-/// One namespace's Flipper features: whole bodies per form, and each feature per form.
+/// The Flipper client a request comes from, by the HTTP adapter's `User-Agent` (`Flipper HTTP
+/// Adapter v1.4.2`): 1.1+ reads the expression gate; 0.25 to 1.0, and any caller that does
+/// not say (curl, a proxy that drops the header), get the gates every Flipper evaluates as
+/// served (an expression gate would be dropped silently by a client that predates it).
+pub fn flipper_profile(headers: &HeaderMap) -> flipper::Profile {
+    let version = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.trim().strip_prefix("Flipper HTTP Adapter v"))
+        .map(|v| {
+            let mut parts = v
+                .split(|c: char| !c.is_ascii_digit())
+                .map(|p| p.parse::<u64>().unwrap_or(0));
+            (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+        });
+    match version {
+        Some(v) if v >= (1, 1) => flipper::Profile::Expressions,
+        _ => flipper::Profile::Legacy,
+    }
+}
+
+/// The index of a profile in `Tables::flipper`'s arrays.
+pub fn profile_index(profile: flipper::Profile) -> usize {
+    match profile {
+        flipper::Profile::Expressions => 0,
+        flipper::Profile::Legacy => 1,
+    }
+}
+
+/// The legacy bodies keep the tags they had before profiles existed (clients of then keep
+/// their caches); the expression bodies' tags differ from them even for equal bytes.
+pub fn profile_tag(profile: flipper::Profile) -> &'static str {
+    match profile {
+        flipper::Profile::Expressions => "-expr",
+        flipper::Profile::Legacy => "",
+    }
+}
+
+/// One namespace's Flipper features for one profile: whole bodies per form, and each feature
+/// per form.
 #[derive(Debug)]
 pub struct FlipperTable {
     pub all: [Body; 3],
@@ -111,7 +150,8 @@ impl Kind {
 /// Everything the mirrors serve for one snapshot.
 #[derive(Debug)]
 pub struct Tables {
-    pub flipper: HashMap<Box<str>, FlipperTable>,
+    /// Per namespace, per profile (`profile_index`).
+    pub flipper: HashMap<Box<str>, [FlipperTable; 2]>,
     pub unleash: HashMap<Box<str>, UnleashTable>,
     /// `GET /mirrors/diagnostics`: every finding of every mirror.
     pub diagnostics: Body,
@@ -123,12 +163,20 @@ impl Tables {
         let mut flipper_tables = HashMap::new();
         let mut unleash_tables = HashMap::new();
         for ns in snapshot.namespaces() {
-            let mut f = flipper::export(ns);
-            flipper_tables.insert(ns.name.clone(), flipper_table(&f));
+            let mut expressions = flipper::export(ns, flipper::Profile::Expressions);
+            let mut gates_only = flipper::export(ns, flipper::Profile::Legacy);
+            flipper_tables.insert(
+                ns.name.clone(),
+                [
+                    flipper_table(&expressions, flipper::Profile::Expressions),
+                    flipper_table(&gates_only, flipper::Profile::Legacy),
+                ],
+            );
+            findings.append(&mut expressions.findings);
+            findings.append(&mut gates_only.findings);
             let mut legacy = unleash::export(ns, unleash::Profile::Legacy);
             let mut modern = unleash::export(ns, unleash::Profile::Modern);
             unleash_tables.insert(ns.name.clone(), unleash_table(&legacy, &modern));
-            findings.append(&mut f.findings);
             findings.append(&mut legacy.findings);
             findings.append(&mut modern.findings);
             // Node's engine reads the modern body: its findings come from a second pass.
@@ -144,7 +192,8 @@ impl Tables {
     }
 }
 
-fn flipper_table(export: &flipper::Export) -> FlipperTable {
+fn flipper_table(export: &flipper::Export, profile: flipper::Profile) -> FlipperTable {
+    let tag = profile_tag(profile);
     // Each feature is serialised once per form; whole bodies join those bytes.
     let fragments: Vec<[Vec<u8>; 3]> = export
         .features
@@ -159,13 +208,13 @@ fn flipper_table(export: &flipper::Export) -> FlipperTable {
         .collect();
     let all = [0, 1, 2].map(|form| {
         let parts = fragments.iter().filter_map(|per_form| per_form.get(form));
-        Body::whole(join(FLIPPER_HEAD, parts, FLIPPER_TAIL))
+        Body::whole_tagged(join(FLIPPER_HEAD, parts, FLIPPER_TAIL), tag)
     });
     let features = export
         .features
         .iter()
         .zip(fragments)
-        .map(|(f, per_form)| (f.key.clone(), per_form.map(Body::new)))
+        .map(|(f, per_form)| (f.key.clone(), per_form.map(|b| Body::new_tagged(b, tag))))
         .collect();
     FlipperTable { all, features }
 }

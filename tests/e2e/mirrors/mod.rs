@@ -28,6 +28,7 @@ use crate::openfeature::{candidates, is_random, named_ids, node_dir, python, run
 use crate::serve::{TestServer, commit, repo_with};
 
 mod contract;
+mod flipper1x;
 
 /// Contexts generated per flag and client.
 const CONTEXTS_PER_FLAG: usize = 1000;
@@ -111,7 +112,10 @@ fn exact(snapshot: &Snapshot, ns: &Namespace, mirror: Mirror) -> Vec<String> {
         .iter()
         .filter(|f| !is_random(ns, f))
         .filter(|f| !findings.contains(&(f.key.to_string(), mirror)))
-        .filter(|f| mirror != Mirror::Flipper || f.flag_type == FlagType::Boolean)
+        .filter(|f| {
+            !matches!(mirror, Mirror::Flipper | Mirror::FlipperLegacy)
+                || f.flag_type == FlagType::Boolean
+        })
         .map(|f| f.key.to_string())
         .collect()
 }
@@ -428,8 +432,9 @@ async fn conformance(root: PathBuf) -> Vec<(String, usize, usize)> {
             report.push((format!("{client} {}", ns.name), flags.len(), n));
         }
 
-        // Flipper 0.25.4 gates, fed the mirror's GET /features.
-        let flags = exact(&snapshot, ns, Mirror::Flipper);
+        // Flipper 0.25.4 gates, fed the mirror's GET /features (its User-Agent chooses the
+        // legacy profile).
+        let flags = exact(&snapshot, ns, Mirror::FlipperLegacy);
         if !flags.is_empty() {
             let (cases, want) = flipper_cases(&snapshot, ns, &flags);
             let input: Vec<Json> = cases
@@ -628,11 +633,12 @@ async fn flipper_wire_contract() {
     );
     // Every boolean flag Flipper can carry, in flag order; the rest are left out.
     let ns = snapshot.namespace("default").unwrap();
-    let exported: Vec<String> = vexil_mirror::flipper::export(ns)
-        .features
-        .iter()
-        .map(|f| f.key.to_string())
-        .collect();
+    let exported: Vec<String> =
+        vexil_mirror::flipper::export(ns, vexil_mirror::flipper::Profile::Legacy)
+            .features
+            .iter()
+            .map(|f| f.key.to_string())
+            .collect();
     assert_eq!(keys(&all), exported);
     assert!(!exported.contains(&"theme".to_owned()) && exported.contains(&"by-ids".to_owned()));
     let by_ids = all["features"]
@@ -788,6 +794,19 @@ async fn flipper_wire_contract() {
     let (code, _, _) = get_json(addr, "/flipper/api/features/checkout-v2", &[]).await;
     assert_eq!(code, 404, "another namespace's flag");
     let (code, _, _) = get_json(addr, "/ns/nope/flipper/api/features", &[]).await;
-    assert_eq!(code, 404);
+    assert_eq!(code, 400);
+
+    // A mistyped namespace is 400 wherever the adapter reads (Debian's ruby-flipper lacks the
+    // HTTP adapter, whose `get` raises on any status but 200 and 404: 404 would read "off").
+    for path in ["/features", "/features/checkout-v2", "/actors/u-5"] {
+        let (code, _, body) = get_json(addr, &format!("/ns/typo/flipper/api{path}"), &[]).await;
+        assert_eq!(code, 400, "{path}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Namespace `typo` not found")
+                && message.contains("`default`, `shop`"),
+            "{message}"
+        );
+    }
     server.stop().await;
 }

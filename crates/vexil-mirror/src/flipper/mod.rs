@@ -1,11 +1,13 @@
-//! Boolean flags as Flipper features (the Flipper HTTP API's `GET /features`).
+//! Boolean flags as Flipper features (the Flipper HTTP API's `GET /features`), in two
+//! profiles: `Legacy` for Flipper 0.25 to 1.0 (gates only) and `Expressions` for 1.1+ (the
+//! expression gate too, `expression.rs`).
 //!
-//! A Flipper feature is on for an actor if any gate is open: boolean (everyone), actors (by
-//! flipper_id), groups (registered in the client), percentage of actors (crc32 of feature name
-//! and flipper_id, exactly Vexil's default bucketing) and percentage of time. So a flag maps
-//! exactly when it is off by default and each rule that can serve true is one gate; a rule
-//! that serves false before one that serves true, attribute conditions (Flipper 1.x
-//! expressions are not mirrored) and non-boolean flags cannot be said.
+//! A Flipper feature is on for an actor if any gate is open: boolean (everyone), expression
+//! (1.1+), actors (by flipper_id), groups (registered in the client), percentage of actors
+//! (crc32 of feature name and flipper_id, exactly Vexil's default bucketing) and percentage of
+//! time. So with gates alone a flag maps exactly when it is off by default and each rule that
+//! can serve true is one gate; a rule that serves false before one that serves true, attribute
+//! conditions and non-boolean flags need the expression gate, which carries the whole flag.
 
 use std::collections::BTreeSet;
 
@@ -16,6 +18,28 @@ use vexil_core::snapshot::{
 };
 
 use super::{Fidelity, Finding, Mirror, can_serve, is_on, percent_text};
+
+mod expression;
+
+/// Which Flipper clients an export is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// Flipper 1.1+: the expression gate carries what the other gates cannot.
+    Expressions,
+    /// Flipper 0.25 to 1.0: gates only (those clients drop the expression gate).
+    Legacy,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 2] = [Profile::Expressions, Profile::Legacy];
+
+    pub fn mirror(self) -> Mirror {
+        match self {
+            Profile::Expressions => Mirror::Flipper,
+            Profile::Legacy => Mirror::FlipperLegacy,
+        }
+    }
+}
 
 /// A feature's gate values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +52,8 @@ pub struct Feature {
     pub percentage_of_actors: u32,
     /// Thousandths of a percent.
     pub percentage_of_time: u32,
+    /// A Flipper 1.1+ expression (`{"Any": [...]}`), OR-ed with the other gates.
+    pub expression: Option<Json>,
 }
 
 /// The shapes of `GET /features` a client may ask for.
@@ -54,6 +80,7 @@ impl Feature {
             groups: BTreeSet::new(),
             percentage_of_actors: 0,
             percentage_of_time: 0,
+            expression: None,
         }
     }
 
@@ -61,7 +88,8 @@ impl Feature {
     pub fn state(&self) -> &'static str {
         if self.boolean || self.percentage_of_time >= 100_000 {
             "on"
-        } else if !self.actors.is_empty()
+        } else if self.expression.is_some()
+            || !self.actors.is_empty()
             || !self.groups.is_empty()
             || self.percentage_of_actors > 0
             || self.percentage_of_time > 0
@@ -113,8 +141,12 @@ impl Serialize for View<'_> {
                     "boolean",
                     GateValue::Text(f.boolean.then(|| "true".to_owned())),
                 ),
-                // Flipper 1.1+ expressions: never set here, and old clients ignore the key.
-                GateOut("expression", "expression", GateValue::Text(None)),
+                // Flipper 1.1+; clients before 1.1 skip gates they do not know.
+                GateOut(
+                    "expression",
+                    "expression",
+                    GateValue::Json(f.expression.as_ref()),
+                ),
                 GateOut("actors", "actor", GateValue::Set(&f.actors)),
                 GateOut(
                     "percentage_of_actors",
@@ -143,6 +175,8 @@ struct GateOut<'a>(&'static str, &'static str, GateValue<'a>);
 enum GateValue<'a> {
     /// A string, or null.
     Text(Option<String>),
+    /// An expression object, or null.
+    Json(Option<&'a Json>),
     Set(&'a BTreeSet<Box<str>>),
 }
 
@@ -161,6 +195,7 @@ impl Serialize for GateView<'_> {
         }
         match value {
             GateValue::Text(t) => m.serialize_entry("value", t)?,
+            GateValue::Json(j) => m.serialize_entry("value", j)?,
             GateValue::Set(set) => m.serialize_entry("value", set)?,
         }
         m.end()
@@ -174,7 +209,7 @@ pub struct Export {
     pub findings: Vec<Finding>,
 }
 
-pub fn export(ns: &Namespace) -> Export {
+pub fn export(ns: &Namespace, profile: Profile) -> Export {
     let mut out = Export::default();
     for flag in &ns.flags {
         let mut notes = Vec::new();
@@ -182,13 +217,17 @@ pub fn export(ns: &Namespace) -> Export {
             Finding::new(
                 &ns.name,
                 &flag.key,
-                Mirror::Flipper,
+                profile.mirror(),
                 fidelity,
                 origin,
                 reason,
             )
         };
-        match feature(ns, flag, &mut notes) {
+        let said = match profile {
+            Profile::Legacy => feature(ns, flag, &mut notes),
+            Profile::Expressions => best(ns, flag, &mut notes),
+        };
+        match said {
             Ok(f) => {
                 out.features.push(f);
                 out.findings.extend(
@@ -204,6 +243,39 @@ pub fn export(ns: &Namespace) -> Export {
 }
 
 type Note<'a> = (&'a Origin, String);
+
+/// For 1.1+ clients: the gates when they say the flag exactly, else the expression gate when
+/// it can say the flag, else the gates' inexact export, else the expression's reason.
+fn best<'f>(
+    ns: &Namespace,
+    flag: &'f Flag,
+    notes: &mut Vec<Note<'f>>,
+) -> Result<Feature, Note<'f>> {
+    let mut gate_notes = Vec::new();
+    let gates = feature(ns, flag, &mut gate_notes);
+    if gates.is_ok() && gate_notes.is_empty() {
+        return gates;
+    }
+    if flag.flag_type != FlagType::Boolean {
+        return gates;
+    }
+    let mut expression_notes = Vec::new();
+    match expression::feature(ns, flag, &mut expression_notes) {
+        // The expression's doubts (unusual inputs, text times) are smaller than the gates'
+        // (another bucketing value).
+        Ok(f) => {
+            notes.append(&mut expression_notes);
+            Ok(f)
+        }
+        Err(why) => match gates {
+            Ok(f) => {
+                notes.append(&mut gate_notes);
+                Ok(f)
+            }
+            Err(_) => Err(why),
+        },
+    }
+}
 
 fn feature<'f>(
     ns: &Namespace,
@@ -245,7 +317,7 @@ fn feature<'f>(
                 return Err((
                     &rule.origin,
                     format!(
-                        "rule `{}` serves false before rule `{}` serves true, but Flipper gates can only switch a feature on",
+                        "rule `{}` serves false before rule `{}` serves true, but Flipper gates (without the expression gate of 1.1+) can only switch a feature on",
                         b.name, rule.name
                     ),
                 ));
@@ -296,7 +368,7 @@ fn open_gate<'f>(
         }
         let Some(ids) = id_set(ns, &rule.matchers) else {
             return unsayable(
-                "matches on attribute conditions (Flipper 1.x expressions are not mirrored)",
+                "matches on attribute conditions (only Flipper 1.1+ has the expression gate)",
             );
         };
         f.actors.extend(ids);
