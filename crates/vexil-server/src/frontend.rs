@@ -102,9 +102,10 @@ pub fn refused(e: &Error) -> Response {
             StatusCode::NOT_FOUND,
             &format!("Namespace `{namespace}` not found: no flag file declares it."),
         ),
-        Error::FlagNotFound { flag, .. } => {
-            message(StatusCode::NOT_FOUND, &format!("Feature `{flag}` not found."))
-        }
+        Error::FlagNotFound { flag, .. } => message(
+            StatusCode::NOT_FOUND,
+            &format!("Feature `{flag}` not found."),
+        ),
         Error::TypeMismatch { .. } | Error::InvalidContext(_) | Error::BadRequest(_) => {
             message(StatusCode::BAD_REQUEST, &e.to_string())
         }

@@ -155,7 +155,11 @@ pub struct Args {
     public_metrics: bool,
     /// An origin whose pages may call OFREP and the Unleash frontend API from a browser
     /// (`https://app.example.com`; repeatable; `*` for any). None: no CORS headers at all.
-    #[arg(long = "cors-origin", env = "VEXIL_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "VEXIL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     cors_origins: Vec<String>,
     /// The `poll-interval` sent to Flipper clients (their poller only ever slows down to it).
     #[arg(long, env = "VEXIL_FLIPPER_POLL_INTERVAL", default_value = "10s", value_parser = duration)]

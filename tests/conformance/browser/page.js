@@ -1,0 +1,123 @@
+// The browser conformance page's script, bundled by esbuild at test time (never committed).
+// It reads ./config.json (written by the test) and runs the real browser SDKs against vexil
+// serve on another origin:
+//   - @openfeature/web-sdk with @openfeature/ofrep-web-provider (OFREP bulk evaluation);
+//   - unleash-proxy-client (the Unleash frontend API).
+// For every context it records each flag's answer; the test compares them with Vexil's.
+// `window.__vexil` holds {done: true, ofrep, unleash, fetch} when finished (drive.mjs waits
+// for `done`). Scenarios are plain functions of the config: a later one (OFREP SSE) can be
+// added next to these.
+import { OpenFeature } from '@openfeature/web-sdk';
+import { OFREPWebProvider } from '@openfeature/ofrep-web-provider';
+import { UnleashClient, InMemoryStorageProvider, EVENTS } from 'unleash-proxy-client';
+
+const show = (text) => {
+  document.getElementById('status').textContent = text;
+};
+
+// Errors as text: Error objects by name and message; the Unleash SDK's error events are plain
+// objects ({type, code} or {type, error}).
+const errorText = (e) => {
+  if (e instanceof Error) return `${e.name}: ${e.message}`;
+  if (e && e.error instanceof Error) return `${e.type}: ${e.error.name}: ${e.error.message}`;
+  return typeof e === 'object' ? JSON.stringify(e) : String(e);
+};
+
+// A raw cross-origin request, as a page's own code would make it: shows whether CORS lets the
+// answer through at all (a blocked one is a TypeError with no status).
+async function rawFetch(config) {
+  try {
+    const response = await fetch(`${config.vexil}${config.prefix}/ofrep/v1/evaluate/flags`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${config.token}` },
+      body: JSON.stringify({ context: {} }),
+    });
+    return { status: response.status, etag: response.headers.get('etag') };
+  } catch (e) {
+    return { error: errorText(e) };
+  }
+}
+
+const getters = {
+  boolean: (client, key) => client.getBooleanDetails(key, false),
+  string: (client, key) => client.getStringDetails(key, ''),
+  integer: (client, key) => client.getNumberDetails(key, 0),
+  float: (client, key) => client.getNumberDetails(key, 0),
+  object: (client, key) => client.getObjectDetails(key, {}),
+};
+
+async function ofrep(config) {
+  const provider = new OFREPWebProvider({
+    baseUrl: `${config.vexil}${config.prefix}`,
+    headers: [['Authorization', `Bearer ${config.token}`]],
+    cacheMode: 'disabled',
+    changeDetection: 'none',
+    disableVisibilityRefresh: true,
+  });
+  try {
+    await OpenFeature.setContext(config.contexts[0].ofrep);
+    await OpenFeature.setProviderAndWait(provider);
+  } catch (e) {
+    return { error: errorText(e) };
+  }
+  const client = OpenFeature.getClient();
+  const answers = [];
+  for (const context of config.contexts) {
+    await OpenFeature.setContext(context.ofrep);
+    const answer = {};
+    for (const flag of config.flags) {
+      const d = getters[flag.type](client, flag.key);
+      answer[flag.key] = { value: d.value, variant: d.variant ?? null, errorCode: d.errorCode ?? null };
+    }
+    answers.push(answer);
+  }
+  await OpenFeature.close();
+  return { answers };
+}
+
+async function unleash(config) {
+  const errors = [];
+  const client = new UnleashClient({
+    url: `${config.vexil}${config.prefix}/api/frontend`,
+    clientKey: config.token,
+    appName: config.appName,
+    environment: config.environment,
+    context: config.contexts[0].unleash,
+    disableRefresh: true,
+    disableMetrics: true,
+    storageProvider: new InMemoryStorageProvider(),
+  });
+  client.on(EVENTS.ERROR, (e) => errors.push(errorText(e)));
+  await client.start();
+  if (errors.length > 0) {
+    client.stop();
+    return { error: errors[0], toggles: client.getAllToggles().length };
+  }
+  const answers = [];
+  for (const context of config.contexts) {
+    await client.updateContext(context.unleash);
+    const answer = {};
+    for (const flag of config.flags) {
+      const variant = client.getVariant(flag.key);
+      answer[flag.key] = { enabled: client.isEnabled(flag.key), variant };
+    }
+    answers.push(answer);
+  }
+  client.stop();
+  return { answers, errors };
+}
+
+async function main() {
+  const config = await (await fetch('./config.json')).json();
+  const result = { origin: window.location.origin };
+  result.fetch = await rawFetch(config);
+  result.ofrep = await ofrep(config);
+  result.unleash = await unleash(config);
+  window.__vexil = { done: true, ...result };
+  show('done');
+}
+
+main().catch((e) => {
+  window.__vexil = { done: true, error: errorText(e) };
+  show(`failed: ${errorText(e)}`);
+});
