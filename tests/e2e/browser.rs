@@ -391,14 +391,28 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
             .is_some_and(|e| e.starts_with('"')),
         "{result}"
     );
+    assert_eq!(result["fetch"]["revalidated"], json!(304), "{result}");
     let ofrep = result["ofrep"]["answers"]
         .as_array()
         .unwrap_or_else(|| panic!("{result}"));
-    let unleash = result["unleash"]["answers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{result}"));
-    assert_eq!(result["unleash"]["errors"], json!([]), "{result}");
-    assert_eq!((ofrep.len(), unleash.len()), (cases.len(), cases.len()));
+    // unleash-proxy-client twice: GET with the context as query, and `usePOSTrequests`.
+    let mut unleash_runs = Vec::new();
+    for run in ["unleash", "unleashPost"] {
+        let r = &result[run];
+        assert_eq!(r["errors"], json!([]), "{run}: {result}");
+        // It read the ETag across origins, revalidated the same context and kept its toggles.
+        assert!(
+            r["etag"].as_str().is_some_and(|e| e.starts_with('"')),
+            "{run}: {r}"
+        );
+        assert_eq!(r["kept"], json!(true), "{run}: {r}");
+        let answers = r["answers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{run}: {result}"));
+        assert_eq!(answers.len(), cases.len());
+        unleash_runs.push((run, answers));
+    }
+    assert_eq!(ofrep.len(), cases.len());
     let mut mismatches = Vec::new();
     let mut compared = 0;
     for (i, case) in cases.iter().enumerate() {
@@ -432,19 +446,22 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
             let want = snapshot
                 .evaluate(NAMESPACE, key, &case.unleash_context)
                 .unwrap();
-            let got = &unleash[i][key];
-            let why = if random {
-                flag.variants
-                    .iter()
-                    .all(|v| unleash_mismatch(flag.flag_type, v, got).is_some())
-                    .then(|| format!("{got} is none of the flag's variants"))
-            } else {
-                unleash_mismatch(flag.flag_type, want.variant, got)
-            };
-            if let Some(why) = why {
-                mismatches.push(format!("Unleash {key} for {}: {why}", case.unleash));
+            compared += 1;
+            for (run, answers) in &unleash_runs {
+                let got = &answers[i][key];
+                let why = if random {
+                    flag.variants
+                        .iter()
+                        .all(|v| unleash_mismatch(flag.flag_type, v, got).is_some())
+                        .then(|| format!("{got} is none of the flag's variants"))
+                } else {
+                    unleash_mismatch(flag.flag_type, want.variant, got)
+                };
+                if let Some(why) = why {
+                    mismatches.push(format!("{run} {key} for {}: {why}", case.unleash));
+                }
+                compared += 1;
             }
-            compared += 2;
         }
     }
     assert!(
@@ -454,11 +471,36 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
         mismatches.join("\n")
     );
     // Both SDKs saw distinct answers across the corpus (the comparison is not vacuous).
-    for sdk in [ofrep, unleash] {
+    for sdk in [ofrep, unleash_runs[0].1, unleash_runs[1].1] {
         let distinct: std::collections::BTreeSet<String> =
             sdk.iter().map(Json::to_string).collect();
         assert!(distinct.len() > 2, "too few distinct answers: {distinct:?}");
     }
+
+    // The revalidations reached Vexil as conditional requests it answered 304.
+    let (status, _, metrics) = crate::helpers::http(
+        vexil.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let count = |front: &str, method: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("vexil_requests_total{")
+                    && l.contains(&format!("front=\"{front}\""))
+                    && l.contains(&format!("method=\"{method}\""))
+                    && l.contains("code=\"304\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("frontend", "toggles") >= 2.0, "{metrics}");
+    assert!(count("ofrep", "bulk") >= 1.0, "{metrics}");
 
     // The same page from another origin (localhost is not 127.0.0.1 to a browser): CORS
     // withholds every answer, from the page's own fetch and from both SDKs.
@@ -476,8 +518,10 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
     assert!(blocked["fetch"]["status"].is_null(), "{blocked}");
     assert!(blocked["ofrep"]["error"].is_string(), "{blocked}");
     assert!(blocked["ofrep"]["answers"].is_null(), "{blocked}");
-    assert!(blocked["unleash"]["error"].is_string(), "{blocked}");
-    assert_eq!(blocked["unleash"]["toggles"], json!(0), "{blocked}");
+    for run in ["unleash", "unleashPost"] {
+        assert!(blocked[run]["error"].is_string(), "{blocked}");
+        assert_eq!(blocked[run]["toggles"], json!(0), "{blocked}");
+    }
 
     vexil.child.kill().await.unwrap();
 }

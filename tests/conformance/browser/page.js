@@ -4,7 +4,7 @@
 //   - @openfeature/web-sdk with @openfeature/ofrep-web-provider (OFREP bulk evaluation);
 //   - unleash-proxy-client (the Unleash frontend API).
 // For every context it records each flag's answer; the test compares them with Vexil's.
-// `window.__vexil` holds {done: true, ofrep, unleash, fetch} when finished (drive.mjs waits
+// `window.__vexil` holds {done: true, fetch, ofrep, unleash, unleashPost} when finished (drive.mjs waits
 // for `done`). Scenarios are plain functions of the config: a later one (OFREP SSE) can be
 // added next to these.
 import { OpenFeature } from '@openfeature/web-sdk';
@@ -24,15 +24,24 @@ const errorText = (e) => {
 };
 
 // A raw cross-origin request, as a page's own code would make it: shows whether CORS lets the
-// answer through at all (a blocked one is a TypeError with no status).
+// answer through at all (a blocked one is a TypeError with no status), then revalidates with
+// the ETag it could read (exposed) and expects 304.
 async function rawFetch(config) {
-  try {
-    const response = await fetch(`${config.vexil}${config.prefix}/ofrep/v1/evaluate/flags`, {
+  const bulk = (etag) =>
+    fetch(`${config.vexil}${config.prefix}/ofrep/v1/evaluate/flags`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${config.token}` },
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Bearer ${config.token}`,
+        ...(etag ? { 'if-none-match': etag } : {}),
+      },
       body: JSON.stringify({ context: {} }),
     });
-    return { status: response.status, etag: response.headers.get('etag') };
+  try {
+    const first = await bulk(null);
+    const etag = first.headers.get('etag');
+    const again = etag ? await bulk(etag) : null;
+    return { status: first.status, etag, revalidated: again && again.status };
   } catch (e) {
     return { error: errorText(e) };
   }
@@ -75,9 +84,11 @@ async function ofrep(config) {
   return { answers };
 }
 
-async function unleash(config) {
+// `post`: the SDK's `usePOSTrequests` (body {"context": ...}) instead of GET with a query.
+async function unleash(config, post) {
   const errors = [];
   const client = new UnleashClient({
+    usePOSTrequests: post,
     url: `${config.vexil}${config.prefix}/api/frontend`,
     clientKey: config.token,
     appName: config.appName,
@@ -103,8 +114,13 @@ async function unleash(config) {
     }
     answers.push(answer);
   }
+  // The same context again: the SDK sends the ETag it read (If-None-Match), gets 304 and keeps
+  // its toggles.
+  const before = JSON.stringify(client.getAllToggles());
+  await client.updateContext(config.contexts[config.contexts.length - 1].unleash);
+  const kept = JSON.stringify(client.getAllToggles()) === before;
   client.stop();
-  return { answers, errors };
+  return { answers, errors, etag: client.etag || null, kept };
 }
 
 async function main() {
@@ -112,7 +128,8 @@ async function main() {
   const result = { origin: window.location.origin };
   result.fetch = await rawFetch(config);
   result.ofrep = await ofrep(config);
-  result.unleash = await unleash(config);
+  result.unleash = await unleash(config, false);
+  result.unleashPost = await unleash(config, true);
   window.__vexil = { done: true, ...result };
   show('done');
 }
