@@ -370,6 +370,7 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
         .collect();
     let cases = cases(snapshot);
     let config = json!({
+        "scenario": "answers",
         "vexil": format!("http://{}", vexil.http),
         "prefix": format!("/ns/{NAMESPACE}"),
         "token": TOKEN,

@@ -49,15 +49,16 @@ impl CorsOrigins {
                 continue;
             }
             let bad = || BadOrigin(origin.to_owned());
-            let (scheme, rest) = origin.split_once("://").ok_or_else(bad)?;
+            // Browsers send the origin in lower case.
+            let lower = origin.to_ascii_lowercase();
+            let (scheme, rest) = lower.split_once("://").ok_or_else(bad)?;
             if !matches!(scheme, "http" | "https")
                 || rest.is_empty()
                 || rest.contains(['/', '?', '#', ' ', '*'])
             {
                 return Err(bad());
             }
-            // Browsers send the origin in lower case.
-            let value = HeaderValue::from_str(&origin.to_ascii_lowercase()).map_err(|_| bad())?;
+            let value = HeaderValue::from_str(&lower).map_err(|_| bad())?;
             out.push(value);
         }
         Ok(CorsOrigins {
@@ -208,6 +209,53 @@ where
                 }
                 Poll::Ready(result)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::CorsOrigins;
+
+    #[test]
+    fn origins() {
+        let ok = CorsOrigins::parse(&[
+            "https://app.example.com",
+            " http://127.0.0.1:8080 ",
+            "HTTP://Admin.Example",
+        ])
+        .unwrap();
+        assert!(ok.is_enabled());
+        for origin in [
+            "https://app.example.com",
+            "http://127.0.0.1:8080",
+            "http://admin.example",
+        ] {
+            assert!(ok.allows(&origin.parse().unwrap()), "{origin}");
+        }
+        for origin in [
+            "https://app.example.com:443",
+            "http://app.example.com",
+            "null",
+            "https://evil.example",
+        ] {
+            assert!(!ok.allows(&origin.parse().unwrap()), "{origin}");
+        }
+        assert!(!CorsOrigins::parse::<&str>(&[]).unwrap().is_enabled());
+        let any = CorsOrigins::parse(&["*"]).unwrap();
+        assert!(any.is_enabled() && any.allows(&"http://x.example".parse().unwrap()));
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://a.example/path",
+            "ftp://a.example",
+            "https://",
+            "https://*.example.com",
+            "https://a b",
+        ] {
+            let e = CorsOrigins::parse(&[bad]).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
         }
     }
 }

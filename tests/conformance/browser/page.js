@@ -3,10 +3,10 @@
 // serve on another origin:
 //   - @openfeature/web-sdk with @openfeature/ofrep-web-provider (OFREP bulk evaluation);
 //   - unleash-proxy-client (the Unleash frontend API).
-// For every context it records each flag's answer; the test compares them with Vexil's.
-// `window.__vexil` holds {done: true, fetch, ofrep, unleash, unleashPost} when finished (drive.mjs waits
-// for `done`). Scenarios are plain functions of the config: a later one (OFREP SSE) can be
-// added next to these.
+// The config names a scenario (`answers`: for every context, each flag's answer through each
+// SDK; the test compares them with Vexil's). `window.__vexil` holds {done: true, origin, ...the
+// scenario's result} when finished (drive.mjs waits for `done`). Scenarios are plain async
+// functions of the config, listed in `scenarios`: a later one (OFREP SSE) goes next to these.
 import { OpenFeature } from '@openfeature/web-sdk';
 import { OFREPWebProvider } from '@openfeature/ofrep-web-provider';
 import { UnleashClient, InMemoryStorageProvider, EVENTS } from 'unleash-proxy-client';
@@ -123,14 +123,25 @@ async function unleash(config, post) {
   return { answers, errors, etag: client.etag || null, kept };
 }
 
+// Every flag of the config's namespace for every context, through each SDK.
+async function answers(config) {
+  return {
+    fetch: await rawFetch(config),
+    ofrep: await ofrep(config),
+    unleash: await unleash(config, false),
+    unleashPost: await unleash(config, true),
+  };
+}
+
+// The scenarios a config may name (`scenario`, default `answers`).
+const scenarios = { answers };
+
 async function main() {
   const config = await (await fetch('./config.json')).json();
-  const result = { origin: window.location.origin };
-  result.fetch = await rawFetch(config);
-  result.ofrep = await ofrep(config);
-  result.unleash = await unleash(config, false);
-  result.unleashPost = await unleash(config, true);
-  window.__vexil = { done: true, ...result };
+  const scenario = scenarios[config.scenario || 'answers'];
+  if (!scenario) throw new Error(`unknown scenario ${config.scenario}`);
+  const result = await scenario(config);
+  window.__vexil = { done: true, origin: window.location.origin, ...result };
   show('done');
 }
 
