@@ -3,8 +3,10 @@
 //! and `unleash-proxy-client` on the Unleash frontend API. A static server started here serves
 //! tests/conformance/browser/page.html and its bundle (esbuild, at test time) on 127.0.0.1:X;
 //! `vexil serve --cors-origin http://127.0.0.1:X` listens on 127.0.0.1:Y. The page's answers
-//! for every flag of a namespace and a corpus of contexts must equal Vexil's evaluation; the same
-//! page from `http://localhost:X`, an origin not allowed, must get nothing through.
+//! for every flag of a namespace and a corpus of contexts must equal Vexil's evaluation (the
+//! Unleash SDK both with GET and with `usePOSTrequests`, and once more in Node); ETags read
+//! across origins revalidate to 304, and usage metrics are accepted. The same page from
+//! `http://localhost:X`, an origin not allowed, must get nothing through.
 //!
 //! The harness is reusable: `BrowserPage` (npm packages, bundle, static server) and `drive`
 //! (one page load, its `window.__vexil` back as JSON) know nothing of the scenario.
@@ -350,6 +352,81 @@ fn unleash_mismatch(flag_type: FlagType, want: &vexil_core::Variant, got: &Json)
     })
 }
 
+/// unleash-proxy-client's two runs (GET, `usePOSTrequests`) from a page's or Node's result:
+/// no error, the ETag read, the same context revalidated with its toggles kept, an answer per
+/// context.
+fn unleash_answers(result: &Json, contexts: usize) -> Vec<(&'static str, &Vec<Json>)> {
+    let mut runs = Vec::new();
+    for run in ["unleash", "unleashPost"] {
+        let r = &result[run];
+        assert_eq!(r["errors"], json!([]), "{run}: {result}");
+        assert!(
+            r["etag"].as_str().is_some_and(|e| e.starts_with('"')),
+            "{run}: {r}"
+        );
+        assert_eq!(r["kept"], json!(true), "{run}: {r}");
+        let answers = r["answers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{run}: {result}"));
+        assert_eq!(answers.len(), contexts);
+        runs.push((run, answers));
+    }
+    runs
+}
+
+/// Every Unleash answer against Vexil's for the context the SDK sent: the mismatches, and how
+/// many answers were compared.
+fn compare_unleash(
+    snapshot: &Snapshot,
+    namespace: &vexil_core::Namespace,
+    cases: &[Case],
+    runs: &[(&str, &Vec<Json>)],
+) -> (Vec<String>, usize) {
+    let mut mismatches = Vec::new();
+    let mut compared = 0;
+    for (i, case) in cases.iter().enumerate() {
+        for flag in &namespace.flags {
+            let key = &*flag.key;
+            let want = snapshot
+                .evaluate(NAMESPACE, key, &case.unleash_context)
+                .unwrap();
+            for (run, answers) in runs {
+                let got = &answers[i][key];
+                // A `percentage_of_time` flag: one of its variants, whichever.
+                let why = if is_random(namespace, flag) {
+                    flag.variants
+                        .iter()
+                        .all(|v| unleash_mismatch(flag.flag_type, v, got).is_some())
+                        .then(|| format!("{got} is none of the flag's variants"))
+                } else {
+                    unleash_mismatch(flag.flag_type, want.variant, got)
+                };
+                if let Some(why) = why {
+                    mismatches.push(format!("{run} {key} for {}: {why}", case.unleash));
+                }
+                compared += 1;
+            }
+        }
+    }
+    (mismatches, compared)
+}
+
+/// unleash-proxy-client in Node on the page's config (node-unleash.mjs).
+fn node_unleash(config: &Path) -> Json {
+    let out = std::process::Command::new("node")
+        .arg("node-unleash.mjs")
+        .arg(config)
+        .current_dir(browser_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "node-unleash.mjs failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sdks_across_origins_answer_like_vexil() {
     let snapshot = example_snapshot();
@@ -396,23 +473,7 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
     let ofrep = result["ofrep"]["answers"]
         .as_array()
         .unwrap_or_else(|| panic!("{result}"));
-    // unleash-proxy-client twice: GET with the context as query, and `usePOSTrequests`.
-    let mut unleash_runs = Vec::new();
-    for run in ["unleash", "unleashPost"] {
-        let r = &result[run];
-        assert_eq!(r["errors"], json!([]), "{run}: {result}");
-        // It read the ETag across origins, revalidated the same context and kept its toggles.
-        assert!(
-            r["etag"].as_str().is_some_and(|e| e.starts_with('"')),
-            "{run}: {r}"
-        );
-        assert_eq!(r["kept"], json!(true), "{run}: {r}");
-        let answers = r["answers"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{run}: {result}"));
-        assert_eq!(answers.len(), cases.len());
-        unleash_runs.push((run, answers));
-    }
+    let unleash_runs = unleash_answers(&result, cases.len());
     assert_eq!(ofrep.len(), cases.len());
     let mut mismatches = Vec::new();
     let mut compared = 0;
@@ -444,27 +505,13 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
                     ofrep_want.variant.value.to_json()
                 ));
             }
-            let want = snapshot
-                .evaluate(NAMESPACE, key, &case.unleash_context)
-                .unwrap();
             compared += 1;
-            for (run, answers) in &unleash_runs {
-                let got = &answers[i][key];
-                let why = if random {
-                    flag.variants
-                        .iter()
-                        .all(|v| unleash_mismatch(flag.flag_type, v, got).is_some())
-                        .then(|| format!("{got} is none of the flag's variants"))
-                } else {
-                    unleash_mismatch(flag.flag_type, want.variant, got)
-                };
-                if let Some(why) = why {
-                    mismatches.push(format!("{run} {key} for {}: {why}", case.unleash));
-                }
-                compared += 1;
-            }
         }
     }
+    let (unleash_mismatches, unleash_compared) =
+        compare_unleash(snapshot, namespace, &cases, &unleash_runs);
+    mismatches.extend(unleash_mismatches);
+    compared += unleash_compared;
     assert!(
         mismatches.is_empty(),
         "{} of {compared} browser answers differ from Vexil's:\n{}",
@@ -478,7 +525,19 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
         assert!(distinct.len() > 2, "too few distinct answers: {distinct:?}");
     }
 
-    // The revalidations reached Vexil as conditional requests it answered 304.
+    // The same SDK in Node (no browser, no CORS): the same answers.
+    let node = node_unleash(&page.www.path().join("config.json"));
+    let node_runs = unleash_answers(&node, cases.len());
+    let (node_mismatches, node_compared) = compare_unleash(snapshot, namespace, &cases, &node_runs);
+    assert!(
+        node_mismatches.is_empty(),
+        "{} of {node_compared} answers in Node differ from Vexil's:\n{}",
+        node_mismatches.len(),
+        node_mismatches.join("\n")
+    );
+
+    // The revalidations reached Vexil as conditional requests it answered 304; each SDK run
+    // sent its usage metrics (202).
     let (status, _, metrics) = crate::helpers::http(
         vexil.http,
         "GET",
@@ -488,20 +547,21 @@ async fn browser_sdks_across_origins_answer_like_vexil() {
     )
     .await;
     assert_eq!(status, 200);
-    let count = |front: &str, method: &str| -> f64 {
+    let count = |front: &str, method: &str, code: &str| -> f64 {
         metrics
             .lines()
             .filter(|l| {
                 l.starts_with("vexil_requests_total{")
                     && l.contains(&format!("front=\"{front}\""))
                     && l.contains(&format!("method=\"{method}\""))
-                    && l.contains("code=\"304\"")
+                    && l.contains(&format!("code=\"{code}\""))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    assert!(count("frontend", "toggles") >= 2.0, "{metrics}");
-    assert!(count("ofrep", "bulk") >= 1.0, "{metrics}");
+    assert!(count("frontend", "toggles", "304") >= 4.0, "{metrics}");
+    assert!(count("ofrep", "bulk", "304") >= 1.0, "{metrics}");
+    assert_eq!(count("frontend", "metrics", "202"), 4.0, "{metrics}");
 
     // The same page from another origin (localhost is not 127.0.0.1 to a browser): CORS
     // withholds every answer, from the page's own fetch and from both SDKs.

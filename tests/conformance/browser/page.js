@@ -9,18 +9,10 @@
 // functions of the config, listed in `scenarios`: a later one (OFREP SSE) goes next to these.
 import { OpenFeature } from '@openfeature/web-sdk';
 import { OFREPWebProvider } from '@openfeature/ofrep-web-provider';
-import { UnleashClient, InMemoryStorageProvider, EVENTS } from 'unleash-proxy-client';
+import { errorText, unleash } from './unleash.js';
 
 const show = (text) => {
   document.getElementById('status').textContent = text;
-};
-
-// Errors as text: Error objects by name and message; the Unleash SDK's error events are plain
-// objects ({type, code} or {type, error}).
-const errorText = (e) => {
-  if (e instanceof Error) return `${e.name}: ${e.message}`;
-  if (e && e.error instanceof Error) return `${e.type}: ${e.error.name}: ${e.error.message}`;
-  return typeof e === 'object' ? JSON.stringify(e) : String(e);
 };
 
 // A raw cross-origin request, as a page's own code would make it: shows whether CORS lets the
@@ -82,45 +74,6 @@ async function ofrep(config) {
   }
   await OpenFeature.close();
   return { answers };
-}
-
-// `post`: the SDK's `usePOSTrequests` (body {"context": ...}) instead of GET with a query.
-async function unleash(config, post) {
-  const errors = [];
-  const client = new UnleashClient({
-    usePOSTrequests: post,
-    url: `${config.vexil}${config.prefix}/api/frontend`,
-    clientKey: config.token,
-    appName: config.appName,
-    environment: config.environment,
-    context: config.contexts[0].unleash,
-    disableRefresh: true,
-    disableMetrics: true,
-    storageProvider: new InMemoryStorageProvider(),
-  });
-  client.on(EVENTS.ERROR, (e) => errors.push(errorText(e)));
-  await client.start();
-  if (errors.length > 0) {
-    client.stop();
-    return { error: errors[0], toggles: client.getAllToggles().length };
-  }
-  const answers = [];
-  for (const context of config.contexts) {
-    await client.updateContext(context.unleash);
-    const answer = {};
-    for (const flag of config.flags) {
-      const variant = client.getVariant(flag.key);
-      answer[flag.key] = { enabled: client.isEnabled(flag.key), variant };
-    }
-    answers.push(answer);
-  }
-  // The same context again: the SDK sends the ETag it read (If-None-Match), gets 304 and keeps
-  // its toggles.
-  const before = JSON.stringify(client.getAllToggles());
-  await client.updateContext(config.contexts[config.contexts.length - 1].unleash);
-  const kept = JSON.stringify(client.getAllToggles()) === before;
-  client.stop();
-  return { answers, errors, etag: client.etag || null, kept };
 }
 
 // Every flag of the config's namespace for every context, through each SDK.
