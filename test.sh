@@ -17,6 +17,9 @@ python3 -m venv --help > /dev/null 2>&1 || missing="$missing python3-venv"
 command -v npm > /dev/null || missing="$missing nodejs npm"
 # The mirror conformance tests drive Debian's ruby-unleash 3.2.5 and ruby-flipper 0.25.4.
 ruby -e 'require "unleash"; require "flipper"' > /dev/null 2>&1 || missing="$missing ruby-unleash ruby-flipper"
+# The browser conformance test (tests/e2e/browser.rs) drives Debian's headless Chromium with
+# puppeteer-core (npm, installed by the test): no chromedriver needed.
+command -v chromium > /dev/null || missing="$missing chromium"
 # The configuration matrix (tests/e2e/matrix) serves git over https:// with nginx and fcgiwrap
 # (git http-backend) and over ssh:// with sshd, each started by the tests on 127.0.0.1.
 [ -x /usr/sbin/nginx ] || command -v nginx > /dev/null || missing="$missing nginx"

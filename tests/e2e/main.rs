@@ -3,6 +3,8 @@
 //! - `spec`: tables of flag files, contexts and expected answers (tests/spec/*.yaml);
 //! - `invalid`: invalid flag repositories with their expected diagnostics (tests/invalid/*/);
 //! - `hostile`: files built at run time (too large, binary, not UTF-8, symlinks out of the root);
+//! - `browser`: the real browser SDKs (OpenFeature web SDK with the OFREP web provider,
+//!   `unleash-proxy-client`) in headless Chromium against `vexil serve` on another origin (CORS);
 //! - `cli`: the `vexil` binary as a user runs it;
 //! - `faults`: `vexil serve` against clients and sources that misbehave (issue 12): HTTP/2
 //!   clients that never read, slowloris under a lowered descriptor limit, idle and ping-deaf
@@ -35,6 +37,7 @@
     clippy::indexing_slicing
 )]
 
+mod browser;
 mod cli;
 mod faults;
 mod helpers;

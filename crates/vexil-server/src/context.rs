@@ -1,5 +1,6 @@
 //! Request contexts in core form: one conversion per wire shape (vexil.v1's `Context`, an
-//! OpenFeature `Struct`, OFREP's JSON) and one limits check (`Budget`) for all of them.
+//! OpenFeature `Struct`, OFREP's JSON, an Unleash context) and one limits check (`Budget`) for
+//! all of them.
 
 use prost_types::value::Kind;
 use serde_json::Value as Json;
@@ -125,6 +126,51 @@ pub fn from_json(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
         out.attributes
             .insert(name.clone(), AttrValue::from_json(value));
     }
+    Ok(out)
+}
+
+/// An Unleash context as JSON (the frontend API): `userId` is the targeting key (as the Unleash
+/// mirror exports it), every other field (`sessionId`, `remoteAddress`, `environment`,
+/// `appName`, `currentTime`, any other) the attribute of its name, and each of `properties`
+/// too, on top (as the Unleash server merges them).
+pub fn from_unleash(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
+    let Json::Object(map) = ctx else {
+        return Err(Error::InvalidContext(
+            "the context must be a JSON object".into(),
+        ));
+    };
+    let mut budget = Budget::new(limits);
+    let mut out = Context::new();
+    for (name, value) in map {
+        match (name.as_str(), value) {
+            ("userId", Json::String(s)) => out.targeting_key = Some(s.clone()),
+            // SDKs in typed languages may send a numeric id; Unleash compares it as text.
+            ("userId", Json::Number(n)) => out.targeting_key = Some(n.to_string()),
+            ("userId" | "properties", Json::Null) => {}
+            ("userId", _) => {
+                return Err(Error::InvalidContext("userId must be a string".into()));
+            }
+            ("properties", Json::Object(_)) => {}
+            ("properties", _) => {
+                return Err(Error::InvalidContext(
+                    "properties must be a JSON object".into(),
+                ));
+            }
+            _ => {
+                check_json(value, 1, &mut budget)?;
+                out.attributes
+                    .insert(name.clone(), AttrValue::from_json(value));
+            }
+        }
+    }
+    if let Some(Json::Object(properties)) = map.get("properties") {
+        for (name, value) in properties {
+            check_json(value, 1, &mut budget)?;
+            out.attributes
+                .insert(name.clone(), AttrValue::from_json(value));
+        }
+    }
+    out.targeting_key = out.targeting_key.filter(|k| !k.is_empty());
     Ok(out)
 }
 

@@ -1,7 +1,9 @@
 //! The HTTP port: the probes (`/healthz`: the process answers; `/readyz`: a snapshot is served
 //! and the server is not shutting down), Prometheus metrics, and the fronts (OFREP, the
-//! Flipper and Unleash mirrors, `/mirrors/diagnostics`), each behind its one `Gate` layer
-//! (tokens, metrics), attached once in `router`.
+//! Flipper and Unleash mirrors, the Unleash frontend API, `/mirrors/diagnostics`), each behind
+//! its one `Gate` layer (tokens, metrics), attached once in `router`; the browser-facing ones
+//! (OFREP, the frontend API) also behind one CORS layer, outside their gates, when origins are
+//! configured.
 
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ impl FrontRules {
             Front::Ofrep => crate::ofrep::method(path),
             Front::Flipper => crate::flipper::method(path),
             Front::Unleash => crate::unleash::method(path),
+            Front::Frontend => crate::frontend::method(path),
             Front::Hooks => crate::hooks::method(path),
             Front::Vexil | Front::Flagd | Front::Http => {
                 if path == "/metrics" {
@@ -76,6 +79,7 @@ impl Rules for FrontRules {
             }
             Some(Front::Flipper) => crate::flipper::refused(&e),
             Some(Front::Unleash) => crate::unleash::refused(&e),
+            Some(Front::Frontend) => crate::frontend::refused(&e),
             Some(Front::Vexil | Front::Flagd | Front::Http | Front::Hooks) | None => {
                 (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
             }
@@ -129,9 +133,17 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     let ofrep = crate::ofrep::router(Arc::clone(&state));
     let flipper = crate::flipper::router(Arc::clone(&state));
     let unleash = crate::unleash::router(Arc::clone(&state));
+    let frontend = crate::frontend::router(Arc::clone(&state));
     let hooks = crate::hooks::router(Arc::clone(&state));
+    // What pages call from other origins. The mirrors of the client APIs serve server SDKs,
+    // and metrics, probes and hooks are no browser's business: they get no CORS headers.
+    let mut browser =
+        front(ofrep, Some(Front::Ofrep), true).merge(front(frontend, Some(Front::Frontend), true));
+    if state.options.cors.is_enabled() {
+        browser = browser.layer(crate::cors::CorsLayer::new(state.options.cors.clone()));
+    }
     front(probes, None, false)
-        .merge(front(ofrep, Some(Front::Ofrep), true))
+        .merge(browser)
         .merge(front(flipper, Some(Front::Flipper), true))
         .merge(front(unleash, Some(Front::Unleash), true))
         .merge(front(own, Some(Front::Http), true))

@@ -1,5 +1,6 @@
 //! Vexil's servers: the gRPC port (vexil.v1, flagd's evaluation API, grpc.health.v1 and server
-//! reflection) and the HTTP port (OFREP, the Flipper and Unleash mirrors, Prometheus metrics,
+//! reflection) and the HTTP port (OFREP, the Flipper and Unleash mirrors, the Unleash frontend
+//! API, CORS for the browser-facing ones, Prometheus metrics,
 //! health and readiness probes), with optional tokens and TLS on both (certificates reread on
 //! demand: `tls`).
 //!
@@ -15,9 +16,11 @@ pub mod conditional;
 pub mod conn;
 pub mod context;
 pub mod convert;
+pub mod cors;
 pub mod evaluation;
 pub mod flagd;
 pub mod flipper;
+pub mod frontend;
 pub mod grpc;
 pub mod hooks;
 pub mod http;

@@ -123,6 +123,8 @@ pub enum Front {
     Ofrep,
     Flipper,
     Unleash,
+    /// The Unleash frontend API (`/api/frontend`), evaluated by Vexil.
+    Frontend,
     /// `/mirrors/diagnostics` and `/metrics`: the HTTP port's own reads.
     Http,
     /// The push webhooks (`/hooks/*`).
@@ -130,12 +132,13 @@ pub enum Front {
 }
 
 impl Front {
-    pub const ALL: [Front; 7] = [
+    pub const ALL: [Front; 8] = [
         Front::Vexil,
         Front::Flagd,
         Front::Ofrep,
         Front::Flipper,
         Front::Unleash,
+        Front::Frontend,
         Front::Http,
         Front::Hooks,
     ];
@@ -147,6 +150,7 @@ impl Front {
             Front::Ofrep => "ofrep",
             Front::Flipper => "flipper",
             Front::Unleash => "unleash",
+            Front::Frontend => "frontend",
             Front::Http => "http",
             Front::Hooks => "hooks",
         }
@@ -154,7 +158,7 @@ impl Front {
 }
 
 /// Every measured endpoint: a front and a method name, fixed at compile time.
-pub const ENDPOINTS: [(Front, &str); 35] = [
+pub const ENDPOINTS: [(Front, &str); 41] = [
     (Front::Vexil, "Evaluate"),
     (Front::Vexil, "EvaluateBatch"),
     (Front::Vexil, "ListFlags"),
@@ -182,6 +186,12 @@ pub const ENDPOINTS: [(Front, &str); 35] = [
     (Front::Unleash, "register"),
     (Front::Unleash, "metrics"),
     (Front::Unleash, "other"),
+    (Front::Frontend, "toggles"),
+    (Front::Frontend, "all"),
+    (Front::Frontend, "feature"),
+    (Front::Frontend, "register"),
+    (Front::Frontend, "metrics"),
+    (Front::Frontend, "other"),
     (Front::Http, "diagnostics"),
     (Front::Http, "metrics"),
     (Front::Http, "other"),

@@ -130,6 +130,8 @@ pub struct Options {
     pub webhook_secret: Option<crate::hooks::WebhookSecret>,
     /// Which pushes a webhook reads the source for.
     pub served_ref: crate::hooks::ServedRef,
+    /// Origins whose pages may call the browser-facing fronts (none: no CORS at all).
+    pub cors: crate::cors::CorsOrigins,
 }
 
 impl Default for Options {
@@ -150,6 +152,7 @@ impl Default for Options {
             public_metrics: false,
             webhook_secret: None,
             served_ref: crate::hooks::ServedRef::Any,
+            cors: crate::cors::CorsOrigins::default(),
         }
     }
 }

@@ -28,11 +28,13 @@ use vexil_core::source::MemorySource;
 use vexil_server::{AppState, Options, Tokens};
 
 /// The tables a run must find: a missing or empty one fails instead of passing silently.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "probes.yaml",
     "ofrep.yaml",
     "flipper.yaml",
     "unleash.yaml",
+    "frontend.yaml",
+    "cors.yaml",
     "hooks.yaml",
 ];
 
@@ -76,6 +78,9 @@ struct Setup {
     /// repository config `vexil.yaml` or a namespace of its own.
     #[serde(default)]
     files: BTreeMap<String, String>,
+    /// `--cors-origin` (none: no CORS).
+    #[serde(default)]
+    cors_origins: Vec<String>,
 }
 
 /// `any`, `default_branch`, or `{named: REF}` (as `--ref REF`).
@@ -168,7 +173,7 @@ struct Report {
 }
 
 /// Server states by (max_message_bytes, public_metrics, no_snapshot, webhook secret, served
-/// ref); tokens only change the router.
+/// ref, files, CORS origins); tokens only change the router.
 type StateKey = (
     Option<usize>,
     bool,
@@ -176,6 +181,7 @@ type StateKey = (
     Option<String>,
     ServedRefSetup,
     BTreeMap<String, String>,
+    Vec<String>,
 );
 
 struct World {
@@ -215,6 +221,7 @@ impl World {
             setup.webhook_secret.clone(),
             setup.served_ref.clone(),
             setup.files.clone(),
+            setup.cors_origins.clone(),
         );
         if let Some(state) = self.states.get(&key) {
             return Arc::clone(state);
@@ -227,6 +234,7 @@ impl World {
                 .as_ref()
                 .map(|s| vexil_server::WebhookSecret::new(s.as_bytes()).unwrap()),
             served_ref: setup.served_ref.served_ref(),
+            cors: vexil_server::cors::CorsOrigins::parse(&setup.cors_origins).unwrap(),
             ..Options::default()
         };
         if let Some(max) = setup.max_message_bytes {

@@ -153,6 +153,14 @@ pub struct Args {
     /// commit served).
     #[arg(long, env = "VEXIL_PUBLIC_METRICS")]
     public_metrics: bool,
+    /// An origin whose pages may call OFREP and the Unleash frontend API from a browser
+    /// (`https://app.example.com`; repeatable; `*` for any). None: no CORS headers at all.
+    #[arg(
+        long = "cors-origin",
+        env = "VEXIL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// The `poll-interval` sent to Flipper clients (their poller only ever slows down to it).
     #[arg(long, env = "VEXIL_FLIPPER_POLL_INTERVAL", default_value = "10s", value_parser = duration)]
     flipper_poll_interval: Duration,
@@ -421,6 +429,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         public_metrics: args.public_metrics,
         webhook_secret,
         served_ref: served_ref(args),
+        cors: vexil_server::cors::CorsOrigins::parse(&args.cors_origins)?,
         ..Options::default()
     };
     // Starts reading the source (before the runtime: the first read may take a while).

@@ -123,6 +123,39 @@ fn secret_files_without_a_secret_are_refused() {
     }
 }
 
+/// An origin that is not one stops the start, naming it (`--cors-origin` and its variable).
+#[test]
+fn bad_cors_origins_are_refused() {
+    let serve = [
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    let mut args = serve.to_vec();
+    args.extend(["--cors-origin", "https://app.example.com/"]);
+    let out = crate::helpers::vexil(&args);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--cors-origin `https://app.example.com/` is not an origin"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
+        .args(serve)
+        .env("VEXIL_CORS_ORIGINS", "https://ok.example,app.example.com")
+        .current_dir(crate::helpers::repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`app.example.com` is not an origin"),
+        "{stderr}"
+    );
+}
+
 /// Without a source, `vexil serve` serves `./flags` when there is one (the README's run
 /// command, from the repository), else the example repository built into the binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
