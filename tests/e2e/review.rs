@@ -260,7 +260,7 @@ fn a_reformatting_changes_no_behaviour() {
     );
     assert!(
         text.ends_with(
-            "no change in behaviour: only descriptions, owners, tags, expiry or metadata changed\n"
+            "no change in behaviour: only descriptions, owners, tags, expiry, metadata or declared clients changed\n"
         ),
         "{text}"
     );

@@ -1,5 +1,5 @@
 //! Findings as people read them: the ones for the clients a repository declares
-//! (`vexil.yaml`), one warning per flag and client (every reason, each with its place), and
+//! (a flag's `clients:`, else `vexil.yaml`), one warning per flag and client (every reason, each with its place), and
 //! per-mirror counts of flags (not findings) for `/mirrors/diagnostics`.
 
 use std::collections::BTreeMap;
@@ -16,10 +16,30 @@ use crate::{Fidelity, Finding, Mirror};
 pub fn declared_findings(snapshot: &Snapshot, mirrors: Option<&[Mirror]>) -> Vec<Finding> {
     let mut out = crate::findings(snapshot, mirrors.unwrap_or(&Mirror::ALL));
     if mirrors.is_none() {
-        let config = snapshot.config();
-        out.retain(|f| config.declares(&f.namespace, f.mirror.as_str()));
+        out.retain(|f| declares(snapshot, &f.namespace, &f.flag, f.mirror));
     }
     out
+}
+
+/// Whether `mirror`'s client reads a flag: its own `clients:` when it has one, else its
+/// namespace's in the repository config, else the repository's (every client without any).
+pub fn declares(snapshot: &Snapshot, namespace: &str, flag: &str, mirror: Mirror) -> bool {
+    let config = snapshot.config();
+    match snapshot.namespace(namespace).and_then(|ns| ns.flag(flag)) {
+        Some(flag) => config.declares_flag(namespace, flag, mirror.as_str()),
+        None => config.declares(namespace, mirror.as_str()),
+    }
+}
+
+/// How many flags of the snapshot `mirror`'s client is declared to read.
+pub fn declared_flags(snapshot: &Snapshot, mirror: Mirror) -> usize {
+    let config = snapshot.config();
+    snapshot
+        .namespaces()
+        .iter()
+        .flat_map(|ns| ns.flags.iter().map(move |f| (&*ns.name, f)))
+        .filter(|(ns, f)| config.declares_flag(ns, f, mirror.as_str()))
+        .count()
 }
 
 /// One warning per flag and mirror, in place of one per finding. It stands at the first

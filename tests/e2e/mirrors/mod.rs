@@ -105,7 +105,7 @@ fn exact(snapshot: &Snapshot, ns: &Namespace, mirror: Mirror) -> Vec<String> {
     let findings: BTreeSet<(String, Mirror)> = vexil_mirror::findings(snapshot, &[mirror])
         .into_iter()
         .filter(|f| *f.namespace == *ns.name)
-        .filter(|f| !f.reason.contains("for unusual inputs only"))
+        .filter(|f| !f.unusual_inputs_only)
         .map(|f| (f.flag.to_string(), f.mirror))
         .collect();
     ns.flags
