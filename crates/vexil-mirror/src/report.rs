@@ -157,9 +157,13 @@ flags:
 ";
 
     fn snapshot(config: Option<&str>) -> Snapshot {
+        snapshot_of(FLAGS, config)
+    }
+
+    fn snapshot_of(flags: &str, config: Option<&str>) -> Snapshot {
         let mut files = vec![SourceFile {
             path: "f.yaml".into(),
-            text: FLAGS.into(),
+            text: flags.into(),
         }];
         if let Some(text) = config {
             files.push(SourceFile {
@@ -270,5 +274,29 @@ flags:
             "clients: []\nnamespaces:\n  default: { clients: [] }\n",
         ));
         assert!(declared_findings(&none, None).is_empty());
+    }
+
+    /// A flag's own `clients:` decides for it, over the repository config's list.
+    #[test]
+    fn a_flags_own_clients_decide_for_it() {
+        let flags = FLAGS.replace(
+            "  two-reasons:\n",
+            "  two-reasons:\n    clients: [unleash-legacy]\n",
+        );
+        let s = snapshot_of(&flags, Some("clients: [unleash]\n"));
+        let mut mirrors: Vec<&str> = declared_findings(&s, None)
+            .iter()
+            .map(|f| f.mirror.as_str())
+            .collect();
+        mirrors.dedup();
+        assert_eq!(mirrors, ["unleash-legacy"]);
+        assert!(crate::declares(&s, "default", "two-reasons", Mirror::UnleashLegacy));
+        assert!(!crate::declares(&s, "default", "two-reasons", Mirror::Unleash));
+        assert!(crate::declares(&s, "default", "exact", Mirror::Unleash));
+        assert_eq!(crate::declared_flags(&s, Mirror::Unleash), 1);
+        assert_eq!(crate::declared_flags(&s, Mirror::UnleashLegacy), 1);
+        assert_eq!(crate::declared_flags(&s, Mirror::Flipper), 0);
+        // Without any declaration, every client reads every flag.
+        assert_eq!(crate::declared_flags(&snapshot(None), Mirror::Flipper), 2);
     }
 }

@@ -28,6 +28,7 @@ use crate::openfeature::{candidates, is_random, named_ids, node_dir, python, run
 use crate::serve::{TestServer, commit, repo_with};
 
 mod contract;
+mod coverage;
 mod flipper1x;
 
 /// Contexts generated per flag and client.
