@@ -70,15 +70,28 @@ fn every_mirror_is_declared_for_some_flag_of_the_example() {
                     declared.push(format!("{}/{}", ns.name, flag.key));
                     let wrong: Vec<_> = findings
                         .iter()
-                        .filter(|f| f.mirror == mirror && f.namespace == ns.name && f.flag == flag.key)
+                        .filter(|f| {
+                            f.mirror == mirror && f.namespace == ns.name && f.flag == flag.key
+                        })
                         .collect();
-                    assert!(wrong.is_empty(), "{mirror:?} is declared for {}: {wrong:#?}", flag.key);
+                    assert!(
+                        wrong.is_empty(),
+                        "{mirror:?} is declared for {}: {wrong:#?}",
+                        flag.key
+                    );
                 }
             }
         }
-        assert!(!declared.is_empty(), "no flag of flags/ declares {}", mirror.as_str());
+        assert!(
+            !declared.is_empty(),
+            "no flag of flags/ declares {}",
+            mirror.as_str()
+        );
         // Declared by the flags themselves, not by every flag at once.
-        assert!(declared.len() < snapshot.flag_count(), "{mirror:?}: {declared:?}");
+        assert!(
+            declared.len() < snapshot.flag_count(),
+            "{mirror:?}: {declared:?}"
+        );
     }
 }
 

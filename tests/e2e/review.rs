@@ -309,7 +309,11 @@ fn diff_shows_declared_clients_as_changes_without_behaviour() {
     )
     .unwrap();
     let out = vexil_in(tmp.path(), &["diff", "a", "b"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         stdout(&out),
         "namespace default\n  ~ flag f (descriptive only)\n      clients: (none) -> [\"flipper\"]\nrepository config (vexil.yaml)\n  ~ clients: [\"unleash\"] -> []\n  ~ namespaces.default.clients: (none) -> [\"unleash-node\"]\nno change in behaviour: only descriptions, owners, tags, expiry, metadata or declared clients changed\n"
@@ -322,7 +326,11 @@ fn diff_shows_declared_clients_as_changes_without_behaviour() {
         serde_json::json!({ "field": "clients", "before": ["unleash"], "after": [] })
     );
     // Only the config changed: the Markdown comment says so without an empty table.
-    std::fs::write(a.join("f.yaml"), "flags:\n  f: { default: true, clients: [flipper] }\n").unwrap();
+    std::fs::write(
+        a.join("f.yaml"),
+        "flags:\n  f: { default: true, clients: [flipper] }\n",
+    )
+    .unwrap();
     let out = vexil_in(tmp.path(), &["diff", "a", "b", "--format", "markdown"]);
     let md = stdout(&out);
     assert!(!md.contains("| namespace |"), "{md}");

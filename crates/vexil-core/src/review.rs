@@ -181,9 +181,8 @@ pub fn review(old: &Snapshot, new: &Snapshot) -> Report {
 /// The clients a repository config declares, as `clients` and `namespaces.NAME.clients` lists
 /// (absent when not declared).
 fn declared(config: &RepoConfig) -> Json {
-    let list = |c: &crate::config::Clients| -> Json {
-        c.names.iter().map(|n| Json::from(&**n)).collect()
-    };
+    let list =
+        |c: &crate::config::Clients| -> Json { c.names.iter().map(|n| Json::from(&**n)).collect() };
     let mut out = Map::new();
     if let Some(c) = &config.clients {
         out.insert("clients".into(), list(c));

@@ -290,8 +290,18 @@ flags:
             .collect();
         mirrors.dedup();
         assert_eq!(mirrors, ["unleash-legacy"]);
-        assert!(crate::declares(&s, "default", "two-reasons", Mirror::UnleashLegacy));
-        assert!(!crate::declares(&s, "default", "two-reasons", Mirror::Unleash));
+        assert!(crate::declares(
+            &s,
+            "default",
+            "two-reasons",
+            Mirror::UnleashLegacy
+        ));
+        assert!(!crate::declares(
+            &s,
+            "default",
+            "two-reasons",
+            Mirror::Unleash
+        ));
         assert!(crate::declares(&s, "default", "exact", Mirror::Unleash));
         assert_eq!(crate::declared_flags(&s, Mirror::Unleash), 1);
         assert_eq!(crate::declared_flags(&s, Mirror::UnleashLegacy), 1);

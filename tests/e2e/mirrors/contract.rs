@@ -194,12 +194,14 @@ async fn unleash_wire_contract() {
             .iter()
             .all(|f| f["unusual_inputs_only"].is_boolean())
     );
-    assert!(findings.iter().any(|f| f["unusual_inputs_only"] == true
-        && f["fidelity"] == "inexact"
-        && f["reason"]
-            .as_str()
-            .unwrap()
-            .contains("for unusual inputs only")));
+    assert!(findings.iter().any(|f| {
+        f["unusual_inputs_only"] == true
+            && f["fidelity"] == "inexact"
+            && f["reason"]
+                .as_str()
+                .unwrap()
+                .contains("for unusual inputs only")
+    }));
     assert_eq!(
         diagnostics["summary"]["unleash-node"]["exported"],
         diagnostics["summary"]["unleash"]["exported"]

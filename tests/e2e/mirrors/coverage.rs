@@ -57,10 +57,7 @@ fn docs_coverage_table_matches_the_findings() {
         .unwrap_or_else(|| panic!("docs/mirrors.md has no section {HEADING}"));
     let section = &docs[start + HEADING.len()..];
     let section = &section[..section.find("\n## ").unwrap_or(section.len())];
-    let rows: Vec<&str> = section
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .collect();
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
     let expected = expected_rows();
     assert_eq!(expected.len(), Mirror::ALL.len());
     assert_eq!(
