@@ -260,7 +260,7 @@ fn a_reformatting_changes_no_behaviour() {
     );
     assert!(
         text.ends_with(
-            "no change in behaviour: only descriptions, owners, tags, expiry or metadata changed\n"
+            "no change in behaviour: only descriptions, owners, tags, expiry, metadata or declared clients changed\n"
         ),
         "{text}"
     );
@@ -285,6 +285,58 @@ fn two_directories_can_be_compared() {
     assert!(
         text.contains("rules[1] \"ramp\".rollout: 10 -> 25"),
         "{text}"
+    );
+}
+
+/// Who reads the flags (a flag's `clients:`, the repository config `vexil.yaml`) is shown like
+/// other fields, and changes no answer.
+#[test]
+fn diff_shows_declared_clients_as_changes_without_behaviour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("f.yaml"), "flags:\n  f: { default: true }\n").unwrap();
+    std::fs::write(
+        b.join("f.yaml"),
+        "flags:\n  f: { default: true, clients: [flipper] }\n",
+    )
+    .unwrap();
+    std::fs::write(a.join("vexil.yaml"), "clients: [unleash]\n").unwrap();
+    std::fs::write(
+        b.join("vexil.yaml"),
+        "clients: []\nnamespaces:\n  default: { clients: [unleash-node] }\n",
+    )
+    .unwrap();
+    let out = vexil_in(tmp.path(), &["diff", "a", "b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout(&out),
+        "namespace default\n  ~ flag f (descriptive only)\n      clients: (none) -> [\"flipper\"]\nrepository config (vexil.yaml)\n  ~ clients: [\"unleash\"] -> []\n  ~ namespaces.default.clients: (none) -> [\"unleash-node\"]\nno change in behaviour: only descriptions, owners, tags, expiry, metadata or declared clients changed\n"
+    );
+    let out = vexil_in(tmp.path(), &["diff", "a", "b", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["changes_behaviour"], false);
+    assert_eq!(
+        report["config"][0],
+        serde_json::json!({ "field": "clients", "before": ["unleash"], "after": [] })
+    );
+    // Only the config changed: the Markdown comment says so without an empty table.
+    std::fs::write(
+        a.join("f.yaml"),
+        "flags:\n  f: { default: true, clients: [flipper] }\n",
+    )
+    .unwrap();
+    let out = vexil_in(tmp.path(), &["diff", "a", "b", "--format", "markdown"]);
+    let md = stdout(&out);
+    assert!(!md.contains("| namespace |"), "{md}");
+    assert!(
+        md.contains("| namespaces.default.clients | `(none)` | `[\"unleash-node\"]` |"),
+        "{md}"
     );
 }
 

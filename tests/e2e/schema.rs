@@ -60,9 +60,21 @@ fn schema_rejects_what_validation_rejects() {
         "flags:\n  \"bad key\": {}\n",
         "namespce: x\n",
         "segments:\n  s:\n    description: nobody\n",
+        "flags:\n  f:\n    clients: unleash\n",
+        "flags:\n  f:\n    clients: [unleash, unleash]\n",
     ];
     for doc in broken {
         assert!(!v.is_valid(&yaml_to_json(doc)), "schema accepted:\n{doc}");
+    }
+    // With this build's client names (what `vexil schema` prints), a typo is caught too.
+    let text = vexil_core::schema::flag_schema(vexil_mirror::Mirror::names()).unwrap();
+    let named = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+    for (doc, valid) in [
+        ("flags:\n  f:\n    clients: [flipper, unleash-node]\n", true),
+        ("flags:\n  f:\n    clients: []\n", true),
+        ("flags:\n  f:\n    clients: [flippr]\n", false),
+    ] {
+        assert_eq!(named.is_valid(&yaml_to_json(doc)), valid, "{doc}");
     }
 }
 

@@ -67,11 +67,13 @@ pub fn compile_cached(
 }
 
 /// One file's definitions and diagnostics.
-fn decode_source(file: &SourceFile) -> (FileDef, Vec<Diagnostic>) {
+/// `clients` checks the flags' own `clients:` lists as the config's are checked; it is one list
+/// per process (the mirrors'), so a cached file never holds names checked against another.
+fn decode_source(file: &SourceFile, clients: Option<&[&str]>) -> (FileDef, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let mut sink = Sink::new(&file.path, &mut diagnostics);
     let def = match yaml::parse(&file.text) {
-        Ok(root) => format::decode_file(&mut sink, &root),
+        Ok(root) => format::decode_file(&mut sink, &root, clients),
         Err(e) => {
             sink.error(e.pos, e.code, e.message);
             FileDef::empty()
@@ -116,7 +118,7 @@ fn compile_files(
                 out
             }
             None => {
-                let (def, file_diagnostics) = decode_source(file);
+                let (def, file_diagnostics) = decode_source(file, options.clients);
                 if cache.is_some() {
                     let cached = CachedFile {
                         text: file.text.clone(),

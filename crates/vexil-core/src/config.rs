@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::decode::{self, closest};
 use crate::diag::{Code, Pos, Sink};
-use crate::snapshot::Origin;
+use crate::snapshot::{Flag, Origin};
 use crate::yaml::Node;
 
 /// The config file's path, relative to the flags root.
@@ -52,6 +52,15 @@ impl RepoConfig {
             .get(namespace)
             .and_then(|ns| ns.clients.as_ref())
             .or(self.clients.as_ref())
+    }
+
+    /// Whether `client` reads `flag` of `namespace`: the flag's own `clients:` list when it has
+    /// one, else the namespace's or the repository's (always, without any declaration).
+    pub fn declares_flag(&self, namespace: &str, flag: &Flag, client: &str) -> bool {
+        match &flag.clients {
+            Some(names) => names.iter().any(|n| &**n == client),
+            None => self.declares(namespace, client),
+        }
     }
 
     /// Whether `client` is declared for `namespace` (always, without a declaration).
@@ -127,7 +136,7 @@ pub(crate) fn decode(sink: &mut Sink<'_>, root: &Node, known: Option<&[&str]>) -
     config
 }
 
-fn clients(
+pub(crate) fn clients(
     sink: &mut Sink<'_>,
     node: &Node,
     what: &str,
@@ -253,6 +262,48 @@ mod tests {
                 "vexil.yaml:3:3: error[unknown-namespace]: namespace `checkot` in the repository config has no flag file: did you mean `checkout`?",
                 "vexil.yaml:4:14: error[unknown-field]: unknown field `clinets` in namespace `default`: did you mean `clients`?",
                 "vexil.yaml:5:1: error[unknown-field]: unknown field `extra` in the repository config file: known fields: clients, namespaces",
+            ]
+        );
+    }
+
+    /// A flag's own `clients:` replaces the namespace's and the repository's lists for that
+    /// flag (`[]`: no client), and is checked as the config's lists are.
+    #[test]
+    fn a_flags_clients_replace_the_config_for_that_flag() {
+        let flags = "flags:\n  a: { default: true, clients: [flipper] }\n  b: { default: true, clients: [] }\n  c: { default: true }\n";
+        let options = CompileOptions {
+            clients: Some(KNOWN),
+            ..CompileOptions::default()
+        };
+        let loaded = from_memory([("a.yaml", flags), ("vexil.yaml", "clients: [unleash]\n")]);
+        let compiled = crate::compile(&loaded.files, &options);
+        assert_eq!(compiled.diagnostics, []);
+        let snapshot = compiled.snapshot.unwrap();
+        let config = snapshot.config();
+        let ns = snapshot.namespace("default").unwrap();
+        let declares = |flag: &str, client: &str| {
+            config.declares_flag("default", ns.flag(flag).unwrap(), client)
+        };
+        assert!(declares("a", "flipper"));
+        assert!(!declares("a", "unleash"));
+        assert!(!declares("b", "flipper"));
+        assert!(!declares("b", "unleash"));
+        assert!(declares("c", "unleash"));
+        assert!(!declares("c", "flipper"));
+
+        let typo = "flags:\n  a:\n    clients: [unleas, flipper, flipper]\n";
+        let compiled = crate::compile(&from_memory([("a.yaml", typo)]).files, &options);
+        assert!(compiled.snapshot.is_none());
+        let got: Vec<String> = compiled
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a.yaml:3:15: error[unknown-client]: unknown client `unleas` in `clients` of flag `a`: did you mean `unleash`?",
+                "a.yaml:3:32: error[duplicate-key]: client `flipper` is listed twice in `clients` of flag `a`",
             ]
         );
     }

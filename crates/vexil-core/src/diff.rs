@@ -2,7 +2,7 @@
 //!
 //! A flag has changed when anything a client could observe has: its evaluation (type, enabled,
 //! variants, default, rules, and the content of the segments its rules use) or its definition as
-//! listed (description, owner, tags, expiry, metadata). Where it was written does not count:
+//! listed (description, owner, tags, expiry, metadata, clients). Where it was written does not count:
 //! moving a flag to another file or adding a comment above it changes nothing.
 
 use crate::snapshot::{Condition, Flag, Matcher, Namespace, Rule, Segment, Snapshot};
@@ -79,6 +79,7 @@ fn same_flag(a_ns: &Namespace, a: &Flag, b_ns: &Namespace, b: &Flag) -> bool {
         && a.tags == b.tags
         && a.expires == b.expires
         && a.metadata == b.metadata
+        && a.clients == b.clients
         && a.rules.len() == b.rules.len()
         && a.rules
             .iter()

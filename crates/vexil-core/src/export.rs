@@ -34,6 +34,10 @@ pub fn flag_definition(ns: &Namespace, flag: &Flag) -> Json {
             .collect();
         out.insert("metadata".into(), Json::Object(metadata));
     }
+    if let Some(clients) = &flag.clients {
+        let names: Vec<&str> = clients.iter().map(|c| &**c).collect();
+        out.insert("clients".into(), names.into());
+    }
     let variants: Map<String, Json> = flag
         .variants
         .iter()

@@ -7,11 +7,19 @@
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::config::RepoConfig;
 use crate::export::{flag_definition, segment_definition};
 use crate::snapshot::{Flag, Namespace, Outcome, Snapshot};
 
 /// Fields that describe a flag without changing its answers.
-const DESCRIPTIVE: [&str; 5] = ["description", "owner", "tags", "expires", "metadata"];
+const DESCRIPTIVE: [&str; 6] = [
+    "description",
+    "owner",
+    "tags",
+    "expires",
+    "metadata",
+    "clients",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldChange {
@@ -66,15 +74,19 @@ impl NamespaceReport {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Report {
     pub namespaces: Vec<NamespaceReport>,
+    /// The repository config's declared clients (`vexil.yaml`): `clients` (every namespace)
+    /// and `namespaces.NAME.clients`; they change no answer.
+    pub config: Vec<FieldChange>,
 }
 
 impl Report {
-    /// No flag or segment differs at all.
+    /// No flag, segment or declared client differs at all.
     pub fn is_empty(&self) -> bool {
-        self.namespaces.iter().all(NamespaceReport::is_empty)
+        self.namespaces.iter().all(NamespaceReport::is_empty) && self.config.is_empty()
     }
 
-    /// Some answer can change (not only descriptions, owners, tags, expiry or metadata).
+    /// Some answer can change (not only descriptions, owners, tags, expiry, metadata or
+    /// declared clients).
     pub fn changes_behaviour(&self) -> bool {
         self.namespaces.iter().any(|ns| {
             !ns.added.is_empty()
@@ -112,7 +124,12 @@ impl Report {
                 })
             })
             .collect();
-        json!({ "changes_behaviour": self.changes_behaviour(), "namespaces": namespaces })
+        let config: Vec<Json> = self.config.iter().map(field).collect();
+        json!({
+            "changes_behaviour": self.changes_behaviour(),
+            "namespaces": namespaces,
+            "config": config,
+        })
     }
 }
 
@@ -157,7 +174,25 @@ pub fn review(old: &Snapshot, new: &Snapshot) -> Report {
         })
         .filter(|r| !r.is_empty())
         .collect();
-    Report { namespaces }
+    let config = object_changes("", &declared(old.config()), &declared(new.config()));
+    Report { namespaces, config }
+}
+
+/// The clients a repository config declares, as `clients` and `namespaces.NAME.clients` lists
+/// (absent when not declared).
+fn declared(config: &RepoConfig) -> Json {
+    let list =
+        |c: &crate::config::Clients| -> Json { c.names.iter().map(|n| Json::from(&**n)).collect() };
+    let mut out = Map::new();
+    if let Some(c) = &config.clients {
+        out.insert("clients".into(), list(c));
+    }
+    for (name, ns) in &config.namespaces {
+        if let Some(c) = &ns.clients {
+            out.insert(format!("namespaces.{name}.clients"), list(c));
+        }
+    }
+    Json::Object(out)
 }
 
 fn namespace_report(name: &str, old: &Namespace, new: &Namespace) -> NamespaceReport {

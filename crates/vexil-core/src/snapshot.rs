@@ -107,6 +107,9 @@ pub struct Flag {
     /// Index into `variants`.
     pub default: usize,
     pub rules: Vec<Rule>,
+    /// The clients (mirror names) that read this flag, from its `clients:` field: replaces the
+    /// repository config's declaration for this flag; `Some(empty)`: only Vexil's own APIs.
+    pub clients: Option<Vec<Box<str>>>,
     pub origin: Origin,
 }
 

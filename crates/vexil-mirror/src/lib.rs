@@ -21,11 +21,21 @@
     )
 )]
 
+/// The words a reason about unusual inputs only is made with (`concat!` it into the reason):
+/// `Finding::unusual_inputs_only` says so without reading the text.
+macro_rules! unusual_inputs_only {
+    () => {
+        "for unusual inputs only"
+    };
+}
+
 pub mod flipper;
 mod report;
 pub mod unleash;
 
-pub use report::{Coverage, coverage, declared_findings, grouped_warnings};
+pub use report::{
+    Coverage, coverage, declared_findings, declared_flags, declares, grouped_warnings,
+};
 
 use vexil_core::snapshot::{Flag, Gate, Origin, Outcome, Rule, Snapshot, Value};
 
@@ -107,6 +117,10 @@ pub struct Finding {
     pub mirror: Mirror,
     pub fidelity: Fidelity,
     pub reason: String,
+    /// The client answers differently only for unusual inputs (numbers written oddly,
+    /// non-ASCII digits, build metadata, ...): still inexact, still a warning for a declared
+    /// client, but the conformance corpus, which has no such inputs, must agree.
+    pub unusual_inputs_only: bool,
     /// The flag, or the rule at fault.
     pub file: String,
     pub pos: vexil_core::diag::Pos,
@@ -126,6 +140,8 @@ impl Finding {
             flag: flag.into(),
             mirror,
             fidelity,
+            unusual_inputs_only: fidelity == Fidelity::Inexact
+                && reason.contains(unusual_inputs_only!()),
             reason,
             file: origin.file.clone(),
             pos: origin.pos,

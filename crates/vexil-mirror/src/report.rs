@@ -1,5 +1,5 @@
 //! Findings as people read them: the ones for the clients a repository declares
-//! (`vexil.yaml`), one warning per flag and client (every reason, each with its place), and
+//! (a flag's `clients:`, else `vexil.yaml`), one warning per flag and client (every reason, each with its place), and
 //! per-mirror counts of flags (not findings) for `/mirrors/diagnostics`.
 
 use std::collections::BTreeMap;
@@ -16,10 +16,30 @@ use crate::{Fidelity, Finding, Mirror};
 pub fn declared_findings(snapshot: &Snapshot, mirrors: Option<&[Mirror]>) -> Vec<Finding> {
     let mut out = crate::findings(snapshot, mirrors.unwrap_or(&Mirror::ALL));
     if mirrors.is_none() {
-        let config = snapshot.config();
-        out.retain(|f| config.declares(&f.namespace, f.mirror.as_str()));
+        out.retain(|f| declares(snapshot, &f.namespace, &f.flag, f.mirror));
     }
     out
+}
+
+/// Whether `mirror`'s client reads a flag: its own `clients:` when it has one, else its
+/// namespace's in the repository config, else the repository's (every client without any).
+pub fn declares(snapshot: &Snapshot, namespace: &str, flag: &str, mirror: Mirror) -> bool {
+    let config = snapshot.config();
+    match snapshot.namespace(namespace).and_then(|ns| ns.flag(flag)) {
+        Some(flag) => config.declares_flag(namespace, flag, mirror.as_str()),
+        None => config.declares(namespace, mirror.as_str()),
+    }
+}
+
+/// How many flags of the snapshot `mirror`'s client is declared to read.
+pub fn declared_flags(snapshot: &Snapshot, mirror: Mirror) -> usize {
+    let config = snapshot.config();
+    snapshot
+        .namespaces()
+        .iter()
+        .flat_map(|ns| ns.flags.iter().map(move |f| (&*ns.name, f)))
+        .filter(|(ns, f)| config.declares_flag(ns, f, mirror.as_str()))
+        .count()
 }
 
 /// One warning per flag and mirror, in place of one per finding. It stands at the first
@@ -137,9 +157,13 @@ flags:
 ";
 
     fn snapshot(config: Option<&str>) -> Snapshot {
+        snapshot_of(FLAGS, config)
+    }
+
+    fn snapshot_of(flags: &str, config: Option<&str>) -> Snapshot {
         let mut files = vec![SourceFile {
             path: "f.yaml".into(),
-            text: FLAGS.into(),
+            text: flags.into(),
         }];
         if let Some(text) = config {
             files.push(SourceFile {
@@ -250,5 +274,39 @@ flags:
             "clients: []\nnamespaces:\n  default: { clients: [] }\n",
         ));
         assert!(declared_findings(&none, None).is_empty());
+    }
+
+    /// A flag's own `clients:` decides for it, over the repository config's list.
+    #[test]
+    fn a_flags_own_clients_decide_for_it() {
+        let flags = FLAGS.replace(
+            "  two-reasons:\n",
+            "  two-reasons:\n    clients: [unleash-legacy]\n",
+        );
+        let s = snapshot_of(&flags, Some("clients: [unleash]\n"));
+        let mut mirrors: Vec<&str> = declared_findings(&s, None)
+            .iter()
+            .map(|f| f.mirror.as_str())
+            .collect();
+        mirrors.dedup();
+        assert_eq!(mirrors, ["unleash-legacy"]);
+        assert!(crate::declares(
+            &s,
+            "default",
+            "two-reasons",
+            Mirror::UnleashLegacy
+        ));
+        assert!(!crate::declares(
+            &s,
+            "default",
+            "two-reasons",
+            Mirror::Unleash
+        ));
+        assert!(crate::declares(&s, "default", "exact", Mirror::Unleash));
+        assert_eq!(crate::declared_flags(&s, Mirror::Unleash), 1);
+        assert_eq!(crate::declared_flags(&s, Mirror::UnleashLegacy), 1);
+        assert_eq!(crate::declared_flags(&s, Mirror::Flipper), 0);
+        // Without any declaration, every client reads every flag.
+        assert_eq!(crate::declared_flags(&snapshot(None), Mirror::Flipper), 2);
     }
 }

@@ -332,6 +332,20 @@ flags:
     );
     assert!(of("digits", "unleash-node")[0].contains("for unusual inputs only (non-ASCII"));
     assert_eq!(of("digits", "unleash"), Vec::<String>::new());
+    // The structured field says it without reading the reason: numbers and patterns differ
+    // only for unusual inputs, the clock and a date alone for ordinary ones.
+    let unusual = |flag: &str, mirror: Mirror| -> Vec<bool> {
+        super::findings(&snapshot(yaml), &[mirror])
+            .into_iter()
+            .filter(|f| *f.flag == *flag)
+            .map(|f| f.unusual_inputs_only)
+            .collect()
+    };
+    assert_eq!(unusual("big", Mirror::UnleashNode), [true, true]);
+    assert_eq!(unusual("digits", Mirror::UnleashNode), [true]);
+    assert_eq!(unusual("signup", Mirror::UnleashNode), [false]);
+    assert_eq!(unusual("clock", Mirror::UnleashNode), [false]);
+    assert_eq!(unusual("signup", Mirror::Unleash), [false]);
 }
 
 #[test]
@@ -406,7 +420,7 @@ flags:
     // flags out.
     assert!(modern.findings.iter().all(|f| f.flag.as_ref() == "pro"
         && f.fidelity == Fidelity::Inexact
-        && f.reason.contains("for unusual inputs only")));
+        && f.unusual_inputs_only));
     let legacy = flipper::export(ns, flipper::Profile::Legacy);
     assert!(legacy.features.is_empty());
     assert_eq!(legacy.findings.len(), 2);

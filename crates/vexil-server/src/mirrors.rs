@@ -338,7 +338,6 @@ fn unleash_table(legacy: &unleash::Export, modern: &unleash::Export) -> UnleashT
 }
 
 fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Value {
-    let config = snapshot.config();
     let items: Vec<serde_json::Value> = findings
         .iter()
         .map(|f| {
@@ -351,20 +350,17 @@ fn diagnostics_json(snapshot: &Snapshot, findings: &[Finding]) -> serde_json::Va
                 "file": f.file,
                 "line": f.pos.line,
                 "column": f.pos.column,
-                "declared": config.declares(&f.namespace, f.mirror.as_str()),
+                "unusual_inputs_only": f.unusual_inputs_only,
+                "declared": vexil_mirror::declares(snapshot, &f.namespace, &f.flag, f.mirror),
             })
         })
         .collect();
     // Counted in flags: a flag with several findings counts once, as its worst.
     let mut summary = serde_json::Map::new();
     for (mirror, c) in vexil_mirror::coverage(snapshot, findings) {
-        // The namespaces whose findings for this client `vexil validate` reports.
-        let declared: Vec<&str> = snapshot
-            .namespaces()
-            .iter()
-            .map(|ns| &*ns.name)
-            .filter(|ns| config.declares(ns, mirror.as_str()))
-            .collect();
+        // The flags whose findings for this client `vexil validate` reports (a flag's own
+        // `clients:` decides for it, so namespaces would not say it).
+        let declared = vexil_mirror::declared_flags(snapshot, mirror);
         summary.insert(
             mirror.as_str().into(),
             serde_json::json!({

@@ -123,7 +123,7 @@ fn verdict(report: &Report) -> &'static str {
     if report.is_empty() {
         "no change in behaviour: no flag or segment differs"
     } else if !report.changes_behaviour() {
-        "no change in behaviour: only descriptions, owners, tags, expiry or metadata changed"
+        "no change in behaviour: only descriptions, owners, tags, expiry, metadata or declared clients changed"
     } else {
         "answers can change"
     }
@@ -171,6 +171,12 @@ pub fn human(report: &Report) -> String {
             }
         }
     }
+    if !report.config.is_empty() {
+        let _ = writeln!(out, "repository config (vexil.yaml)");
+        for f in &report.config {
+            let _ = writeln!(out, "  ~ {}", field_line(f));
+        }
+    }
     let _ = writeln!(out, "{}", verdict(report));
     out
 }
@@ -187,6 +193,10 @@ pub fn markdown(report: &Report, base: &str, head: &str) -> String {
     }
     if report.is_empty() {
         return out;
+    }
+    if report.namespaces.is_empty() {
+        // Only the repository config changed.
+        return markdown_config(out, report);
     }
     let _ = writeln!(
         out,
@@ -284,6 +294,26 @@ pub fn markdown(report: &Report, base: &str, head: &str) -> String {
             }
             let _ = writeln!(out, "\n</details>\n");
         }
+    }
+    markdown_config(out, report)
+}
+
+fn markdown_config(mut out: String, report: &Report) -> String {
+    if !report.config.is_empty() {
+        let _ = writeln!(
+            out,
+            "Repository config (`vexil.yaml`), declared clients:\n\n| field | before | after |\n| --- | --- | --- |"
+        );
+        for f in &report.config {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                f.field,
+                md_cell(f.before.as_ref()),
+                md_cell(f.after.as_ref())
+            );
+        }
+        out.push('\n');
     }
     out
 }

@@ -71,10 +71,12 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::from)
         }
-        Command::Schema(_) => {
-            println!("{}", vexil_core::schema::FLAG_FILE_SCHEMA.trim_end());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Schema(_) => vexil_core::schema::flag_schema(vexil_mirror::Mirror::names())
+            .map(|schema| {
+                println!("{schema}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

@@ -187,6 +187,21 @@ async fn unleash_wire_contract() {
             .contains("ignores the field of DATE_AFTER and DATE_BEFORE"),
         "{trial}"
     );
+    // Said in a field, not only in the reason's words: the clock is no unusual input.
+    assert_eq!(trial["unusual_inputs_only"], false, "{trial}");
+    assert!(
+        findings
+            .iter()
+            .all(|f| f["unusual_inputs_only"].is_boolean())
+    );
+    assert!(findings.iter().any(|f| {
+        f["unusual_inputs_only"] == true
+            && f["fidelity"] == "inexact"
+            && f["reason"]
+                .as_str()
+                .unwrap()
+                .contains("for unusual inputs only")
+    }));
     assert_eq!(
         diagnostics["summary"]["unleash-node"]["exported"],
         diagnostics["summary"]["unleash"]["exported"]

@@ -28,6 +28,7 @@ use crate::openfeature::{candidates, is_random, named_ids, node_dir, python, run
 use crate::serve::{TestServer, commit, repo_with};
 
 mod contract;
+mod coverage;
 mod flipper1x;
 
 /// Contexts generated per flag and client.
@@ -105,7 +106,7 @@ fn exact(snapshot: &Snapshot, ns: &Namespace, mirror: Mirror) -> Vec<String> {
     let findings: BTreeSet<(String, Mirror)> = vexil_mirror::findings(snapshot, &[mirror])
         .into_iter()
         .filter(|f| *f.namespace == *ns.name)
-        .filter(|f| !f.reason.contains("for unusual inputs only"))
+        .filter(|f| !f.unusual_inputs_only)
         .map(|f| (f.flag.to_string(), f.mirror))
         .collect();
     ns.flags

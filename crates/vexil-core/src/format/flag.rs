@@ -22,9 +22,16 @@ const FLAG_FIELDS: &[&str] = &[
     "variants",
     "default",
     "rules",
+    "clients",
 ];
 
-pub(super) fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Node) -> FlagDef {
+pub(super) fn decode_flag(
+    sink: &mut Sink<'_>,
+    key: String,
+    pos: Pos,
+    node: &Node,
+    known_clients: Option<&[&str]>,
+) -> FlagDef {
     let Some(mut f) = decode::fields(sink, node, &format!("flag `{key}`")) else {
         return FlagDef {
             key,
@@ -97,6 +104,15 @@ pub(super) fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Nod
         .take("metadata")
         .map(|n| decode_metadata(sink, n))
         .unwrap_or_default();
+    // Checked exactly as the repository config's lists are (same diagnostics).
+    let clients = f.take("clients").and_then(|n| {
+        crate::config::clients(
+            sink,
+            n,
+            &format!("`clients` of flag `{key}`"),
+            known_clients,
+        )
+    });
     let variants = decode_variants(sink, &key, flag_type, f.take("variants"), pos);
     let default = decode_default(sink, &key, flag_type, &variants, f.take("default"), pos);
 
@@ -176,6 +192,7 @@ pub(super) fn decode_flag(sink: &mut Sink<'_>, key: String, pos: Pos, node: &Nod
         variants: variants.into_iter().map(|(v, _)| v).collect(),
         default,
         rules,
+        clients: clients.map(|c| c.names),
         origin: origin(sink, pos),
     };
     FlagDef {

@@ -67,7 +67,8 @@ impl FileDef {
     }
 }
 
-pub(crate) fn decode_file(sink: &mut Sink<'_>, root: &Node) -> FileDef {
+/// `clients`: the client names a flag's `clients:` may list (`CompileOptions::clients`).
+pub(crate) fn decode_file(sink: &mut Sink<'_>, root: &Node, clients: Option<&[&str]>) -> FileDef {
     let mut def = FileDef::empty();
     let Some(mut f) = decode::fields(sink, root, "a flag file") else {
         return def;
@@ -91,7 +92,7 @@ pub(crate) fn decode_file(sink: &mut Sink<'_>, root: &Node) -> FileDef {
     if let Some(n) = f.take("flags") {
         for (key, pos, node) in decode::named_entries(sink, n, "`flags`") {
             if decode::check_key(sink, &key, pos, "flag key") {
-                def.flags.push(decode_flag(sink, key, pos, node));
+                def.flags.push(decode_flag(sink, key, pos, node, clients));
             }
         }
     }

@@ -25,7 +25,11 @@ use super::{Feature, Note, can_serve, flipper_percent, is_on};
 const MAX_SPELLINGS: usize = 256;
 
 /// What a number-reading condition cannot promise.
-const NUMBER_NOTE: &str = "reads numbers, which Flipper reads differently for unusual inputs only (numbers in text that Ruby writes back otherwise, such as \"05\", \"+5\", \"1.50\" or \" 5\", infinities, integers beyond 2^53)";
+const NUMBER_NOTE: &str = concat!(
+    "reads numbers, which Flipper reads differently ",
+    unusual_inputs_only!(),
+    " (numbers in text that Ruby writes back otherwise, such as \"05\", \"+5\", \"1.50\" or \" 5\", infinities, integers beyond 2^53)"
+);
 
 /// An expression, or a constant it simplified to.
 #[derive(Debug, Clone, PartialEq)]
@@ -411,9 +415,11 @@ fn buckets(
     let text = match &bucket.attr {
         Some(path) => {
             if !path.is_targeting_key {
-                notes.push(
-                    "buckets by a property, which Flipper hashes differently for unusual inputs only (a float property holding a whole number: Ruby writes 42.0, Vexil 42)",
-                );
+                notes.push(concat!(
+                    "buckets by a property, which Flipper hashes differently ",
+                    unusual_inputs_only!(),
+                    " (a float property holding a whole number: Ruby writes 42.0, Vexil 42)"
+                ));
             }
             property(path)
         }

@@ -447,8 +447,8 @@ impl<'a> Cx<'a> {
             self.notes.push((
                 &rule.origin,
                 format!(
-                    "rule `{}` buckets its {what} with murmur3, which Node's engine applies to the low byte of each UTF-16 unit: other shares for non-ASCII values, for unusual inputs only",
-                    rule.name
+                    concat!("rule `{}` buckets its {} with murmur3, which Node's engine applies to the low byte of each UTF-16 unit: other shares for non-ASCII values, ", unusual_inputs_only!()),
+                    rule.name, what
                 ),
             ));
         }
@@ -537,8 +537,8 @@ impl<'a> Cx<'a> {
 fn yggdrasil_reason(kind: &Edge) -> Option<String> {
     Some(match kind {
         Edge::Clock | Edge::FieldTime(_) => "compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time".to_owned(),
-        Edge::Number => "compares numbers, which Unleash's engine reads differently for unusual inputs only (surrounding spaces, inf or NaN, beyond 64-bit floats, differences below 2.2e-16)".to_owned(),
-        Edge::Version => "compares versions, which Unleash's engine reads differently for unusual inputs only (build metadata counts there, surrounding spaces)".to_owned(),
+        Edge::Number => concat!("compares numbers, which Unleash's engine reads differently ", unusual_inputs_only!(), " (surrounding spaces, inf or NaN, beyond 64-bit floats, differences below 2.2e-16)").to_owned(),
+        Edge::Version => concat!("compares versions, which Unleash's engine reads differently ", unusual_inputs_only!(), " (build metadata counts there, surrounding spaces)").to_owned(),
         Edge::Pattern => return None,
     })
 }
@@ -547,9 +547,9 @@ fn node_reason(kind: &Edge) -> String {
     match kind {
         Edge::Clock => "compares times, which Node's engine reads with JavaScript's Date: the clock when the context has no currentTime (Vexil: no match), local time for a time without zone".to_owned(),
         Edge::FieldTime(field) => format!("compares `{field}` with a time, but Node's engine ignores the field of DATE_AFTER and DATE_BEFORE and compares currentTime (or the clock) instead"),
-        Edge::Number => "compares numbers, which Node's engine reads differently for unusual inputs only (JavaScript's Number(): 0x1E, 0b11, Infinity, an empty or blank value as 0, surrounding spaces)".to_owned(),
-        Edge::Version => "compares versions, which Node's engine reads differently for unusual inputs only (npm semver: a leading `=`, surrounding spaces)".to_owned(),
-        Edge::Pattern => "matches a pattern with \\d, \\w, \\s or \\b, which Node's engine (RE2) reads as ASCII classes: differently for unusual inputs only (non-ASCII digits, letters or spaces)".to_owned(),
+        Edge::Number => concat!("compares numbers, which Node's engine reads differently ", unusual_inputs_only!(), " (JavaScript's Number(): 0x1E, 0b11, Infinity, an empty or blank value as 0, surrounding spaces)").to_owned(),
+        Edge::Version => concat!("compares versions, which Node's engine reads differently ", unusual_inputs_only!(), " (npm semver: a leading `=`, surrounding spaces)").to_owned(),
+        Edge::Pattern => concat!("matches a pattern with \\d, \\w, \\s or \\b, which Node's engine (RE2) reads as ASCII classes: differently ", unusual_inputs_only!(), " (non-ASCII digits, letters or spaces)").to_owned(),
     }
 }
 
