@@ -21,6 +21,7 @@
     )
 )]
 
+pub mod flagd;
 pub mod flipper;
 mod report;
 pub mod unleash;
@@ -45,14 +46,24 @@ pub enum Mirror {
     /// The Unleash client API for SDKs that send no `Unleash-Client-Spec` (ruby-unleash 3.2.5
     /// and its era: `IN`/`NOT_IN` only, no strategy variants).
     UnleashLegacy,
+    /// flagd definitions (the sync service, `vexil export --format flagd`) as flagd's Go
+    /// evaluator reads them: the flagd daemon and the Go in-process provider.
+    Flagd,
+    /// The same definitions read by JS flagd-core 4.x (the Node and web in-process providers).
+    FlagdNode,
+    /// The same definitions read by Python flagd-core 2.x (the Python in-process provider).
+    FlagdPython,
 }
 
 impl Mirror {
-    pub const ALL: [Mirror; 4] = [
+    pub const ALL: [Mirror; 7] = [
         Mirror::Flipper,
         Mirror::Unleash,
         Mirror::UnleashNode,
         Mirror::UnleashLegacy,
+        Mirror::Flagd,
+        Mirror::FlagdNode,
+        Mirror::FlagdPython,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +72,9 @@ impl Mirror {
             Mirror::Unleash => "unleash",
             Mirror::UnleashNode => "unleash-node",
             Mirror::UnleashLegacy => "unleash-legacy",
+            Mirror::Flagd => "flagd",
+            Mirror::FlagdNode => "flagd-node",
+            Mirror::FlagdPython => "flagd-python",
         }
     }
 
@@ -141,6 +155,9 @@ pub fn findings(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Finding> {
                 Mirror::UnleashNode => out.extend(unleash::node_findings(ns)),
                 Mirror::UnleashLegacy => {
                     out.extend(unleash::export(ns, unleash::Profile::Legacy).findings);
+                }
+                Mirror::Flagd | Mirror::FlagdNode | Mirror::FlagdPython => {
+                    out.extend(flagd::findings(ns, mirror));
                 }
             }
         }

@@ -1,0 +1,217 @@
+//! Matchers and conditions as flagd's JsonLogic (shared reference flagd-sync.md, "JsonLogic
+//! dialect"): the tests a provider runs in process.
+//!
+//! Every test is written so that a missing attribute (`{"var"}` is null) answers as Vexil
+//! does, and equality is a strict `in` over every form Vexil accepts for the operand (text,
+//! number, boolean), not JsonLogic's loose `==`, whose coercions differ per language.
+
+use serde_json::{Value as Json, json};
+use vexil_core::snapshot::{AttrPath, Cmp, Condition, Matcher, Mode, Namespace, Op, Scalar};
+
+/// Why a test has no JsonLogic form (the flag is left out), or reads some contexts otherwise.
+pub(super) enum Gap {
+    /// No JsonLogic form: the flag is omitted.
+    Omit(String),
+}
+
+/// A note that answers can differ for some contexts (inexact for every flagd evaluator).
+pub(super) type Caveat = String;
+
+pub(super) struct Logic<'a> {
+    pub(super) ns: &'a Namespace,
+    /// Inexact notes found while translating.
+    pub(super) caveats: Vec<Caveat>,
+}
+
+/// `{"var": path}`: the targeting key is `targetingKey` at the top of flagd's context.
+pub(super) fn var(attr: &AttrPath) -> Json {
+    if attr.is_targeting_key {
+        json!({ "var": "targetingKey" })
+    } else {
+        json!({ "var": &*attr.full })
+    }
+}
+
+pub(super) fn present(value: Json) -> Json {
+    json!({ "!=": [value, null] })
+}
+
+/// `and` of the parts, without a wrapper for one part and `true` for none.
+pub(super) fn all(mut parts: Vec<Json>) -> Json {
+    match parts.len() {
+        0 => Json::Bool(true),
+        1 => parts.pop().unwrap_or(Json::Bool(true)),
+        _ => json!({ "and": parts }),
+    }
+}
+
+fn any(mut parts: Vec<Json>) -> Json {
+    match parts.len() {
+        0 => Json::Bool(false),
+        1 => parts.pop().unwrap_or(Json::Bool(false)),
+        _ => json!({ "or": parts }),
+    }
+}
+
+fn join(mode: Mode, parts: Vec<Json>) -> Json {
+    match mode {
+        Mode::All => all(parts),
+        Mode::Any => any(parts),
+    }
+}
+
+/// The forms a value equal to the operand may take in a context: its text, its number, its
+/// boolean (Vexil's `equals` reads "42" as 42 and "true" as true).
+fn forms(scalar: &Scalar, out: &mut Vec<Json>) {
+    out.push(Json::String(scalar.text.to_string()));
+    if let Some(n) = scalar.number.and_then(serde_json::Number::from_f64) {
+        out.push(Json::Number(n));
+    }
+    if let Some(b) = scalar.boolean {
+        out.push(Json::Bool(b));
+    }
+}
+
+fn ids_test<'a>(ids: impl IntoIterator<Item = &'a Box<str>>) -> Json {
+    let mut list: Vec<&str> = ids.into_iter().map(|s| &**s).collect();
+    list.sort_unstable();
+    json!({ "in": [{ "var": "targetingKey" }, list] })
+}
+
+impl Logic<'_> {
+    /// The test of one rule matcher.
+    pub(super) fn matcher(&mut self, m: &Matcher) -> Result<Json, Gap> {
+        Ok(match m {
+            Matcher::Segments(mode, indices) => {
+                let mut parts = Vec::with_capacity(indices.len());
+                for &i in indices {
+                    let Some(segment) = self.ns.segment(i) else {
+                        continue;
+                    };
+                    let mut either = Vec::new();
+                    if !segment.ids.is_empty() {
+                        either.push(ids_test(&segment.ids));
+                    }
+                    for (mode, conditions) in &segment.groups {
+                        either.push(self.conditions(*mode, conditions).map_err(|Gap::Omit(why)| {
+                            Gap::Omit(format!("uses segment `{}`, which {why}", segment.key))
+                        })?);
+                    }
+                    parts.push(any(either));
+                }
+                join(*mode, parts)
+            }
+            Matcher::Conditions(mode, conditions) => self.conditions(*mode, conditions)?,
+            Matcher::Ids(ids) => ids_test(ids),
+            Matcher::Groups(groups) => {
+                self.caveats.push(
+                    "matches `groups`, which flagd tests as one text (`in` a list of names): a list of groups in the context matches nothing"
+                        .to_owned(),
+                );
+                let names: Vec<&str> = groups.iter().map(|g| &**g).collect();
+                json!({ "in": [{ "var": "groups" }, names] })
+            }
+        })
+    }
+
+    fn conditions(&mut self, mode: Mode, conditions: &[Condition]) -> Result<Json, Gap> {
+        let mut parts = Vec::with_capacity(conditions.len());
+        for c in conditions {
+            parts.push(self.condition(c)?);
+        }
+        Ok(join(mode, parts))
+    }
+
+    fn condition(&mut self, c: &Condition) -> Result<Json, Gap> {
+        let attr = &*c.attr.full;
+        if c.ignore_case {
+            return Err(Gap::Omit(format!(
+                "compares `{attr}` ignoring case, which flagd's JsonLogic cannot (no lower-casing operator)"
+            )));
+        }
+        let v = var(&c.attr);
+        Ok(match &c.op {
+            Op::Equals { value, negate } => {
+                let mut list = Vec::new();
+                forms(value, &mut list);
+                let test = json!({ "in": [v, list] });
+                if *negate { json!({ "!": test }) } else { test }
+            }
+            Op::In {
+                texts,
+                numbers,
+                negate,
+            } => {
+                let mut sorted: Vec<&str> = texts.iter().map(|t| &**t).collect();
+                sorted.sort_unstable();
+                let mut list: Vec<Json> = sorted.iter().map(|t| json!(t)).collect();
+                list.extend(
+                    numbers
+                        .iter()
+                        .filter_map(|n| serde_json::Number::from_f64(*n))
+                        .map(Json::Number),
+                );
+                // A boolean attribute is in the list when its text is.
+                for b in [true, false] {
+                    if texts.contains(if b { "true" } else { "false" }) {
+                        list.push(Json::Bool(b));
+                    }
+                }
+                let test = json!({ "in": [v, list] });
+                if *negate { json!({ "!": test }) } else { test }
+            }
+            Op::StartsWith(s) => json!({ "starts_with": [v, &**s] }),
+            Op::EndsWith(s) => json!({ "ends_with": [v, &**s] }),
+            // A substring of a text, or an element of a list, as Vexil's `contains`; `in` needs
+            // a value to search.
+            Op::Contains(s) => all(vec![present(v.clone()), json!({ "in": [&**s, v] })]),
+            Op::Matches(_) => {
+                return Err(Gap::Omit(format!(
+                    "matches `{attr}` with a regular expression, which flagd's JsonLogic cannot express"
+                )));
+            }
+            Op::Number(cmp, n) => {
+                self.caveats.push(format!(
+                    "compares `{attr}` as a number, which the providers' JsonLogic reads differently for unusual inputs only (text that is not plain decimal, booleans, empty text)"
+                ));
+                all(vec![present(v.clone()), compare(*cmp, v, json!(n))])
+            }
+            Op::Semver(cmp, version) => {
+                self.caveats.push(format!(
+                    "compares `{attr}` as a version, which flagd's `sem_ver` reads differently for unusual inputs only (partial versions like `1.2`, a `v` prefix)"
+                ));
+                let op = match cmp {
+                    Cmp::Eq => "=",
+                    Cmp::Lt => "<",
+                    Cmp::Lte => "<=",
+                    Cmp::Gt => ">",
+                    Cmp::Gte => ">=",
+                };
+                json!({ "sem_ver": [v, op, version.to_string()] })
+            }
+            Op::Before(t) | Op::After(t) => {
+                self.caveats.push(format!(
+                    "compares `{attr}` as a time, which flagd's JsonLogic reads only as a number of seconds since the epoch: a date or RFC 3339 text in the context never matches"
+                ));
+                let cmp = if matches!(c.op, Op::Before(_)) {
+                    Cmp::Lt
+                } else {
+                    Cmp::Gt
+                };
+                all(vec![present(v.clone()), compare(cmp, v, json!(t))])
+            }
+            Op::Present(true) => present(v),
+            Op::Present(false) => json!({ "==": [v, null] }),
+        })
+    }
+}
+
+fn compare(cmp: Cmp, a: Json, b: Json) -> Json {
+    match cmp {
+        Cmp::Eq => json!({ "==": [a, b] }),
+        Cmp::Lt => json!({ "<": [a, b] }),
+        Cmp::Lte => json!({ "<=": [a, b] }),
+        Cmp::Gt => json!({ ">": [a, b] }),
+        Cmp::Gte => json!({ ">=": [a, b] }),
+    }
+}
