@@ -35,7 +35,7 @@ impl FrontRules {
             Front::Flipper => crate::flipper::method(path),
             Front::Unleash => crate::unleash::method(path),
             Front::Hooks => crate::hooks::method(path),
-            Front::Vexil | Front::Flagd | Front::Http => {
+            Front::Vexil | Front::Flagd | Front::FlagdSync | Front::Http => {
                 if path == "/metrics" {
                     "metrics"
                 } else if path == "/mirrors/diagnostics" {
@@ -76,7 +76,7 @@ impl Rules for FrontRules {
             }
             Some(Front::Flipper) => crate::flipper::refused(&e),
             Some(Front::Unleash) => crate::unleash::refused(&e),
-            Some(Front::Vexil | Front::Flagd | Front::Http | Front::Hooks) | None => {
+            Some(Front::Vexil | Front::Flagd | Front::FlagdSync | Front::Http | Front::Hooks) | None => {
                 (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
             }
         }

@@ -127,10 +127,12 @@ pub enum Front {
     Http,
     /// The push webhooks (`/hooks/*`).
     Hooks,
+    /// flagd's sync service (`flagd.sync.v1.FlagSyncService`), for in-process providers.
+    FlagdSync,
 }
 
 impl Front {
-    pub const ALL: [Front; 7] = [
+    pub const ALL: [Front; 8] = [
         Front::Vexil,
         Front::Flagd,
         Front::Ofrep,
@@ -138,6 +140,7 @@ impl Front {
         Front::Unleash,
         Front::Http,
         Front::Hooks,
+        Front::FlagdSync,
     ];
 
     pub fn label(self) -> &'static str {
@@ -149,12 +152,13 @@ impl Front {
             Front::Unleash => "unleash",
             Front::Http => "http",
             Front::Hooks => "hooks",
+            Front::FlagdSync => "flagd-sync",
         }
     }
 }
 
 /// Every measured endpoint: a front and a method name, fixed at compile time.
-pub const ENDPOINTS: [(Front, &str); 35] = [
+pub const ENDPOINTS: [(Front, &str); 38] = [
     (Front::Vexil, "Evaluate"),
     (Front::Vexil, "EvaluateBatch"),
     (Front::Vexil, "ListFlags"),
@@ -171,6 +175,9 @@ pub const ENDPOINTS: [(Front, &str); 35] = [
     (Front::Flagd, "ResolveObject"),
     (Front::Flagd, "ResolveAll"),
     (Front::Flagd, "EventStream"),
+    (Front::FlagdSync, "SyncFlags"),
+    (Front::FlagdSync, "FetchAllFlags"),
+    (Front::FlagdSync, "GetMetadata"),
     (Front::Ofrep, "evaluate"),
     (Front::Ofrep, "bulk"),
     (Front::Flipper, "features"),

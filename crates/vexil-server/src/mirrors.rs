@@ -4,6 +4,7 @@
 //! diagnostics body. Conditional answers (ETags, 304, gzip) are `conditional`'s.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -115,6 +116,8 @@ pub struct Tables {
     pub unleash: HashMap<Box<str>, UnleashTable>,
     /// `GET /mirrors/diagnostics`: every finding of every mirror.
     pub diagnostics: Body,
+    /// Each namespace's flagd definitions, the JSON text the sync service sends.
+    pub flagd: HashMap<Box<str>, Arc<str>>,
 }
 
 impl Tables {
@@ -122,7 +125,11 @@ impl Tables {
         let mut findings = Vec::new();
         let mut flipper_tables = HashMap::new();
         let mut unleash_tables = HashMap::new();
+        let mut flagd_definitions = HashMap::new();
         for ns in snapshot.namespaces() {
+            let mut flagd = vexil_mirror::flagd::export(ns);
+            flagd_definitions.insert(ns.name.clone(), Arc::from(flagd.text()));
+            findings.append(&mut flagd.findings);
             let mut f = flipper::export(ns);
             flipper_tables.insert(ns.name.clone(), flipper_table(&f));
             let mut legacy = unleash::export(ns, unleash::Profile::Legacy);
@@ -140,6 +147,7 @@ impl Tables {
             flipper: flipper_tables,
             unleash: unleash_tables,
             diagnostics,
+            flagd: flagd_definitions,
         }
     }
 }

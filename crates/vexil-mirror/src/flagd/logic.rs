@@ -124,12 +124,10 @@ impl Logic<'_> {
 
     fn condition(&mut self, c: &Condition) -> Result<Json, Gap> {
         let attr = &*c.attr.full;
-        if c.ignore_case {
-            return Err(Gap::Omit(format!(
-                "compares `{attr}` ignoring case, which flagd's JsonLogic cannot (no lower-casing operator)"
-            )));
-        }
         let v = var(&c.attr);
+        if c.ignore_case {
+            return self.folded(c, v);
+        }
         Ok(match &c.op {
             Op::Equals { value, negate } => {
                 let mut list = Vec::new();
@@ -203,6 +201,64 @@ impl Logic<'_> {
             Op::Present(true) => present(v),
             Op::Present(false) => json!({ "==": [v, null] }),
         })
+    }
+}
+
+impl Logic<'_> {
+    /// A case-insensitive text test, approximated: JsonLogic has no lower-casing, so the
+    /// operand is tried in its lower-case, upper-case and capitalised spellings (`de`, `DE`,
+    /// `De`); other spellings (`dE`) do not match.
+    fn folded(&mut self, c: &Condition, v: Json) -> Result<Json, Gap> {
+        let attr = &*c.attr.full;
+        let spellings = |text: &str| -> Vec<String> {
+            let lower = text.to_lowercase();
+            let mut chars = lower.chars();
+            let capital = chars
+                .next()
+                .map(|first| first.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default();
+            let mut out = vec![lower.clone(), text.to_uppercase(), capital];
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        let test = |texts: Vec<String>, make: &dyn Fn(&str) -> Json| -> Json {
+            any(texts.iter().map(|t| make(t)).collect())
+        };
+        let out = match &c.op {
+            Op::Equals { value, negate } => {
+                let mut list: Vec<Json> = spellings(&value.text).into_iter().map(Json::String).collect();
+                list.extend(value.number.and_then(serde_json::Number::from_f64).map(Json::Number));
+                list.extend(value.boolean.map(Json::Bool));
+                let t = json!({ "in": [v, list] });
+                if *negate { json!({ "!": t }) } else { t }
+            }
+            Op::In { texts, numbers, negate } => {
+                let mut sorted: Vec<String> = texts.iter().flat_map(|t| spellings(t)).collect();
+                sorted.sort_unstable();
+                sorted.dedup();
+                let mut list: Vec<Json> = sorted.into_iter().map(Json::String).collect();
+                list.extend(numbers.iter().filter_map(|n| serde_json::Number::from_f64(*n)).map(Json::Number));
+                let t = json!({ "in": [v, list] });
+                if *negate { json!({ "!": t }) } else { t }
+            }
+            Op::StartsWith(s) => test(spellings(s), &|t| json!({ "starts_with": [v.clone(), t] })),
+            Op::EndsWith(s) => test(spellings(s), &|t| json!({ "ends_with": [v.clone(), t] })),
+            Op::Contains(s) => all(vec![
+                present(v.clone()),
+                test(spellings(s), &|t| json!({ "in": [t, v.clone()] })),
+            ]),
+            // Ignoring case changes nothing else (numbers, versions, presence).
+            _ => {
+                let mut exact = c.clone();
+                exact.ignore_case = false;
+                return self.condition(&exact);
+            }
+        };
+        self.caveats.push(format!(
+            "compares `{attr}` ignoring case, which flagd's JsonLogic cannot (no lower-casing): the export matches the lower-case, upper-case and capitalised spellings only"
+        ));
+        Ok(out)
     }
 }
 

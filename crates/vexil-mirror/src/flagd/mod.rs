@@ -178,7 +178,10 @@ fn rule_logic<'a>(
             .map_err(|Gap::Omit(why)| (&rule.origin, format!("rule `{}` {why}", rule.name)))?;
         tests.push(test);
     }
-    for caveat in logic.caveats {
+    let mut caveats = logic.caveats;
+    caveats.sort();
+    caveats.dedup();
+    for caveat in caveats {
         notes.push(Note {
             who: &EVALUATORS,
             origin: &rule.origin,
