@@ -128,12 +128,12 @@ impl Logic<'_> {
         if c.ignore_case {
             return self.folded(c, v);
         }
+        let el = element();
         Ok(match &c.op {
             Op::Equals { value, negate } => {
                 let mut list = Vec::new();
                 forms(value, &mut list);
-                let test = json!({ "in": [v, list] });
-                if *negate { json!({ "!": test }) } else { test }
+                negated(*negate, each(v, json!({ "in": [el, list] })))
             }
             Op::In {
                 texts,
@@ -155,11 +155,10 @@ impl Logic<'_> {
                         list.push(Json::Bool(b));
                     }
                 }
-                let test = json!({ "in": [v, list] });
-                if *negate { json!({ "!": test }) } else { test }
+                negated(*negate, each(v, json!({ "in": [el, list] })))
             }
-            Op::StartsWith(s) => json!({ "starts_with": [v, &**s] }),
-            Op::EndsWith(s) => json!({ "ends_with": [v, &**s] }),
+            Op::StartsWith(s) => each(v, json!({ "starts_with": [el, &**s] })),
+            Op::EndsWith(s) => each(v, json!({ "ends_with": [el, &**s] })),
             // A substring of a text, or an element of a list, as Vexil's `contains`; `in` needs
             // a value to search.
             Op::Contains(s) => all(vec![present(v.clone()), json!({ "in": [&**s, v] })]),
@@ -172,7 +171,7 @@ impl Logic<'_> {
                 self.caveats.push(format!(
                     "compares `{attr}` as a number, which the providers' JsonLogic reads differently for unusual inputs only (text that is not plain decimal, booleans, empty text)"
                 ));
-                all(vec![present(v.clone()), compare(*cmp, v, json!(n))])
+                each(v, all(vec![present(el.clone()), compare(*cmp, el, json!(n))]))
             }
             Op::Semver(cmp, version) => {
                 self.caveats.push(format!(
@@ -185,7 +184,7 @@ impl Logic<'_> {
                     Cmp::Gt => ">",
                     Cmp::Gte => ">=",
                 };
-                json!({ "sem_ver": [v, op, version.to_string()] })
+                each(v, json!({ "sem_ver": [el, op, version.to_string()] }))
             }
             Op::Before(t) | Op::After(t) => {
                 self.caveats.push(format!(
@@ -196,12 +195,27 @@ impl Logic<'_> {
                 } else {
                     Cmp::Gt
                 };
-                all(vec![present(v.clone()), compare(cmp, v, json!(t))])
+                each(v, all(vec![present(el.clone()), compare(cmp, el, json!(t))]))
             }
             Op::Present(true) => present(v),
             Op::Present(false) => json!({ "==": [v, null] }),
         })
     }
+}
+
+/// The element `each` tests.
+fn element() -> Json {
+    json!({ "var": "" })
+}
+
+/// `test` holds for the value, or for an element of a list value (Vexil's reading of lists):
+/// `merge` makes a one-element list of a single value and leaves a list as it is.
+fn each(value: Json, test: Json) -> Json {
+    json!({ "some": [{ "merge": [value] }, test] })
+}
+
+fn negated(negate: bool, test: Json) -> Json {
+    if negate { json!({ "!": test }) } else { test }
 }
 
 impl Logic<'_> {
@@ -222,31 +236,39 @@ impl Logic<'_> {
             out.dedup();
             out
         };
-        let test = |texts: Vec<String>, make: &dyn Fn(&str) -> Json| -> Json {
-            any(texts.iter().map(|t| make(t)).collect())
-        };
+        let el = element();
         let out = match &c.op {
             Op::Equals { value, negate } => {
-                let mut list: Vec<Json> = spellings(&value.text).into_iter().map(Json::String).collect();
+                let mut list: Vec<Json> =
+                    spellings(&value.text).into_iter().map(Json::String).collect();
                 list.extend(value.number.and_then(serde_json::Number::from_f64).map(Json::Number));
                 list.extend(value.boolean.map(Json::Bool));
-                let t = json!({ "in": [v, list] });
-                if *negate { json!({ "!": t }) } else { t }
+                negated(*negate, each(v, json!({ "in": [el, list] })))
             }
             Op::In { texts, numbers, negate } => {
                 let mut sorted: Vec<String> = texts.iter().flat_map(|t| spellings(t)).collect();
                 sorted.sort_unstable();
                 sorted.dedup();
                 let mut list: Vec<Json> = sorted.into_iter().map(Json::String).collect();
-                list.extend(numbers.iter().filter_map(|n| serde_json::Number::from_f64(*n)).map(Json::Number));
-                let t = json!({ "in": [v, list] });
-                if *negate { json!({ "!": t }) } else { t }
+                list.extend(
+                    numbers
+                        .iter()
+                        .filter_map(|n| serde_json::Number::from_f64(*n))
+                        .map(Json::Number),
+                );
+                negated(*negate, each(v, json!({ "in": [el, list] })))
             }
-            Op::StartsWith(s) => test(spellings(s), &|t| json!({ "starts_with": [v.clone(), t] })),
-            Op::EndsWith(s) => test(spellings(s), &|t| json!({ "ends_with": [v.clone(), t] })),
+            Op::StartsWith(s) => each(
+                v,
+                any(spellings(s).iter().map(|t| json!({ "starts_with": [el, t] })).collect()),
+            ),
+            Op::EndsWith(s) => each(
+                v,
+                any(spellings(s).iter().map(|t| json!({ "ends_with": [el, t] })).collect()),
+            ),
             Op::Contains(s) => all(vec![
                 present(v.clone()),
-                test(spellings(s), &|t| json!({ "in": [t, v.clone()] })),
+                any(spellings(s).iter().map(|t| json!({ "in": [t, v] })).collect()),
             ]),
             // Ignoring case changes nothing else (numbers, versions, presence).
             _ => {

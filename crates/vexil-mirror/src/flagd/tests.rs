@@ -53,6 +53,8 @@ flags:
     );
     let e = export(&s.namespaces()[0]);
     assert!(e.findings.is_empty(), "{:?}", e.findings);
+    // A list attribute matches when an element does, as in Vexil: `merge` makes a value a list.
+    let some = |attr: &str, test: serde_json::Value| json!({"some": [{"merge": [{"var": attr}]}, test]});
     assert_eq!(
         e.definitions,
         json!({"flags": {"f": {
@@ -60,15 +62,15 @@ flags:
             "variants": {"a": "A", "b": "B", "c": "C"},
             "defaultVariant": "a",
             "targeting": {"if": [
-                {"in": [{"var": "country"}, ["7", "DE", 7.0]]}, "b",
+                some("country", json!({"in": [{"var": ""}, ["7", "DE", 7.0]]})), "b",
                 {"if": [
                     {"or": [
                         {"in": [{"var": "targetingKey"}, ["u1", "u2"]]},
-                        {"ends_with": [{"var": "email"}, "@corp.example"]}
+                        some("email", json!({"ends_with": [{"var": ""}, "@corp.example"]}))
                     ]}, "c",
                     {"if": [
                         {"and": [
-                            {"!": {"in": [{"var": "plan"}, ["true", true]]}},
+                            {"!": some("plan", json!({"in": [{"var": ""}, ["true", true]]}))},
                             {"!=": [{"var": "nick"}, null]}
                         ]}, "b", null
                     ]}
