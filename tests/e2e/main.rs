@@ -37,6 +37,7 @@
 
 mod cli;
 mod faults;
+mod flagd;
 mod helpers;
 mod hostile;
 mod invalid;

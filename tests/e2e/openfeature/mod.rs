@@ -221,7 +221,7 @@ pub(crate) fn named_ids(snapshot: &vexil_core::Snapshot) -> Vec<String> {
 }
 
 /// Puts `value` at a dotted path as nested objects (`a.b` -> `{"a": {"b": value}}`).
-fn insert_nested(map: &mut serde_json::Map<String, Json>, path: &str, value: Json) {
+pub(crate) fn insert_nested(map: &mut serde_json::Map<String, Json>, path: &str, value: Json) {
     match path.split_once('.') {
         None => {
             map.insert(path.to_owned(), value);

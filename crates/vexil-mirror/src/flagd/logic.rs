@@ -32,8 +32,19 @@ pub(super) fn var(attr: &AttrPath) -> Json {
     }
 }
 
+/// Vexil finds `a.b` as a key with a dot first, then nested; JsonLogic's `var` only nested.
+pub(super) fn dotted(attr: &AttrPath) -> Option<Caveat> {
+    (attr.parts.len() > 1).then(|| {
+        format!(
+            "reads `{}`, which flagd's JsonLogic finds only in nested objects, not as one key with a dot: for unusual inputs only",
+            attr.full
+        )
+    })
+}
+
+/// Strict: JsonLogic's loose `!=` takes `false` and `0` for null in Python.
 pub(super) fn present(value: Json) -> Json {
-    json!({ "!=": [value, null] })
+    json!({ "!==": [value, null] })
 }
 
 /// `and` of the parts, without a wrapper for one part and `true` for none.
@@ -124,6 +135,9 @@ impl Logic<'_> {
 
     fn condition(&mut self, c: &Condition) -> Result<Json, Gap> {
         let attr = &*c.attr.full;
+        if let Some(caveat) = dotted(&c.attr) {
+            self.caveats.push(caveat);
+        }
         let v = var(&c.attr);
         if c.ignore_case {
             return self.folded(c, v);
@@ -157,11 +171,15 @@ impl Logic<'_> {
                 }
                 negated(*negate, each(v, json!({ "in": [el, list] })))
             }
-            Op::StartsWith(s) => each(v, json!({ "starts_with": [el, &**s] })),
-            Op::EndsWith(s) => each(v, json!({ "ends_with": [el, &**s] })),
-            // A substring of a text, or an element of a list, as Vexil's `contains`; `in` needs
-            // a value to search.
-            Op::Contains(s) => all(vec![present(v.clone()), json!({ "in": [&**s, v] })]),
+            Op::StartsWith(s) => {
+                self.caveats.push(custom_op_on_lists(attr, "starts_with"));
+                json!({ "starts_with": [v, &**s] })
+            }
+            Op::EndsWith(s) => {
+                self.caveats.push(custom_op_on_lists(attr, "ends_with"));
+                json!({ "ends_with": [v, &**s] })
+            }
+            Op::Contains(s) => contains(v, &[s.to_string()]),
             Op::Matches(_) => {
                 return Err(Gap::Omit(format!(
                     "matches `{attr}` with a regular expression, which flagd's JsonLogic cannot express"
@@ -184,7 +202,8 @@ impl Logic<'_> {
                     Cmp::Gt => ">",
                     Cmp::Gte => ">=",
                 };
-                each(v, json!({ "sem_ver": [el, op, version.to_string()] }))
+                self.caveats.push(custom_op_on_lists(attr, "sem_ver"));
+                json!({ "sem_ver": [v, op, version.to_string()] })
             }
             Op::Before(t) | Op::After(t) => {
                 self.caveats.push(format!(
@@ -198,9 +217,35 @@ impl Logic<'_> {
                 each(v, all(vec![present(el.clone()), compare(cmp, el, json!(t))]))
             }
             Op::Present(true) => present(v),
-            Op::Present(false) => json!({ "==": [v, null] }),
+            Op::Present(false) => json!({ "===": [v, null] }),
         })
     }
+}
+
+/// Vexil's `contains`: a substring of a text, or an element of a list equal to the text.
+/// JsonLogic's `in` is both, but throws in JS on other values: it runs only on a text (one
+/// that `cat` leaves as it is), and lists are tested element by element.
+fn contains(v: Json, texts: &[String]) -> Json {
+    let is_text = json!({ "===": [{ "cat": [v.clone()] }, v.clone()] });
+    let substring = any(texts.iter().map(|t| json!({ "in": [t, v.clone()] })).collect());
+    let element = any(
+        texts
+            .iter()
+            .map(|t| json!({ "===": [element(), t] }))
+            .collect(),
+    );
+    any(vec![
+        json!({ "if": [is_text, substring, false] }),
+        each(v, element),
+    ])
+}
+
+/// flagd's own operators cannot run inside `some` (JS flagd-core looks for its logger in the
+/// data, which `some` replaces by the element), so a list is not tested element by element.
+fn custom_op_on_lists(attr: &str, op: &str) -> Caveat {
+    format!(
+        "tests `{attr}` with `{op}`, which flagd applies to a list as one value (null) where Vexil tests each element: other answers for list values, for unusual inputs only"
+    )
 }
 
 /// The element `each` tests.
@@ -258,18 +303,15 @@ impl Logic<'_> {
                 );
                 negated(*negate, each(v, json!({ "in": [el, list] })))
             }
-            Op::StartsWith(s) => each(
-                v,
-                any(spellings(s).iter().map(|t| json!({ "starts_with": [el, t] })).collect()),
-            ),
-            Op::EndsWith(s) => each(
-                v,
-                any(spellings(s).iter().map(|t| json!({ "ends_with": [el, t] })).collect()),
-            ),
-            Op::Contains(s) => all(vec![
-                present(v.clone()),
-                any(spellings(s).iter().map(|t| json!({ "in": [t, v] })).collect()),
-            ]),
+            Op::StartsWith(s) => {
+                self.caveats.push(custom_op_on_lists(attr, "starts_with"));
+                any(spellings(s).iter().map(|t| json!({ "starts_with": [v.clone(), t] })).collect())
+            }
+            Op::EndsWith(s) => {
+                self.caveats.push(custom_op_on_lists(attr, "ends_with"));
+                any(spellings(s).iter().map(|t| json!({ "ends_with": [v.clone(), t] })).collect())
+            }
+            Op::Contains(s) => contains(v, &spellings(s)),
             // Ignoring case changes nothing else (numbers, versions, presence).
             _ => {
                 let mut exact = c.clone();

@@ -208,6 +208,7 @@ fn rule_logic<'a>(
                 ));
             }
             Gate::Rollout { threshold, bucket } => {
+                bucket_attr_note(rule, bucket, notes);
                 tests.push(present(bucket_var(bucket)));
                 if *threshold < BUCKETS {
                     bucket_notes(rule, bucket, "rollout", notes);
@@ -218,6 +219,7 @@ fn rule_logic<'a>(
             }
         },
         Outcome::Split { boundaries, bucket } => {
+            bucket_attr_note(rule, bucket, notes);
             tests.push(present(bucket_var(bucket)));
             let mut lower = 0;
             let mut shares = Vec::with_capacity(boundaries.len());
@@ -251,6 +253,26 @@ fn fractional<'n>(bucket: &BucketBy, shares: impl IntoIterator<Item = (&'n str, 
     let mut args = vec![json!({ "cat": [&*bucket.salt, bucket_var(bucket)] })];
     args.extend(shares.into_iter().map(|(name, weight)| json!([name, weight])));
     json!({ "fractional": args })
+}
+
+/// A bucketing attribute with a dot, or one that may hold a number (written as text by each
+/// language in its own way).
+fn bucket_attr_note<'a>(rule: &'a Rule, bucket: &BucketBy, notes: &mut Vec<Note<'a>>) {
+    let Some(attr) = bucket.attr.as_ref().filter(|a| !a.is_targeting_key) else {
+        return;
+    };
+    let mut reason = format!(
+        "rule `{}` buckets by `{}`, whose numbers the providers' `cat` writes as text differently (`1e21`, `0.1` sums): for unusual inputs only",
+        rule.name, attr.full
+    );
+    if let Some(dotted) = logic::dotted(attr) {
+        reason = format!("rule `{}` {dotted}", rule.name);
+    }
+    notes.push(Note {
+        who: &EVALUATORS,
+        origin: &rule.origin,
+        reason,
+    });
 }
 
 /// What each evaluator's `fractional` does with this rule's bucketing.

@@ -71,7 +71,7 @@ flags:
                     {"if": [
                         {"and": [
                             {"!": some("plan", json!({"in": [{"var": ""}, ["true", true]]}))},
-                            {"!=": [{"var": "nick"}, null]}
+                            {"!==": [{"var": "nick"}, null]}
                         ]}, "b", null
                     ]}
                 ]}
@@ -100,7 +100,7 @@ flags:
         e.definitions["flags"]["ramp"]["targeting"],
         json!({"if": [
             {"and": [
-                {"!=": [{"var": "targetingKey"}, null]},
+                {"!==": [{"var": "targetingKey"}, null]},
                 {"==": [{"fractional": [{"cat": ["ramp", {"var": "targetingKey"}]}, ["in", 12500], ["out", 87500]]}, "in"]}
             ]}, "on", null
         ]})
@@ -108,7 +108,7 @@ flags:
     assert_eq!(
         e.definitions["flags"]["colors"]["targeting"],
         json!({"if": [
-            {"!=": [{"var": "account"}, null]},
+            {"!==": [{"var": "account"}, null]},
             {"fractional": [{"cat": ["colors", {"var": "account"}]}, ["green", 33333], ["blue", 66667]]},
             null
         ]})
