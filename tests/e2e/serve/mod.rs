@@ -684,6 +684,7 @@ async fn health_follows_the_first_valid_snapshot_and_reflection_lists_services()
         [
             "flagd.evaluation.v1.Service",
             "flagd.evaluation.v2.Service",
+            "flagd.sync.v1.FlagSyncService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "vexil.v1.FlagService"
