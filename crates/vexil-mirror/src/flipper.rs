@@ -347,7 +347,9 @@ fn open_gate<'f>(
 fn check_bucket<'f>(flag: &Flag, rule: &'f Rule, bucket: &BucketBy, notes: &mut Vec<Note<'f>>) {
     let why = if bucket.hashing != Hashing::Vexil {
         match bucket.hashing {
-            Hashing::Flagd => "hashes as flagd does (`bucketing: flagd`), but Flipper hashes with crc32",
+            Hashing::Flagd => {
+                "hashes as flagd does (`bucketing: flagd`), but Flipper hashes with crc32"
+            }
             _ => "hashes as Unleash does (`bucketing: unleash`), but Flipper hashes with crc32",
         }
         .to_owned()

@@ -151,15 +151,13 @@ impl pb::flag_sync_service_server::FlagSyncService for SyncApi {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Arc<str>>(pump::STREAM_BUFFER);
         tokio::spawn(pump::pump(Arc::clone(&self.state), events, feed, pace, tx));
-        let stream = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            |text| {
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |text| {
                 Ok(pb::SyncFlagsResponse {
                     flag_configuration: text.to_string(),
                     sync_context: None,
                 })
-            },
-        );
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -196,9 +194,17 @@ mod tests {
         assert_eq!(namespace(&meta, "checkout"), "checkout");
         assert_eq!(namespace(&meta, "flagSetId=checkout"), "checkout");
         assert_eq!(namespace(&meta, " source=web "), "web");
-        meta.insert("flagd-selector", "flagSetId=mobile".parse().unwrap_or_else(|_| unreachable!()));
+        meta.insert(
+            "flagd-selector",
+            "flagSetId=mobile"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
         assert_eq!(namespace(&meta, "web"), "mobile");
-        meta.insert("flagd-selector", " ".parse().unwrap_or_else(|_| unreachable!()));
+        meta.insert(
+            "flagd-selector",
+            " ".parse().unwrap_or_else(|_| unreachable!()),
+        );
         assert_eq!(namespace(&meta, "web"), "web");
     }
 }

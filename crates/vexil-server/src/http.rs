@@ -76,9 +76,8 @@ impl Rules for FrontRules {
             }
             Some(Front::Flipper) => crate::flipper::refused(&e),
             Some(Front::Unleash) => crate::unleash::refused(&e),
-            Some(Front::Vexil | Front::Flagd | Front::FlagdSync | Front::Http | Front::Hooks) | None => {
-                (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
-            }
+            Some(Front::Vexil | Front::Flagd | Front::FlagdSync | Front::Http | Front::Hooks)
+            | None => (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response(),
         }
     }
 

@@ -180,9 +180,9 @@ pub fn grpc_service(
 fn sync_server(
     state: &Arc<AppState>,
 ) -> flagd_sync::pb::flag_sync_service_server::FlagSyncServiceServer<flagd_sync::SyncApi> {
-    flagd_sync::pb::flag_sync_service_server::FlagSyncServiceServer::new(
-        flagd_sync::SyncApi::new(Arc::clone(state)),
-    )
+    flagd_sync::pb::flag_sync_service_server::FlagSyncServiceServer::new(flagd_sync::SyncApi::new(
+        Arc::clone(state),
+    ))
     .max_decoding_message_size(state.options.limits.max_message_bytes)
 }
 

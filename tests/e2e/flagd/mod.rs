@@ -89,11 +89,18 @@ fn corpus(snapshot: &Snapshot, flags: &[(String, String)], n: usize, seed: u64) 
             let mut attributes = serde_json::Map::new();
             for (attr, values) in &pool {
                 if rng.bool() && !values.is_empty() && attr != "targeting_key" {
-                    insert_nested(&mut attributes, attr, values[rng.usize(..values.len())].clone());
+                    insert_nested(
+                        &mut attributes,
+                        attr,
+                        values[rng.usize(..values.len())].clone(),
+                    );
                 }
             }
             // Bucketing attributes (`bucket_by`) as text, as accounts and tenants are.
-            attributes.insert("account".into(), json!(format!("acct-{}", rng.u32(..10_000))));
+            attributes.insert(
+                "account".into(),
+                json!(format!("acct-{}", rng.u32(..10_000))),
+            );
             out.push(json!({
                 "namespace": ns,
                 "flag": &*flag.key,
@@ -117,7 +124,11 @@ fn custom_op_attrs(snapshot: &Snapshot) -> BTreeSet<String> {
     };
     for ns in snapshot.namespaces() {
         for segment in &ns.segments {
-            segment.groups.iter().flat_map(|(_, cs)| cs).for_each(&mut note);
+            segment
+                .groups
+                .iter()
+                .flat_map(|(_, cs)| cs)
+                .for_each(&mut note);
         }
         for rule in ns.flags.iter().flat_map(|f| &f.rules) {
             for m in &rule.matchers {
@@ -191,7 +202,12 @@ fn compare(client: &str, snapshot: &Snapshot, corpus: &[Json], got: &Json) -> us
         "{client}: {} of {} answers differ, e.g.:\n{}",
         mismatches.len(),
         corpus.len(),
-        mismatches.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
+        mismatches
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     corpus.len()
 }
@@ -329,16 +345,27 @@ async fn providers_follow_commits_while_connected() {
         let got = client.evaluate(&corpus_before, false).await;
         compare(client.name, &before, &corpus_before, &got);
     }
-    commit(repo.path(), second, "widen the gate, ramp up, add fresh, drop gone");
+    commit(
+        repo.path(),
+        second,
+        "widen the gate, ramp up, add fresh, drop gone",
+    );
     for (client, (_, mirror)) in clients.iter_mut().zip(CLIENTS) {
         let corpus_after = corpus(&after, &exact(&after, mirror), 200, 8);
         assert!(corpus_after.iter().any(|c| c["flag"] == "gate"));
         let got = client.evaluate(&corpus_after, true).await;
         compare(client.name, &after, &corpus_after, &got);
         // The removed flag is gone for the provider too.
-        let gone = [json!({"namespace": "default", "flag": "gone", "type": "boolean", "key": "u", "attributes": {}})];
+        let gone = [
+            json!({"namespace": "default", "flag": "gone", "type": "boolean", "key": "u", "attributes": {}}),
+        ];
         let got = client.evaluate(&gone, false).await;
-        assert_eq!(got[0]["error"], json!("FLAG_NOT_FOUND"), "{}: {got}", client.name);
+        assert_eq!(
+            got[0]["error"],
+            json!("FLAG_NOT_FOUND"),
+            "{}: {got}",
+            client.name
+        );
     }
     for client in clients {
         client.finish().await;
@@ -370,17 +397,23 @@ fn fixture_findings_are_pinned() {
         std::fs::write(&path, &got).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(got, want, "tests/flagd/findings.txt (VEXIL_BLESS=1 rewrites it)");
+    assert_eq!(
+        got, want,
+        "tests/flagd/findings.txt (VEXIL_BLESS=1 rewrites it)"
+    );
 }
 
 /// The reference's `fractional` vectors: murmur3 of the bucketing value and the bucket
 /// `bucketing: flagd` derives from it (tests/flagd/fractional_vectors.txt).
 #[test]
 fn fractional_vectors() {
-    let text = std::fs::read_to_string(repo_root().join("tests/flagd/fractional_vectors.txt"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(repo_root().join("tests/flagd/fractional_vectors.txt")).unwrap();
     let mut rows = 0;
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let [value, hash, bucket] = line.split('\t').collect::<Vec<_>>()[..] else {
             panic!("bad row {line:?}");
         };
@@ -398,4 +431,37 @@ fn fractional_vectors() {
         rows += 1;
     }
     assert!(rows >= 15, "{rows} vectors");
+}
+
+/// `vexil export --format flagd` prints the definitions the sync service serves, as a flagd flag
+/// file, with flagd's findings on stderr; an unknown namespace is an error.
+#[test]
+fn export_writes_the_definitions_as_a_flagd_file() {
+    let root = repo_root().join("tests/flagd/flags");
+    let out = crate::helpers::vexil(&["export", "--format", "flagd", root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let file: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(file["$schema"], "https://flagd.dev/schema/v0/flags.json");
+    let snapshot = load(&root);
+    let export = vexil_mirror::flagd::export(snapshot.namespace("default").unwrap());
+    assert_eq!(file["flags"], export.definitions["flags"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("warning[mirror-omitted]: flag `op-matches` is left out of the flagd mirror"),
+        "{stderr}"
+    );
+    let out = crate::helpers::vexil(&[
+        "export",
+        "--format",
+        "flagd",
+        "--namespace",
+        "nowhere",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no namespace `nowhere` (namespaces: default)")
+    );
 }

@@ -25,7 +25,11 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
         .unwrap()
 }
 
-fn with(token: Option<&str>, selector: Option<&str>, field: &str) -> tonic::Request<pb::FetchAllFlagsRequest> {
+fn with(
+    token: Option<&str>,
+    selector: Option<&str>,
+    field: &str,
+) -> tonic::Request<pb::FetchAllFlagsRequest> {
     let mut request = tonic::Request::new(pb::FetchAllFlagsRequest {
         provider_id: String::new(),
         selector: field.into(),
@@ -63,7 +67,9 @@ async fn the_sync_port_serves_definitions_by_selector_behind_tokens() {
     // The first snapshot may still be loading: wait for it (bounded).
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let fetch = async |client: &mut FlagSyncServiceClient<Channel>, selector, field| {
-        let r = client.fetch_all_flags(with(Some("s3cret"), selector, field)).await?;
+        let r = client
+            .fetch_all_flags(with(Some("s3cret"), selector, field))
+            .await?;
         Ok::<Json, tonic::Status>(serde_json::from_str(&r.into_inner().flag_configuration).unwrap())
     };
     let default = loop {
@@ -85,14 +91,23 @@ async fn the_sync_port_serves_definitions_by_selector_behind_tokens() {
         (Some("flagSetId=checkout"), ""),
         (Some("checkout"), "default"),
     ] {
-        assert_eq!(fetch(&mut client, selector, field).await.unwrap(), checkout, "{selector:?} {field}");
+        assert_eq!(
+            fetch(&mut client, selector, field).await.unwrap(),
+            checkout,
+            "{selector:?} {field}"
+        );
     }
     assert_eq!(
-        fetch(&mut client, Some("flagSetId=nowhere"), "").await.unwrap(),
+        fetch(&mut client, Some("flagSetId=nowhere"), "")
+            .await
+            .unwrap(),
         json!({"flags": {}})
     );
     // Tokens as on the gRPC port.
-    let err = client.fetch_all_flags(with(None, None, "")).await.unwrap_err();
+    let err = client
+        .fetch_all_flags(with(None, None, ""))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = client
         .fetch_all_flags(with(Some("wrong"), None, ""))
@@ -106,16 +121,27 @@ async fn the_sync_port_serves_definitions_by_selector_behind_tokens() {
     assert_eq!(metadata.metadata, Some(prost_types::Struct::default()));
     // The gRPC port serves the same service (providers given only FLAGD_PORT).
     let mut on_grpc = FlagSyncServiceClient::new(server.channel().await);
-    let r = on_grpc.fetch_all_flags(with(Some("s3cret"), None, "")).await.unwrap();
-    assert_eq!(serde_json::from_str::<Json>(&r.into_inner().flag_configuration).unwrap(), default);
+    let r = on_grpc
+        .fetch_all_flags(with(Some("s3cret"), None, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Json>(&r.into_inner().flag_configuration).unwrap(),
+        default
+    );
     // Health without a token, reflection behind it and listing the service.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(server.sync).await);
     let reply = health
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(reply.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        reply.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -137,7 +163,10 @@ async fn the_sync_port_serves_definitions_by_selector_behind_tokens() {
         panic!("{answer:?}");
     };
     let names: Vec<&str> = services.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"flagd.sync.v1.FlagSyncService"), "{names:?}");
+    assert!(
+        names.contains(&"flagd.sync.v1.FlagSyncService"),
+        "{names:?}"
+    );
     // Metrics name the front and its methods.
     let (code, _, metrics) = crate::helpers::http(
         server.http,
@@ -161,7 +190,11 @@ async fn the_sync_port_serves_definitions_by_selector_behind_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_stream_sends_its_namespace_at_once_and_after_each_change_of_it_only() {
-    let other = |v: &str| format!("namespace: other\nflags:\n  banner:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n");
+    let other = |v: &str| {
+        format!(
+            "namespace: other\nflags:\n  banner:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n"
+        )
+    };
     let repo = repo_with("flags:\n  a: { default: true }\n");
     std::fs::write(repo.path().join("flags/other.yaml"), other("one")).unwrap();
     commit(repo.path(), "flags:\n  a: { default: true }\n", "add other");
@@ -190,10 +223,21 @@ async fn a_sync_stream_sends_its_namespace_at_once_and_after_each_change_of_it_o
     assert!(first["flags"].get("a").is_none(), "{first}");
     // A commit to another namespace sends nothing; the next one to `other` sends the new set:
     // the next message is the second commit's, with nothing in between.
-    commit(repo.path(), "flags:\n  a: { default: false }\n", "default only");
+    commit(
+        repo.path(),
+        "flags:\n  a: { default: false }\n",
+        "default only",
+    );
     std::fs::write(repo.path().join("flags/other.yaml"), other("two")).unwrap();
-    commit(repo.path(), "flags:\n  a: { default: false }\n", "other changes");
+    commit(
+        repo.path(),
+        "flags:\n  a: { default: false }\n",
+        "other changes",
+    );
     let second = next().await;
-    assert_eq!(second["flags"]["banner"]["variants"]["v"], "two", "{second}");
+    assert_eq!(
+        second["flags"]["banner"]["variants"]["v"], "two",
+        "{second}"
+    );
     server.stop().await;
 }

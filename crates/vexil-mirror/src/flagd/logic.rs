@@ -104,9 +104,11 @@ impl Logic<'_> {
                         either.push(ids_test(&segment.ids));
                     }
                     for (mode, conditions) in &segment.groups {
-                        either.push(self.conditions(*mode, conditions).map_err(|Gap::Omit(why)| {
-                            Gap::Omit(format!("uses segment `{}`, which {why}", segment.key))
-                        })?);
+                        either.push(self.conditions(*mode, conditions).map_err(
+                            |Gap::Omit(why)| {
+                                Gap::Omit(format!("uses segment `{}`, which {why}", segment.key))
+                            },
+                        )?);
                     }
                     parts.push(any(either));
                 }
@@ -189,7 +191,10 @@ impl Logic<'_> {
                 self.caveats.push(format!(
                     "compares `{attr}` as a number, which the providers' JsonLogic reads differently for unusual inputs only (text that is not plain decimal, booleans, empty text)"
                 ));
-                each(v, all(vec![present(el.clone()), compare(*cmp, el, json!(n))]))
+                each(
+                    v,
+                    all(vec![present(el.clone()), compare(*cmp, el, json!(n))]),
+                )
             }
             Op::Semver(cmp, version) => {
                 self.caveats.push(format!(
@@ -214,7 +219,10 @@ impl Logic<'_> {
                 } else {
                     Cmp::Gt
                 };
-                each(v, all(vec![present(el.clone()), compare(cmp, el, json!(t))]))
+                each(
+                    v,
+                    all(vec![present(el.clone()), compare(cmp, el, json!(t))]),
+                )
             }
             Op::Present(true) => present(v),
             Op::Present(false) => json!({ "===": [v, null] }),
@@ -227,13 +235,14 @@ impl Logic<'_> {
 /// that `cat` leaves as it is), and lists are tested element by element.
 fn contains(v: Json, texts: &[String]) -> Json {
     let is_text = json!({ "===": [{ "cat": [v.clone()] }, v.clone()] });
-    let substring = any(texts.iter().map(|t| json!({ "in": [t, v.clone()] })).collect());
-    let element = any(
-        texts
-            .iter()
-            .map(|t| json!({ "===": [element(), t] }))
-            .collect(),
-    );
+    let substring = any(texts
+        .iter()
+        .map(|t| json!({ "in": [t, v.clone()] }))
+        .collect());
+    let element = any(texts
+        .iter()
+        .map(|t| json!({ "===": [element(), t] }))
+        .collect());
     any(vec![
         json!({ "if": [is_text, substring, false] }),
         each(v, element),
@@ -284,13 +293,24 @@ impl Logic<'_> {
         let el = element();
         let out = match &c.op {
             Op::Equals { value, negate } => {
-                let mut list: Vec<Json> =
-                    spellings(&value.text).into_iter().map(Json::String).collect();
-                list.extend(value.number.and_then(serde_json::Number::from_f64).map(Json::Number));
+                let mut list: Vec<Json> = spellings(&value.text)
+                    .into_iter()
+                    .map(Json::String)
+                    .collect();
+                list.extend(
+                    value
+                        .number
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Json::Number),
+                );
                 list.extend(value.boolean.map(Json::Bool));
                 negated(*negate, each(v, json!({ "in": [el, list] })))
             }
-            Op::In { texts, numbers, negate } => {
+            Op::In {
+                texts,
+                numbers,
+                negate,
+            } => {
                 let mut sorted: Vec<String> = texts.iter().flat_map(|t| spellings(t)).collect();
                 sorted.sort_unstable();
                 sorted.dedup();
@@ -305,11 +325,17 @@ impl Logic<'_> {
             }
             Op::StartsWith(s) => {
                 self.caveats.push(custom_op_on_lists(attr, "starts_with"));
-                any(spellings(s).iter().map(|t| json!({ "starts_with": [v.clone(), t] })).collect())
+                any(spellings(s)
+                    .iter()
+                    .map(|t| json!({ "starts_with": [v.clone(), t] }))
+                    .collect())
             }
             Op::EndsWith(s) => {
                 self.caveats.push(custom_op_on_lists(attr, "ends_with"));
-                any(spellings(s).iter().map(|t| json!({ "ends_with": [v.clone(), t] })).collect())
+                any(spellings(s)
+                    .iter()
+                    .map(|t| json!({ "ends_with": [v.clone(), t] }))
+                    .collect())
             }
             Op::Contains(s) => contains(v, &spellings(s)),
             // Ignoring case changes nothing else (numbers, versions, presence).

@@ -212,7 +212,8 @@ fn rule_logic<'a>(
                 tests.push(present(bucket_var(bucket)));
                 if *threshold < BUCKETS {
                     bucket_notes(rule, bucket, "rollout", notes);
-                    let pick = fractional(bucket, [("in", *threshold), ("out", BUCKETS - threshold)]);
+                    let pick =
+                        fractional(bucket, [("in", *threshold), ("out", BUCKETS - threshold)]);
                     tests.push(json!({ "==": [pick, "in"] }));
                 }
                 branch(all(tests), name(*variant), rest)
@@ -251,7 +252,11 @@ fn bucket_var(bucket: &BucketBy) -> Json {
 /// `fractional` over `cat(salt, value)` with integer weights (in buckets of 100,000).
 fn fractional<'n>(bucket: &BucketBy, shares: impl IntoIterator<Item = (&'n str, u32)>) -> Json {
     let mut args = vec![json!({ "cat": [&*bucket.salt, bucket_var(bucket)] })];
-    args.extend(shares.into_iter().map(|(name, weight)| json!([name, weight])));
+    args.extend(
+        shares
+            .into_iter()
+            .map(|(name, weight)| json!([name, weight])),
+    );
     json!({ "fractional": args })
 }
 

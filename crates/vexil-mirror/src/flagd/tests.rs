@@ -54,7 +54,8 @@ flags:
     let e = export(&s.namespaces()[0]);
     assert!(e.findings.is_empty(), "{:?}", e.findings);
     // A list attribute matches when an element does, as in Vexil: `merge` makes a value a list.
-    let some = |attr: &str, test: serde_json::Value| json!({"some": [{"merge": [{"var": attr}]}, test]});
+    let some =
+        |attr: &str, test: serde_json::Value| json!({"some": [{"merge": [{"var": attr}]}, test]});
     assert_eq!(
         e.definitions,
         json!({"flags": {"f": {
@@ -178,7 +179,9 @@ flags:
             "{flag}"
         );
     }
-    let s = snapshot("flags:\n  regex:\n    rules: [{ when: [{ attr: e, matches: a }], serve: true }]\n");
+    let s = snapshot(
+        "flags:\n  regex:\n    rules: [{ when: [{ attr: e, matches: a }], serve: true }]\n",
+    );
     let e = export(&s.namespaces()[0]);
     assert_eq!(e.definitions, json!({"flags": {}}));
 }
