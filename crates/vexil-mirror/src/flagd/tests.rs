@@ -52,7 +52,16 @@ flags:
 "#,
     );
     let e = export(&s.namespaces()[0]);
-    assert!(e.findings.is_empty(), "{:?}", e.findings);
+    // Only `ends_with` on a list is read otherwise (flagd's own operators cannot run per element).
+    let reasons: Vec<&str> = e.findings.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("rule `2` tests `email` with `ends_with`")
+                && r.ends_with("for unusual inputs only")),
+        "{reasons:?}"
+    );
     // A list attribute matches when an element does, as in Vexil: `merge` makes a value a list.
     let some =
         |attr: &str, test: serde_json::Value| json!({"some": [{"merge": [{"var": attr}]}, test]});
@@ -67,7 +76,7 @@ flags:
                 {"if": [
                     {"or": [
                         {"in": [{"var": "targetingKey"}, ["u1", "u2"]]},
-                        some("email", json!({"ends_with": [{"var": ""}, "@corp.example"]}))
+                        {"ends_with": [{"var": "email"}, "@corp.example"]}
                     ]}, "c",
                     {"if": [
                         {"and": [
@@ -119,16 +128,29 @@ flags:
         .iter()
         .map(|f| (&*f.flag, f.mirror.as_str(), f.fidelity))
         .collect();
+    // `account` may hold a number, which each language writes as text its own way.
     assert_eq!(
         got,
         [
+            ("colors", "flagd", Fidelity::Inexact),
             ("colors", "flagd-node", Fidelity::Inexact),
+            ("colors", "flagd-node", Fidelity::Inexact),
+            ("colors", "flagd-python", Fidelity::Inexact),
             ("colors", "flagd-python", Fidelity::Inexact),
             ("ramp", "flagd-node", Fidelity::Inexact),
             ("ramp", "flagd-python", Fidelity::Inexact),
         ]
     );
-    assert!(e.findings[0].reason.contains("for unusual inputs only"));
+    assert!(e.findings[0].reason.contains("buckets by `account`"));
+    assert!(
+        e.findings
+            .iter()
+            .filter(|f| f.flag.as_ref() == "ramp")
+            .all(|f| {
+                f.reason.contains("for unusual inputs only")
+                    == (f.mirror == crate::Mirror::FlagdNode)
+            })
+    );
 }
 
 #[test]
