@@ -49,7 +49,7 @@ pub(super) fn decode_hashing(sink: &mut Sink<'_>, node: &Node) -> Option<Hashing
             sink.error(
                 node.pos,
                 Code::WrongType,
-                format!("`bucketing` is `vexil` (the default, Flipper's crc32) `unleash` (murmur3, as Unleash SDKs hash) or `flagd` (murmur3, as flagd's `fractional` hashes), found `{other}`"),
+                format!("`bucketing` is `vexil` (the default, Flipper's crc32), `unleash` (murmur3, as Unleash SDKs hash) or `flagd` (murmur3, as flagd's `fractional` hashes), found `{other}`"),
             );
             None
         }
