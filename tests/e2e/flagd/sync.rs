@@ -241,3 +241,82 @@ async fn a_sync_stream_sends_its_namespace_at_once_and_after_each_change_of_it_o
     );
     server.stop().await;
 }
+
+/// With a gRPC certificate, the sync port serves TLS with it (and only TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_port_serves_the_grpc_ports_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let source = vexil_server::CertSource::from_pem(&vexil_server::TlsPem {
+        cert: cert_pem.clone().into_bytes(),
+        key: cert.signing_key.serialize_pem().into_bytes(),
+    })
+    .unwrap();
+    let repo = repo_with("flags:\n  a: { default: true }\n");
+    let state = vexil_server::AppState::new(
+        crate::serve::git_reloader(repo.path(), false).unwrap(),
+        Options::default(),
+    );
+    let bind = async || tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc, http, sync) = (bind().await, bind().await, bind().await);
+    let sync_addr = sync.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(vexil_server::serve_with_sync(
+        state,
+        Tokens::default(),
+        vexil_server::TlsConfig {
+            grpc: Some(source),
+            http: None,
+        },
+        grpc,
+        http,
+        Some(sync),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{sync_addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlagSyncServiceClient::new(channel);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let text = loop {
+        match client.fetch_all_flags(with(None, None, "")).await {
+            Ok(r) => break r.into_inner().flag_configuration,
+            Err(e) if e.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let json: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["flags"]["a"]["defaultVariant"], "on");
+    // Plaintext gets no gRPC answer from the port.
+    let plain = Channel::from_shared(format!("http://{sync_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = FlagSyncServiceClient::new(plain)
+        .fetch_all_flags(with(None, None, ""))
+        .await
+        .unwrap_err();
+    assert!(
+        std::error::Error::source(&err)
+            .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some()),
+        "a transport failure: {err:?}"
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
