@@ -1,4 +1,4 @@
-//! Generates the vexil.v1 and flagd.evaluation.v1/v2 gRPC code from proto/ with protox (no system protoc needed), and
+//! Generates the vexil.v1, flagd.evaluation.v1/v2 and flagd.sync.v1 gRPC code from proto/ with protox (no system protoc needed), and
 //! writes the descriptor set that server reflection serves.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vexil/v1/vexil.proto",
         "flagd/evaluation/v1/evaluation.proto",
         "flagd/evaluation/v2/evaluation.proto",
+        "flagd/sync/v1/sync.proto",
     ]
     .map(|f| proto_root.join(f));
     println!("cargo:rerun-if-changed={}", proto_root.display());

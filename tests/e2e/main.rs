@@ -18,6 +18,9 @@
 //!   TLS on and off; and sources that cannot work, refused with a clear error;
 //! - `mirrors`: the Flipper and Unleash mirrors, with the real Python/Ruby clients installed by
 //!   the tests, and their wire contract;
+//! - `flagd`: flagd's sync service with the real in-process providers (Python and Node, installed
+//!   by the tests) on `flags/` and the fixture repository `tests/flagd/flags/`, across commits;
+//!   the sync port's contract; `vexil export --format flagd`;
 //! - `openfeature`: the real OpenFeature providers (Python flagd and OFREP, Node flagd) against
 //!   `vexil serve`, installed by the tests;
 //! - `props`: property tests of bucketing and of evaluation on arbitrary contexts;
@@ -40,6 +43,7 @@
 mod browser;
 mod cli;
 mod faults;
+mod flagd;
 mod helpers;
 mod hostile;
 mod invalid;

@@ -36,6 +36,17 @@ pub fn unleash_split_bucket(salt: &str, value: &str) -> u32 {
         + 99
 }
 
+/// flagd's `fractional` (v2) bucket, on Vexil's 100,000-bucket scale: flagd hashes
+/// `murmur3(utf8(bucketing value), 0)` as a u32 `h` and picks the first entry whose running
+/// weight is `> (h * total) >> 32`. With `bucket = (h * 100_000) >> 32`, a split whose
+/// boundaries are exported as weights on a total of 100,000 picks exactly as Vexil does:
+/// both tests are `h * 100_000 < boundary * 2^32`.
+pub fn flagd_bucket(salt: &str, value: &str) -> u32 {
+    let h = u64::from(murmur3_parts(&[salt.as_bytes(), value.as_bytes()], 0));
+    // h < 2^32, so the result is < 100_000.
+    ((h * u64::from(BUCKETS)) >> 32) as u32
+}
+
 /// MurmurHash3 x86 32-bit of the concatenated parts (no allocation: blocks may span parts).
 pub fn murmur3_parts(parts: &[&[u8]], seed: u32) -> u32 {
     const C1: u32 = 0xcc9e_2d51;

@@ -220,6 +220,7 @@ fn hash(by: &BucketBy, value: &str, purpose: Purpose) -> u32 {
         (Hashing::Vexil, _) => bucket::bucket(&by.salt, value),
         (Hashing::Unleash, Purpose::Rollout) => bucket::unleash_rollout_bucket(&by.salt, value),
         (Hashing::Unleash, Purpose::Split) => bucket::unleash_split_bucket(&by.salt, value),
+        (Hashing::Flagd, _) => bucket::flagd_bucket(&by.salt, value),
     }
 }
 

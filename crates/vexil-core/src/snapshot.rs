@@ -207,6 +207,9 @@ pub enum Hashing {
     /// murmur3 of "salt:value" as Unleash SDKs hash (rollouts seed 0, splits seed 86028157), so
     /// Unleash clients reading the mirror agree exactly.
     Unleash,
+    /// murmur3 of salt + value as flagd's `fractional` (v2) hashes it, on 100,000 buckets, so
+    /// flagd's in-process providers agree exactly.
+    Flagd,
 }
 
 impl Hashing {
@@ -214,6 +217,7 @@ impl Hashing {
         match self {
             Hashing::Vexil => "vexil",
             Hashing::Unleash => "unleash",
+            Hashing::Flagd => "flagd",
         }
     }
 }

@@ -29,6 +29,7 @@ macro_rules! unusual_inputs_only {
     };
 }
 
+pub mod flagd;
 pub mod flipper;
 mod report;
 pub mod unleash;
@@ -58,15 +59,25 @@ pub enum Mirror {
     /// The Unleash client API for SDKs that send no `Unleash-Client-Spec` (ruby-unleash 3.2.5
     /// and its era: `IN`/`NOT_IN` only, no strategy variants).
     UnleashLegacy,
+    /// flagd definitions (the sync service, `vexil export --format flagd`) as flagd's Go
+    /// evaluator reads them: the flagd daemon and the Go in-process provider.
+    Flagd,
+    /// The same definitions read by JS flagd-core 4.x (the Node and web in-process providers).
+    FlagdNode,
+    /// The same definitions read by Python flagd-core 2.x (the Python in-process provider).
+    FlagdPython,
 }
 
 impl Mirror {
-    pub const ALL: [Mirror; 5] = [
+    pub const ALL: [Mirror; 8] = [
         Mirror::Flipper,
         Mirror::FlipperLegacy,
         Mirror::Unleash,
         Mirror::UnleashNode,
         Mirror::UnleashLegacy,
+        Mirror::Flagd,
+        Mirror::FlagdNode,
+        Mirror::FlagdPython,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +87,9 @@ impl Mirror {
             Mirror::Unleash => "unleash",
             Mirror::UnleashNode => "unleash-node",
             Mirror::UnleashLegacy => "unleash-legacy",
+            Mirror::Flagd => "flagd",
+            Mirror::FlagdNode => "flagd-node",
+            Mirror::FlagdPython => "flagd-python",
         }
     }
 
@@ -167,6 +181,9 @@ pub fn findings(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Finding> {
                 Mirror::UnleashNode => out.extend(unleash::node_findings(ns)),
                 Mirror::UnleashLegacy => {
                     out.extend(unleash::export(ns, unleash::Profile::Legacy).findings);
+                }
+                Mirror::Flagd | Mirror::FlagdNode | Mirror::FlagdPython => {
+                    out.extend(flagd::findings(ns, mirror));
                 }
             }
         }

@@ -150,6 +150,13 @@ flags:
                     .map(|f| f.name.to_string())
                     .collect()
             }
+            Mirror::Flagd | Mirror::FlagdNode | Mirror::FlagdPython => {
+                let export = crate::flagd::export(ns);
+                export.definitions["flags"]
+                    .as_object()
+                    .map(|flags| flags.keys().cloned().collect())
+                    .unwrap_or_default()
+            }
         }
     };
     for mirror in Mirror::ALL {

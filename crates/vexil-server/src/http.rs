@@ -38,7 +38,7 @@ impl FrontRules {
             Front::Unleash => crate::unleash::method(path),
             Front::Frontend => crate::frontend::method(path),
             Front::Hooks => crate::hooks::method(path),
-            Front::Vexil | Front::Flagd | Front::Http => {
+            Front::Vexil | Front::Flagd | Front::FlagdSync | Front::Http => {
                 if path == "/metrics" {
                     "metrics"
                 } else if path == "/mirrors/diagnostics" {
@@ -80,9 +80,8 @@ impl Rules for FrontRules {
             Some(Front::Flipper) => crate::flipper::refused(&e),
             Some(Front::Unleash) => crate::unleash::refused(&e),
             Some(Front::Frontend) => crate::frontend::refused(&e),
-            Some(Front::Vexil | Front::Flagd | Front::Http | Front::Hooks) | None => {
-                (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response()
-            }
+            Some(Front::Vexil | Front::Flagd | Front::FlagdSync | Front::Http | Front::Hooks)
+            | None => (StatusCode::UNAUTHORIZED, "missing or unknown token\n").into_response(),
         }
     }
 

@@ -1,7 +1,7 @@
-//! Vexil's servers: the gRPC port (vexil.v1, flagd's evaluation API, grpc.health.v1 and server
-//! reflection) and the HTTP port (OFREP, the Flipper and Unleash mirrors, the Unleash frontend
-//! API, CORS for the browser-facing ones, Prometheus metrics,
-//! health and readiness probes), with optional tokens and TLS on both (certificates reread on
+//! Vexil's servers: the gRPC port (vexil.v1, flagd's evaluation and sync APIs, grpc.health.v1
+//! and server reflection), the HTTP port (OFREP, the Flipper and Unleash mirrors, the Unleash
+//! frontend API, CORS for the browser-facing ones, Prometheus metrics, health and readiness
+//! probes) and flagd's sync port, with optional tokens and TLS on all (certificates reread on
 //! demand: `tls`).
 //!
 //! Every front goes through one evaluation core (`evaluation`) and one gate layer for tokens
@@ -19,6 +19,7 @@ pub mod convert;
 pub mod cors;
 pub mod evaluation;
 pub mod flagd;
+pub mod flagd_sync;
 pub mod flipper;
 pub mod frontend;
 pub mod grpc;
@@ -106,6 +107,7 @@ impl layers::Rules for GrpcRules {
             "flagd.evaluation.v1.Service" | "flagd.evaluation.v2.Service" => {
                 Endpoint::of(Front::Flagd, method)
             }
+            "flagd.sync.v1.FlagSyncService" => Endpoint::of(Front::FlagdSync, method),
             _ => Endpoint::of(Front::Vexil, method),
         };
         Some((endpoint, true))
@@ -169,8 +171,41 @@ pub fn grpc_service(
         .add_service(api)
         .add_service(flagd_v2)
         .add_service(flagd_v1)
+        // Also here: a provider given only `FLAGD_PORT` syncs from the gRPC port.
+        .add_service(sync_server(state))
         .add_service(reflection)
         .add_service(reflection_alpha)
+        .prepare();
+    let gate = layers::GateLayer::new(GrpcRules, tokens.clone(), Arc::clone(&state.metrics));
+    Ok(tower_layer::Layer::layer(&gate, routes))
+}
+
+fn sync_server(
+    state: &Arc<AppState>,
+) -> flagd_sync::pb::flag_sync_service_server::FlagSyncServiceServer<flagd_sync::SyncApi> {
+    flagd_sync::pb::flag_sync_service_server::FlagSyncServiceServer::new(flagd_sync::SyncApi::new(
+        Arc::clone(state),
+    ))
+    .max_decoding_message_size(state.options.limits.max_message_bytes)
+}
+
+/// What the sync port (`--sync-addr`) serves: flagd's sync service, health and reflection,
+/// behind the same gate as the gRPC port (tokens, metrics as the `flagd-sync` front).
+pub fn sync_service(
+    state: &Arc<AppState>,
+    tokens: &Tokens,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<layers::Gate<tonic::service::Routes, GrpcRules>, ServeError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let routes = tonic::service::Routes::new(health)
+        .add_service(sync_server(state))
+        .add_service(reflection)
         .prepare();
     let gate = layers::GateLayer::new(GrpcRules, tokens.clone(), Arc::clone(&state.metrics));
     Ok(tower_layer::Layer::layer(&gate, routes))
@@ -188,6 +223,20 @@ pub async fn serve(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_sync(state, tokens, tls, grpc, http, None, shutdown).await
+}
+
+/// `serve`, with flagd's sync port on `sync` when given: the gRPC port's tokens, TLS
+/// certificate, health and connection machinery (the connection cap is shared by all ports).
+pub async fn serve_with_sync(
+    state: Arc<AppState>,
+    tokens: Tokens,
+    tls: TlsConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    sync: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let (mut reporter, health) = tonic_health::server::health_reporter();
     // The health statuses are set before the port serves, so no check sees a default.
     let health_status = |state: &AppState| {
@@ -201,6 +250,10 @@ pub async fn serve(
     let initial = health_status(&state);
     reporter.set_service_status("", initial).await;
     reporter.set_service_status(SERVICE_NAME, initial).await;
+    let sync_routes = match &sync {
+        Some(_) => Some(sync_service(&state, &tokens, health.clone())?),
+        None => None,
+    };
     let routes = grpc_service(&state, &tokens, health)?;
 
     // Set when the listeners close (after the drain window that follows a shutdown signal).
@@ -271,6 +324,26 @@ pub async fn serve(
     }
     let limits = &state.options.connections;
     let cap = conn::ConnectionCap::new(limits.max_connections);
+    let sync_server = match (sync, sync_routes) {
+        (Some(listener), Some(routes)) => {
+            let sync_tls = tls
+                .grpc
+                .as_ref()
+                .map(|source| source.acceptor(&[b"h2"]))
+                .transpose()?;
+            Some(conn::serve(
+                listener,
+                routes,
+                conn::Protocols::Grpc,
+                sync_tls,
+                limits.clone(),
+                cap.clone(),
+                Arc::clone(&state),
+                stop_rx.clone(),
+            ))
+        }
+        _ => None,
+    };
     let grpc_server = conn::serve(
         grpc,
         routes,
@@ -291,7 +364,15 @@ pub async fn serve(
         Arc::clone(&state),
         stop_rx.clone(),
     );
-    let both = async { tokio::join!(grpc_server, http_server) };
+    let sync_server = async move {
+        if let Some(server) = sync_server {
+            server.await;
+        }
+    };
+    let both = async {
+        let (grpc, http, ()) = tokio::join!(grpc_server, http_server, sync_server);
+        (grpc, http)
+    };
     let drain_limit = {
         let timeout = state.options.drain_timeout;
         let mut rx = stop_rx;

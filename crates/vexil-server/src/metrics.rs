@@ -129,10 +129,12 @@ pub enum Front {
     Http,
     /// The push webhooks (`/hooks/*`).
     Hooks,
+    /// flagd's sync service (`flagd.sync.v1.FlagSyncService`), for in-process providers.
+    FlagdSync,
 }
 
 impl Front {
-    pub const ALL: [Front; 8] = [
+    pub const ALL: [Front; 9] = [
         Front::Vexil,
         Front::Flagd,
         Front::Ofrep,
@@ -141,6 +143,7 @@ impl Front {
         Front::Frontend,
         Front::Http,
         Front::Hooks,
+        Front::FlagdSync,
     ];
 
     pub fn label(self) -> &'static str {
@@ -153,12 +156,13 @@ impl Front {
             Front::Frontend => "frontend",
             Front::Http => "http",
             Front::Hooks => "hooks",
+            Front::FlagdSync => "flagd-sync",
         }
     }
 }
 
 /// Every measured endpoint: a front and a method name, fixed at compile time.
-pub const ENDPOINTS: [(Front, &str); 41] = [
+pub const ENDPOINTS: [(Front, &str); 44] = [
     (Front::Vexil, "Evaluate"),
     (Front::Vexil, "EvaluateBatch"),
     (Front::Vexil, "ListFlags"),
@@ -175,6 +179,9 @@ pub const ENDPOINTS: [(Front, &str); 41] = [
     (Front::Flagd, "ResolveObject"),
     (Front::Flagd, "ResolveAll"),
     (Front::Flagd, "EventStream"),
+    (Front::FlagdSync, "SyncFlags"),
+    (Front::FlagdSync, "FetchAllFlags"),
+    (Front::FlagdSync, "GetMetadata"),
     (Front::Ofrep, "evaluate"),
     (Front::Ofrep, "bulk"),
     (Front::Flipper, "features"),

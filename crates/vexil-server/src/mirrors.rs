@@ -4,6 +4,7 @@
 //! diagnostics body. Conditional answers (ETags, 304, gzip) are `conditional`'s.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -155,6 +156,8 @@ pub struct Tables {
     pub unleash: HashMap<Box<str>, UnleashTable>,
     /// `GET /mirrors/diagnostics`: every finding of every mirror.
     pub diagnostics: Body,
+    /// Each namespace's flagd definitions, the JSON text the sync service sends.
+    pub flagd: HashMap<Box<str>, Arc<str>>,
 }
 
 impl Tables {
@@ -162,7 +165,11 @@ impl Tables {
         let mut findings = Vec::new();
         let mut flipper_tables = HashMap::new();
         let mut unleash_tables = HashMap::new();
+        let mut flagd_definitions = HashMap::new();
         for ns in snapshot.namespaces() {
+            let mut flagd = vexil_mirror::flagd::export(ns);
+            flagd_definitions.insert(ns.name.clone(), Arc::from(flagd.text()));
+            findings.append(&mut flagd.findings);
             let mut expressions = flipper::export(ns, flipper::Profile::Expressions);
             let mut gates_only = flipper::export(ns, flipper::Profile::Legacy);
             flipper_tables.insert(
@@ -188,6 +195,7 @@ impl Tables {
             flipper: flipper_tables,
             unleash: unleash_tables,
             diagnostics,
+            flagd: flagd_definitions,
         }
     }
 }

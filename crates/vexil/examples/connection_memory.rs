@@ -227,7 +227,14 @@ async fn main() -> anyhow::Result<()> {
             "--poll-interval",
             "50ms",
         ])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--sync-addr",
+            "127.0.0.1:0",
+        ])
         // No connection of this program may be closed as idle or stalled while it measures
         // (builds without these options ignore the variables; hyper's HTTP/1 header read
         // timeout also runs while a keep-alive connection waits for its next request).

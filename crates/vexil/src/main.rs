@@ -4,6 +4,7 @@
 mod check_cmd;
 mod diff_cmd;
 mod eval_cmd;
+mod export_cmd;
 mod render;
 mod serve_cmd;
 
@@ -40,6 +41,12 @@ enum Command {
     Diff(diff_cmd::Args),
     /// Evaluate one flag for a context.
     Eval(eval_cmd::Args),
+    /// Write one namespace's flags in another system's format (`--format flagd`: a flagd flag
+    /// file, the definitions the sync service serves); what flagd reads otherwise is warned
+    /// about on stderr.
+    ///
+    /// Exit status: 0 written, 2 usage or IO error or invalid flags.
+    Export(export_cmd::Args),
     /// Print the JSON Schema of a flag file (for editors), or with `--config` of the
     /// repository config file (`vexil.yaml`).
     Schema(SchemaArgs),
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
         Command::Test(args) => check_cmd::run(&args, true),
         Command::Diff(args) => diff_cmd::run(&args),
         Command::Eval(args) => eval_cmd::run(&args),
+        Command::Export(args) => export_cmd::run(&args),
         Command::Serve(args) => serve_cmd::run(&args),
         Command::Schema(args) if args.config => {
             vexil_core::schema::config_schema(vexil_mirror::Mirror::names())

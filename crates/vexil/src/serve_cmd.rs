@@ -43,6 +43,10 @@ pub struct Args {
     /// mirrors, /mirrors/diagnostics).
     #[arg(long, env = "VEXIL_HTTP_ADDR", default_value = "127.0.0.1:8014")]
     http_addr: SocketAddr,
+    /// flagd sync listen address (flagd.sync.v1 for in-process providers, health, reflection;
+    /// the providers' default port), or `off` (or empty) for none.
+    #[arg(long, env = "VEXIL_SYNC_ADDR", default_value = "127.0.0.1:8015", value_parser = sync_addr)]
+    sync_addr: SyncAddr,
     /// Where remote repositories are cloned. Default: $XDG_CACHE_HOME/vexil or ~/.cache/vexil.
     #[arg(long, env = "VEXIL_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -392,6 +396,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (HTTP)", args.http_addr))?;
     grpc.set_nonblocking(true)?;
     http.set_nonblocking(true)?;
+    let sync = match args.sync_addr.0 {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} (flagd sync; `--sync-addr off` turns it off)")
+            })?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
     let source = build_source(args)?;
     let source_name = source.describe();
     // Connections may use every descriptor but a reserve for the reloader, logs and files.
@@ -462,6 +476,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let grpc = tokio::net::TcpListener::from_std(grpc)?;
         let http = tokio::net::TcpListener::from_std(http)?;
+        let sync = sync.map(tokio::net::TcpListener::from_std).transpose()?;
+        let sync_addr = sync.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+        let sync_text = sync_addr.map_or_else(String::new, |a| format!(", sync on {a}"));
         let revision = state.revision().unwrap_or_else(|| "none yet".to_owned());
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
@@ -470,6 +487,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             %revision,
             grpc = %grpc_addr,
             http = %http_addr,
+            sync = %sync_text,
             grpc_tls = tls.grpc.is_some(),
             http_tls = tls.http.is_some(),
             tokens = tokens.len(),
@@ -489,10 +507,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "vexil: serving {source_name} (revision {revision}); gRPC on {grpc_addr}, HTTP on {http_addr}");
+            let _ = writeln!(out, "vexil: serving {source_name} (revision {revision}); gRPC on {grpc_addr}, HTTP on {http_addr}{sync_text}");
             let _ = out.flush();
         }
-        vexil_server::serve(state, tokens, tls, grpc, http, shutdown).await?;
+        vexil_server::serve_with_sync(state, tokens, tls, grpc, http, sync, shutdown).await?;
         tracing::info!("stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })
@@ -621,4 +639,18 @@ mod tests {
         assert!(!super::is_url("flags"));
         assert!(!super::is_url("/srv/flags"));
     }
+}
+
+/// `--sync-addr`: an address, or none (`off`, empty).
+#[derive(Debug, Clone, Copy)]
+struct SyncAddr(Option<SocketAddr>);
+
+fn sync_addr(text: &str) -> Result<SyncAddr, String> {
+    let text = text.trim();
+    if text.is_empty() || text == "off" {
+        return Ok(SyncAddr(None));
+    }
+    text.parse()
+        .map(|a| SyncAddr(Some(a)))
+        .map_err(|e| format!("`{text}` is not an address (host:port) or `off`: {e}"))
 }

@@ -63,7 +63,14 @@ impl Process {
         };
         command
             .arg("serve")
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--sync-addr",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .env("VEXIL_LOG", "warn")
             .envs(env.iter().copied())

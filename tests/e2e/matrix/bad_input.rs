@@ -147,7 +147,14 @@ async fn refused(bad: &Bad, cache: &Path, home: &Path) -> Named {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"));
     command
         .arg("serve")
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--sync-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--flags-dir", "flags"])
         .arg("--cache-dir")
         .arg(cache)

@@ -17,6 +17,8 @@ async fn the_binary_serves_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--sync-addr",
+            "127.0.0.1:0",
             "--rescan-interval",
             "1h",
         ])
@@ -114,6 +116,8 @@ fn secret_files_without_a_secret_are_refused() {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--sync-addr",
+            "off",
             option,
             file.to_str().unwrap(),
         ]);
@@ -173,6 +177,8 @@ async fn serve_without_a_source_uses_flags_or_the_embedded_example() {
                 "--grpc-addr",
                 "127.0.0.1:0",
                 "--http-addr",
+                "127.0.0.1:0",
+                "--sync-addr",
                 "127.0.0.1:0",
             ])
             .current_dir(dir)

@@ -26,6 +26,8 @@ const PATIENCE: Duration = Duration::from_secs(15);
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// flagd's sync port.
+    pub sync: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -36,14 +38,17 @@ impl TestServer {
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
         let http = http_listener.local_addr().unwrap();
+        let sync_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sync = sync_listener.local_addr().unwrap();
         let state = AppState::new(reloader, options);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(vexil_server::serve(
+        let task = tokio::spawn(vexil_server::serve_with_sync(
             state,
             tokens,
             vexil_server::TlsConfig::default(),
             grpc_listener,
             http_listener,
+            Some(sync_listener),
             async move {
                 let _ = stopped.await;
             },
@@ -54,6 +59,7 @@ impl TestServer {
         TestServer {
             grpc,
             http,
+            sync,
             stop: Some(stop),
             task,
         }
@@ -678,6 +684,7 @@ async fn health_follows_the_first_valid_snapshot_and_reflection_lists_services()
         [
             "flagd.evaluation.v1.Service",
             "flagd.evaluation.v2.Service",
+            "flagd.sync.v1.FlagSyncService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "vexil.v1.FlagService"

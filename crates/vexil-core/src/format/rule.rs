@@ -38,17 +38,18 @@ pub(super) struct RuleCx<'a> {
     pub(super) bucketing: Hashing,
 }
 
-/// `bucketing: vexil | unleash`.
+/// `bucketing: vexil | unleash | flagd`.
 pub(super) fn decode_hashing(sink: &mut Sink<'_>, node: &Node) -> Option<Hashing> {
     let text = decode::string(sink, node, "`bucketing`")?;
     match text.as_str() {
         "vexil" => Some(Hashing::Vexil),
         "unleash" => Some(Hashing::Unleash),
+        "flagd" => Some(Hashing::Flagd),
         other => {
             sink.error(
                 node.pos,
                 Code::WrongType,
-                format!("`bucketing` is `vexil` (the default, Flipper's crc32) or `unleash` (murmur3, as Unleash SDKs hash), found `{other}`"),
+                format!("`bucketing` is `vexil` (the default, Flipper's crc32), `unleash` (murmur3, as Unleash SDKs hash) or `flagd` (murmur3, as flagd's `fractional` hashes), found `{other}`"),
             );
             None
         }

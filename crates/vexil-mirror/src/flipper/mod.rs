@@ -418,7 +418,13 @@ fn open_gate<'f>(
 /// Notes a rollout that does not bucket as Flipper's percentage of actors does.
 fn check_bucket<'f>(flag: &Flag, rule: &'f Rule, bucket: &BucketBy, notes: &mut Vec<Note<'f>>) {
     let why = if bucket.hashing != Hashing::Vexil {
-        "hashes as Unleash does (`bucketing: unleash`), but Flipper hashes with crc32".to_owned()
+        match bucket.hashing {
+            Hashing::Flagd => {
+                "hashes as flagd does (`bucketing: flagd`), but Flipper hashes with crc32"
+            }
+            _ => "hashes as Unleash does (`bucketing: unleash`), but Flipper hashes with crc32",
+        }
+        .to_owned()
     } else if let Some(attr) = &bucket.attr {
         format!(
             "buckets by `{}`, but Flipper buckets by the actor's flipper_id",

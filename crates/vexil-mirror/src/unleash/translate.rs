@@ -456,8 +456,9 @@ impl<'a> Cx<'a> {
             self.notes.push((
                 &rule.origin,
                 format!(
-                    "rule `{}` buckets its {what} with crc32 (Vexil's default), but Unleash clients hash with murmur3, so other entities fall in each share: add `bucketing: unleash` to agree exactly",
-                    rule.name
+                    "rule `{}` buckets its {what} with {}, but Unleash clients hash with murmur3, so other entities fall in each share: add `bucketing: unleash` to agree exactly",
+                    rule.name,
+                    if bucket.hashing == Hashing::Vexil { "crc32 (Vexil's default)" } else { "murmur3 of salt + value (`bucketing: flagd`)" },
                 ),
             ));
         }
