@@ -53,8 +53,18 @@ impl Recent {
     /// The changes after `revision`, oldest first; `None` if `revision` is not among them.
     fn after(&self, revision: &str) -> Option<Vec<Arc<ChangeEvent>>> {
         let recent = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at = recent.iter().position(|e| e.revision == revision)?;
-        Some(recent.iter().skip(at + 1).cloned().collect())
+        let skip = match recent.iter().position(|e| e.revision == revision) {
+            Some(at) => at + 1,
+            // The revision before the oldest change kept (the first served, say).
+            None if recent
+                .front()
+                .is_some_and(|e| e.old_revision.as_deref() == Some(revision)) =>
+            {
+                0
+            }
+            None => return None,
+        };
+        Some(recent.iter().skip(skip).cloned().collect())
     }
 }
 
