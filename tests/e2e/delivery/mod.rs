@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::faults::Server;
 use crate::helpers::{git, repo_root};
 
+mod browser;
 mod streams;
 
 const PATIENCE: Duration = Duration::from_secs(30);
