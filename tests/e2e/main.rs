@@ -40,8 +40,8 @@
 )]
 
 mod browser;
-mod delivery;
 mod cli;
+mod delivery;
 mod faults;
 mod helpers;
 mod hostile;

@@ -199,7 +199,11 @@ pub fn notification_receiver(r: &crate::notify::ReceiverReport) -> proto::Notifi
         failed,
         dropped,
         queued: u32::try_from(r.queued).unwrap_or(u32::MAX),
-        last_error: r.last_error.as_ref().map(|(_, e)| e.clone()).unwrap_or_default(),
+        last_error: r
+            .last_error
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default(),
         last_error_unix_ms: r.last_error.as_ref().map_or(0, |(at, _)| unix_ms(*at)),
         last_delivered_revision: r.last_delivered.clone().unwrap_or_default(),
     }

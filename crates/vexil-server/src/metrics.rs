@@ -641,7 +641,10 @@ impl Collector for Scrape {
             for outcome in crate::notify::Outcome::ALL {
                 let n = receiver.counted(outcome);
                 notes
-                    .encode_family(&[("receiver", receiver.name.as_str()), ("outcome", outcome.label())])?
+                    .encode_family(&[
+                        ("receiver", receiver.name.as_str()),
+                        ("outcome", outcome.label()),
+                    ])?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }

@@ -427,9 +427,15 @@ fn signed(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let body = format!(r#"{{"delivery":"{id}","timestamp":{now},{}"#, change.tail).into_bytes();
-    let mut headers = vec![(DELIVERY_HEADER, id.to_owned()), (TIMESTAMP_HEADER, now.to_string())];
+    let mut headers = vec![
+        (DELIVERY_HEADER, id.to_owned()),
+        (TIMESTAMP_HEADER, now.to_string()),
+    ];
     if let Some(secret) = secret {
-        headers.push((SIGNATURE_HEADER, format!("sha256={}", hex(&secret.sign(&body)))));
+        headers.push((
+            SIGNATURE_HEADER,
+            format!("sha256={}", hex(&secret.sign(&body))),
+        ));
     }
     (headers, body)
 }
@@ -543,7 +549,7 @@ fn slack_message(source: &str, old: &str, new: &str, report: &Report) -> Vec<u8>
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

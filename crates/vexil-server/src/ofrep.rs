@@ -179,7 +179,12 @@ fn bulk(
         let etag = match &stream_token {
             None => conditional::etag_of(&[revision.as_bytes(), namespace.as_bytes(), body], ""),
             Some(t) => conditional::etag_of(
-                &[revision.as_bytes(), namespace.as_bytes(), body, t.as_bytes()],
+                &[
+                    revision.as_bytes(),
+                    namespace.as_bytes(),
+                    body,
+                    t.as_bytes(),
+                ],
                 "",
             ),
         };

@@ -54,7 +54,10 @@ impl Target {
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         Ok(Target {
             https,
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
             authority,
             path,
@@ -131,7 +134,10 @@ pub async fn post(
     let mut request = Request::post(target.path.as_str())
         .header(header::HOST, target.authority.as_str())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::USER_AGENT, concat!("vexil/", env!("CARGO_PKG_VERSION")))
+        .header(
+            header::USER_AGENT,
+            concat!("vexil/", env!("CARGO_PKG_VERSION")),
+        )
         .header(header::CONNECTION, "close");
     for (name, value) in headers {
         request = request.header(*name, value.as_str());

@@ -43,7 +43,10 @@ pub struct Recent(Mutex<VecDeque<Arc<ChangeEvent>>>);
 impl Recent {
     /// Called for every swap, in order, after it is served.
     pub fn push(&self, event: &Arc<ChangeEvent>) {
-        let mut recent = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut recent = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if recent.len() >= RECENT {
             recent.pop_front();
         }
@@ -52,7 +55,10 @@ impl Recent {
 
     /// The changes after `revision`, oldest first; `None` if `revision` is not among them.
     fn after(&self, revision: &str) -> Option<Vec<Arc<ChangeEvent>>> {
-        let recent = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let skip = match recent.iter().position(|e| e.revision == revision) {
             Some(at) => at + 1,
             // The revision before the oldest change kept (the first served, say).
@@ -129,8 +135,7 @@ fn refused(streams: &Streams, front: Front) -> Response {
 /// A header token (any form the fronts accept), or the stream token of `namespace`.
 fn authorized(streams: &Streams, headers: &HeaderMap, q: &StreamQuery, namespace: &str) -> bool {
     streams.tokens.accepts_http(headers)
-        || q
-            .token
+        || q.token
             .as_deref()
             .is_some_and(|t| streams.tokens.accepts_stream_token(namespace, t))
 }
@@ -145,7 +150,12 @@ async fn ofrep_default(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    ofrep(&s, DEFAULT_NAMESPACE, &StreamQuery::parse(q.as_deref()), &headers)
+    ofrep(
+        &s,
+        DEFAULT_NAMESPACE,
+        &StreamQuery::parse(q.as_deref()),
+        &headers,
+    )
 }
 
 async fn ofrep_ns(
@@ -165,11 +175,7 @@ fn ofrep(s: &Streams, namespace: &str, q: &StreamQuery, headers: &HeaderMap) -> 
     open(s, Style::Ofrep, namespace, headers)
 }
 
-async fn events(
-    State(s): State<Streams>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Response {
+async fn events(State(s): State<Streams>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let q = StreamQuery::parse(q.as_deref());
     let namespace = q.namespace.clone().filter(|n| !n.is_empty());
     // The stream token of the namespace asked for also opens `/events?namespace=`.
@@ -258,10 +264,19 @@ impl SseFeed {
 
     /// What a new stream is sent first: the current revision; after `Last-Event-ID`, what the
     /// client missed (nothing if it missed nothing).
-    fn first_events(&mut self, state: &AppState, last_id: Option<String>, revision: &str) -> String {
-        let missed = last_id
-            .as_deref()
-            .and_then(|id| if id == revision { Some(Vec::new()) } else { state.recent.after(id) });
+    fn first_events(
+        &mut self,
+        state: &AppState,
+        last_id: Option<String>,
+        revision: &str,
+    ) -> String {
+        let missed = last_id.as_deref().and_then(|id| {
+            if id == revision {
+                Some(Vec::new())
+            } else {
+                state.recent.after(id)
+            }
+        });
         let hello = match self.style {
             // The web provider re-fetches after every (re)connect anyway.
             Style::Ofrep => "retry: 1000\n\n".to_owned(),
@@ -309,7 +324,11 @@ impl SseFeed {
     fn change_event(&self, change: &ChangeEvent) -> String {
         let pick = |refs: &[FlagRef]| -> Vec<serde_json::Value> {
             refs.iter()
-                .filter(|r| self.namespace.as_deref().is_none_or(|ns| *r.namespace == *ns))
+                .filter(|r| {
+                    self.namespace
+                        .as_deref()
+                        .is_none_or(|ns| *r.namespace == *ns)
+                })
                 .map(|r| json!({ "namespace": &*r.namespace, "key": &*r.key }))
                 .collect()
         };

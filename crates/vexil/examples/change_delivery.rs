@@ -62,7 +62,9 @@ fn commit(repo: &Path, generation: usize) -> anyhow::Result<String> {
     std::fs::create_dir_all(repo.join("flags"))?;
     std::fs::write(
         repo.join("flags/a.yaml"),
-        format!("flags:\n  a:\n    type: string\n    variants: {{ v: \"g{generation}\" }}\n    default: v\n"),
+        format!(
+            "flags:\n  a:\n    type: string\n    variants: {{ v: \"g{generation}\" }}\n    default: v\n"
+        ),
     )?;
     git(repo, &["add", "-A"])?;
     git(repo, &["commit", "-q", "-m", "next"])?;
@@ -103,7 +105,7 @@ async fn receiver(seen: Seen) -> anyhow::Result<SocketAddr> {
                 }
                 let at = Instant::now();
                 if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    if let Some(r) = doc["revision"].as_str() {
+                    if let Some(r) = doc.get("revision").and_then(|r| r.as_str()) {
                         seen.lock().map(|mut s| s.insert(r.to_owned(), at)).ok();
                     }
                 }

@@ -14,10 +14,10 @@ use vexil_core::source::{
     RemoteSource,
 };
 use vexil_core::{ReloadOptions, Source, StartError};
+use vexil_server::notify::{Kind, Notifier, NotifyOptions};
 use vexil_server::{
     AppState, CertSource, ConnLimits, Limits, Options, ServedRef, TlsConfig, Tokens, WebhookSecret,
 };
-use vexil_server::notify::{Kind, Notifier, NotifyOptions};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_flags.rs"));
@@ -167,7 +167,11 @@ pub struct Args {
     #[arg(long = "notify-url", env = "VEXIL_NOTIFY_URLS", value_delimiter = ',')]
     notify_urls: Vec<String>,
     /// Post one message per change to this Slack incoming webhook (repeatable).
-    #[arg(long = "notify-slack", env = "VEXIL_NOTIFY_SLACK", value_delimiter = ',')]
+    #[arg(
+        long = "notify-slack",
+        env = "VEXIL_NOTIFY_SLACK",
+        value_delimiter = ','
+    )]
     notify_slack: Vec<String>,
     /// Bounds one notification attempt (connect, TLS, request and answer).
     #[arg(long, env = "VEXIL_NOTIFY_TIMEOUT", default_value = "10s", value_parser = duration)]
@@ -410,7 +414,9 @@ fn notify_options(args: &Args) -> anyhow::Result<Option<NotifyOptions>> {
                 .into_string()
                 .map_err(|_| anyhow::anyhow!("VEXIL_NOTIFY_SECRET is not UTF-8"))?;
             Some(WebhookSecret::new(s.as_bytes()).ok_or_else(|| {
-                anyhow::anyhow!("VEXIL_NOTIFY_SECRET is empty: unset it to send unsigned notifications")
+                anyhow::anyhow!(
+                    "VEXIL_NOTIFY_SECRET is empty: unset it to send unsigned notifications"
+                )
             })?)
         }
     };

@@ -11,15 +11,22 @@ use crate::browser::{BrowserPage, drive};
 const TOKEN: &str = "browser-sse-token";
 
 fn banner(text: &str) -> String {
-    format!("namespace: checkout\nflags:\n  banner:\n    type: string\n    variants: {{ shown: \"{text}\" }}\n    default: shown\n")
+    format!(
+        "namespace: checkout\nflags:\n  banner:\n    type: string\n    variants: {{ shown: \"{text}\" }}\n    default: shown\n"
+    )
 }
 
 /// The count of opened OFREP streams, from `/metrics`.
 async fn streams_opened(server: &Server) -> u64 {
     let bearer = format!("Bearer {TOKEN}");
-    let (_, _, metrics) =
-        crate::helpers::http(server.http, "GET", "/metrics", &[("Authorization", &bearer)], "")
-            .await;
+    let (_, _, metrics) = crate::helpers::http(
+        server.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
     metrics
         .lines()
         .find(|l| {
@@ -35,7 +42,12 @@ async fn the_web_provider_shows_a_commit_without_reloading() {
     let page = BrowserPage::start().await;
     let origin = format!("http://{}", page.addr);
     let repo = repo(&[("checkout.yaml", &banner("before"))]);
-    let server = serve(repo.path(), &["--cors-origin", &origin], &[("VEXIL_TOKENS", TOKEN)]).await;
+    let server = serve(
+        repo.path(),
+        &["--cors-origin", &origin],
+        &[("VEXIL_TOKENS", TOKEN)],
+    )
+    .await;
     let config = serde_json::json!({
         "scenario": "sse",
         "vexil": format!("http://{}", server.http),

@@ -76,18 +76,12 @@ async fn serve(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
 
 async fn wait_served(server: &Server, revision: &str) {
     wait_for(&format!("revision {revision} to be served"), || async {
-        server
-            .status()
-            .await
-            .is_ok_and(|s| s.revision == revision)
+        server.status().await.is_ok_and(|s| s.revision == revision)
     })
     .await;
 }
 
-async fn receiver_status(
-    server: &Server,
-    name: &str,
-) -> vexil_server::proto::NotificationReceiver {
+async fn receiver_status(server: &Server, name: &str) -> vexil_server::proto::NotificationReceiver {
     let status = server.status().await.unwrap();
     status
         .notifications
@@ -228,7 +222,10 @@ async fn a_receiver_that_fails_then_recovers_gets_every_change_in_order() {
     }
     let last = commits.last().unwrap().clone();
     wait_for("the last commit to be delivered", || async {
-        receiver_status(&server, "url0").await.last_delivered_revision == last
+        receiver_status(&server, "url0")
+            .await
+            .last_delivered_revision
+            == last
     })
     .await;
     let got = receiver.got();
@@ -251,10 +248,7 @@ async fn a_receiver_that_fails_then_recovers_gets_every_change_in_order() {
         .iter()
         .map(|r| commits.iter().position(|c| c == r).unwrap())
         .collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] <= w[1]),
-        "{positions:?}"
-    );
+    assert!(positions.windows(2).all(|w| w[0] <= w[1]), "{positions:?}");
     let first_body = got[0].json();
     assert_eq!(first_body["old_revision"], commits[0]);
     let ns = &first_body["namespaces"][0];
@@ -262,7 +256,10 @@ async fn a_receiver_that_fails_then_recovers_gets_every_change_in_order() {
     assert_eq!(ns["changed"][0]["flag"], "a");
     assert_eq!(ns["changed"][0]["fields"][0]["before"], "one");
     // The three refusals were retried with the same delivery id.
-    let ids: Vec<&str> = got[..4].iter().map(|g| g.header("x-vexil-delivery")).collect();
+    let ids: Vec<&str> = got[..4]
+        .iter()
+        .map(|g| g.header("x-vexil-delivery"))
+        .collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     let status = receiver_status(&server, "url0").await;
     assert_eq!(status.retried, 3, "{status:?}");
@@ -301,26 +298,36 @@ async fn a_hanging_receiver_delays_neither_swaps_nor_another_receiver() {
     .await;
     let two = commit(repo.path(), &[("a.yaml", &flag_a("two"))], "two");
     wait_for("the healthy receiver to get the first change", || async {
-        receiver_status(&server, "url1").await.last_delivered_revision == two
+        receiver_status(&server, "url1")
+            .await
+            .last_delivered_revision
+            == two
     })
     .await;
     let three = commit(repo.path(), &[("a.yaml", &flag_a("three"))], "three");
     // Served, and the healthy receiver has both changes, while the other one hangs.
     wait_served(&server, &three).await;
     wait_for("the healthy receiver to get both changes", || async {
-        receiver_status(&server, "url1").await.last_delivered_revision == three
+        receiver_status(&server, "url1")
+            .await
+            .last_delivered_revision
+            == three
     })
     .await;
     assert!(!healthy.got().is_empty());
     // Unsigned without a secret.
     assert_eq!(healthy.got()[0].header("x-vexil-signature-256"), "");
     // Each attempt on the hanging one times out; both changes are given up after 2 attempts.
-    wait_for("the hanging receiver's deliveries to be given up", || async {
-        receiver_status(&server, "url0").await.failed == 2
-    })
+    wait_for(
+        "the hanging receiver's deliveries to be given up",
+        || async { receiver_status(&server, "url0").await.failed == 2 },
+    )
     .await;
     let status = receiver_status(&server, "url0").await;
-    assert!(status.last_error.contains("no answer within 0.5s"), "{status:?}");
+    assert!(
+        status.last_error.contains("no answer within 0.5s"),
+        "{status:?}"
+    );
     assert_eq!(status.delivered, 0);
     assert_eq!(hanging.got().len(), 4, "two attempts of each change");
 }
@@ -341,16 +348,30 @@ async fn a_full_queue_drops_the_oldest_changes() {
     let url = receiver.url();
     let server = serve(
         repo.path(),
-        &["--notify-url", &url, "--notify-queue", "2", "--notify-timeout", "60s"],
+        &[
+            "--notify-url",
+            &url,
+            "--notify-queue",
+            "2",
+            "--notify-timeout",
+            "60s",
+        ],
         &[],
     )
     .await;
     let mut commits = Vec::new();
     for k in 1..=5u32 {
-        let c = commit(repo.path(), &[("a.yaml", &flag_a(&format!("v{k}")))], "next");
+        let c = commit(
+            repo.path(),
+            &[("a.yaml", &flag_a(&format!("v{k}")))],
+            "next",
+        );
         wait_served(&server, &c).await;
         if k == 1 {
-            wait_for("the first change to be held", || async { receiver.got().len() == 1 }).await;
+            wait_for("the first change to be held", || async {
+                receiver.got().len() == 1
+            })
+            .await;
         }
         // The first is in flight (held); the queue keeps two, dropping the oldest.
         let expected_queued = (k - 1).min(2);
@@ -365,7 +386,10 @@ async fn a_full_queue_drops_the_oldest_changes() {
     release.notify_one();
     let last = commits[4].clone();
     wait_for("the newest change to be delivered", || async {
-        receiver_status(&server, "url0").await.last_delivered_revision == last
+        receiver_status(&server, "url0")
+            .await
+            .last_delivered_revision
+            == last
     })
     .await;
     let revisions: Vec<String> = receiver
@@ -373,7 +397,10 @@ async fn a_full_queue_drops_the_oldest_changes() {
         .iter()
         .map(|g| g.json()["revision"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(revisions, [commits[0].clone(), commits[3].clone(), commits[4].clone()]);
+    assert_eq!(
+        revisions,
+        [commits[0].clone(), commits[3].clone(), commits[4].clone()]
+    );
     // The change after a dropped one still says where it starts: its own old revision.
     let status = receiver_status(&server, "url0").await;
     assert_eq!((status.delivered, status.dropped), (3, 2), "{status:?}");
@@ -436,7 +463,14 @@ async fn the_documented_receiver_drops_keys_and_refuses_a_wrong_secret() {
     );
     let server = serve(
         repo.path(),
-        &["--notify-url", &a, "--notify-url", &b, "--notify-retry-base", "10ms"],
+        &[
+            "--notify-url",
+            &a,
+            "--notify-url",
+            &b,
+            "--notify-retry-base",
+            "10ms",
+        ],
         &[("VEXIL_NOTIFY_SECRET", SECRET)],
     )
     .await;
@@ -452,8 +486,14 @@ async fn the_documented_receiver_drops_keys_and_refuses_a_wrong_secret() {
     })
     .await;
     let dropped = right.lines();
-    assert!(dropped.contains(&"dropped default/a".to_owned()), "{dropped:?}");
-    assert!(dropped.contains(&"dropped default/b".to_owned()), "{dropped:?}");
+    assert!(
+        dropped.contains(&"dropped default/a".to_owned()),
+        "{dropped:?}"
+    );
+    assert!(
+        dropped.contains(&"dropped default/b".to_owned()),
+        "{dropped:?}"
+    );
     // The wrong secret's refusal is not retried (it would be refused again), and Status says
     // why.
     wait_for("the refusal to be counted", || async {

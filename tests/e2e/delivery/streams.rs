@@ -23,7 +23,8 @@ struct Sse {
 impl Sse {
     async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -112,9 +113,17 @@ async fn events_resume_with_last_event_id_after_two_missed_swaps() {
     let r0 = git(repo.path(), &["rev-parse", "HEAD"]).trim().to_owned();
     let mut events = Sse::open(server.http, "/events", &[]).await;
     assert_eq!(events.status(), 200, "{}", events.head);
-    assert!(events.head.to_ascii_lowercase().contains("content-type: text/event-stream"));
+    assert!(
+        events
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: text/event-stream")
+    );
     let current = events.next().await;
-    assert_eq!((current.name.as_str(), current.id.as_str()), ("current", r0.as_str()));
+    assert_eq!(
+        (current.name.as_str(), current.id.as_str()),
+        ("current", r0.as_str())
+    );
     assert_eq!(current.data["revision"], r0);
     // Heartbeats come while nothing changes.
     let beat = events.next().await;
@@ -131,20 +140,32 @@ async fn events_resume_with_last_event_id_after_two_missed_swaps() {
     // Resuming from r0: exactly the two changes missed, in order, then the next one live.
     let mut events = Sse::open(server.http, "/events", &[("Last-Event-ID", &r0)]).await;
     let first = events.next_news().await;
-    assert_eq!((first.name.as_str(), first.id.as_str()), ("change", r1.as_str()));
+    assert_eq!(
+        (first.name.as_str(), first.id.as_str()),
+        ("change", r1.as_str())
+    );
     assert_eq!(first.data["previous_revision"], r0);
     assert_eq!(first.data["changed"][0]["key"], "a");
     let second = events.next_news().await;
-    assert_eq!((second.name.as_str(), second.id.as_str()), ("change", r2.as_str()));
+    assert_eq!(
+        (second.name.as_str(), second.id.as_str()),
+        ("change", r2.as_str())
+    );
     let r3 = commit(repo.path(), &[("a.yaml", &flag_a("four"))], "four");
     let live = events.next_news().await;
-    assert_eq!((live.name.as_str(), live.id.as_str()), ("change", r3.as_str()));
+    assert_eq!(
+        (live.name.as_str(), live.id.as_str()),
+        ("change", r3.as_str())
+    );
     assert_eq!(live.data["previous_revision"], r2);
 
     // An id the server no longer knows: the current revision, as a new stream gets.
     let mut events = Sse::open(server.http, "/events", &[("Last-Event-ID", "gone")]).await;
     let current = events.next_news().await;
-    assert_eq!((current.name.as_str(), current.id.as_str()), ("current", r3.as_str()));
+    assert_eq!(
+        (current.name.as_str(), current.id.as_str()),
+        ("current", r3.as_str())
+    );
 
     // OFREP resuming from r1 missed r2 and r3: one re-fetch, naming the newest revision.
     let mut ofrep = Sse::open(server.http, "/ofrep/v1/events", &[("Last-Event-ID", &r1)]).await;
@@ -160,7 +181,11 @@ async fn events_resume_with_last_event_id_after_two_missed_swaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ofrep_stream_opens_with_the_bulk_answers_token_and_only_for_its_namespace() {
     const TOKEN: &str = "stream-test-token";
-    let other = |v: &str| format!("namespace: other\nflags:\n  o:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n");
+    let other = |v: &str| {
+        format!(
+            "namespace: other\nflags:\n  o:\n    type: string\n    variants: {{ v: \"{v}\" }}\n    default: v\n"
+        )
+    };
     let repo = repo(&[("a.yaml", &flag_a("one")), ("o.yaml", &other("x"))]);
     let server = serve(
         repo.path(),
@@ -181,7 +206,10 @@ async fn the_ofrep_stream_opens_with_the_bulk_answers_token_and_only_for_its_nam
     let bulk: Json = serde_json::from_str(&body).unwrap();
     let stream = &bulk["eventStreams"][0];
     assert_eq!(stream["type"], "sse");
-    let uri = stream["endpoint"]["requestUri"].as_str().unwrap().to_owned();
+    let uri = stream["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let token = uri.strip_prefix("/ofrep/v1/events?token=").unwrap();
     assert_eq!(token.len(), 64);
     assert!(!uri.contains(TOKEN));
