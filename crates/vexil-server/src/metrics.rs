@@ -611,7 +611,7 @@ impl Collector for Scrape {
         plain(
             &mut encoder,
             "vexil_streams_stalled",
-            "Watch and EventStream streams ended because the client stopped reading.",
+            "Watch, EventStream and SSE streams ended because the client stopped reading.",
             MetricType::Counter,
             m.streams_stalled.load(Relaxed),
         )?;

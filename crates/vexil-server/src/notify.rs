@@ -580,4 +580,47 @@ mod tests {
         let sig = get(SIGNATURE_HEADER);
         assert!(secret.verify_hex(sig.strip_prefix("sha256=").unwrap(), &body));
     }
+
+    #[test]
+    fn one_slack_message_per_change_escaped() {
+        use vexil_core::review::{FlagChange, NamespaceReport};
+        let report = Report {
+            namespaces: vec![NamespaceReport {
+                name: "shop".into(),
+                added: vec![("new<x>".into(), json!({}))],
+                removed: vec!["old&gone".into()],
+                changed: vec![FlagChange {
+                    key: "rollout".into(),
+                    fields: vec![FieldChange {
+                        field: "rules[0].rollout".into(),
+                        before: Some(json!(10)),
+                        after: Some(json!(25)),
+                    }],
+                    via_segments: Vec::new(),
+                    behaviour: true,
+                    audience: Vec::new(),
+                }],
+                segments: Vec::new(),
+            }],
+        };
+        let body = slack_message(
+            "repo <main>",
+            "0123456789abcdef",
+            "fedcba9876543210",
+            &report,
+        );
+        let message: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            message["text"],
+            "Flags changed in repo &lt;main&gt; (0123456789ab -> fedcba987654): 1 added, 1 changed, 1 removed"
+        );
+        let blocks = message["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0]["type"], "section");
+        assert_eq!(blocks[0]["text"]["type"], "mrkdwn");
+        assert_eq!(
+            blocks[0]["text"]["text"],
+            "*shop*\n• added `new&lt;x&gt;`\n• `rollout`: rules[0].rollout 10 -> 25\n• removed `old&amp;gone`"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! 1. commit -> notification received (a `--notify-url` receiver here) and commit -> SSE event
 //!    received (one `/events` stream), p50/p99 over `--commits` commits; the clock starts when
-//!    `git commit` has returned (the ref is updated);
+//!    `git commit` is started (its own run time is counted);
 //! 2. `--streams` idle `/events` streams (HTTP/1.1, one connection each): the server's resident
 //!    memory per stream, then one commit fanned out to all of them: commit -> first stream,
 //!    commit -> last stream.
@@ -58,7 +58,10 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-fn commit(repo: &Path, generation: usize) -> anyhow::Result<String> {
+/// Commits generation `generation`; returns the commit and when `git commit` started (the ref
+/// moves before the command exits, so the clock starts with the command: its own run time is
+/// counted, an upper bound).
+fn commit(repo: &Path, generation: usize) -> anyhow::Result<(String, Instant)> {
     std::fs::create_dir_all(repo.join("flags"))?;
     std::fs::write(
         repo.join("flags/a.yaml"),
@@ -67,8 +70,9 @@ fn commit(repo: &Path, generation: usize) -> anyhow::Result<String> {
         ),
     )?;
     git(repo, &["add", "-A"])?;
+    let at = Instant::now();
     git(repo, &["commit", "-q", "-m", "next"])?;
-    git(repo, &["rev-parse", "HEAD"])
+    Ok((git(repo, &["rev-parse", "HEAD"])?, at))
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -202,10 +206,20 @@ async fn main() -> anyhow::Result<()> {
     stream(http, Arc::clone(&streamed)).await?;
     let (mut to_hook, mut to_sse) = (Vec::new(), Vec::new());
     for generation in 1..=args.commits {
-        let revision = commit(repo.path(), generation)?;
-        let start = Instant::now();
-        to_hook.push(wait_for(&notified, &revision).await? - start);
-        to_sse.push(wait_for(&streamed, &revision).await? - start);
+        // Commits at spread-out moments, not in step with the server's poll timer (a commit
+        // right after a delivery would land just after a poll every time).
+        tokio::time::sleep(Duration::from_millis((generation as u64 * 37) % 101)).await;
+        let (revision, start) = commit(repo.path(), generation)?;
+        to_hook.push(
+            wait_for(&notified, &revision)
+                .await?
+                .saturating_duration_since(start),
+        );
+        to_sse.push(
+            wait_for(&streamed, &revision)
+                .await?
+                .saturating_duration_since(start),
+        );
     }
     to_hook.sort();
     to_sse.sort();
@@ -240,11 +254,14 @@ async fn main() -> anyhow::Result<()> {
         after,
         (after.saturating_sub(before)) as f64 / args.streams as f64
     );
-    let revision = commit(repo.path(), args.commits + 1)?;
-    let start = Instant::now();
+    let (revision, start) = commit(repo.path(), args.commits + 1)?;
     let mut arrivals = Vec::with_capacity(all.len());
     for seen in &all {
-        arrivals.push(wait_for(seen, &revision).await? - start);
+        arrivals.push(
+            wait_for(seen, &revision)
+                .await?
+                .saturating_duration_since(start),
+        );
     }
     arrivals.sort();
     let first = arrivals.first().copied().unwrap_or_default();
