@@ -519,3 +519,91 @@ fn the_documented_receiver_is_the_tested_one() {
         "docs/notifications.md must show tests/conformance/cache_receiver.py as it is"
     );
 }
+
+/// An https receiver (a private CA's certificate for `localhost`) that answers 204 and keeps
+/// the bodies; `SSL_CERT_FILE` given to the server is the CA (rustls, nothing else trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_is_checked_against_the_ca_file() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Vexil notify test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(leaf_cert.der().to_vec())],
+            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&bodies);
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, sink) = (acceptor.clone(), Arc::clone(&sink));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut reader = tokio::io::BufReader::new(tls);
+                let mut length = 0;
+                let mut line = String::new();
+                while reader.read_line(&mut line).await.unwrap() > 0 && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).await.unwrap();
+                sink.lock().unwrap().push(String::from_utf8(body).unwrap());
+                let answer = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+                reader.get_mut().write_all(answer).await.unwrap();
+                reader.get_mut().shutdown().await.unwrap();
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let repo = repo(&[("a.yaml", &flag_a("one"))]);
+    let url = format!("https://localhost:{port}/hook");
+    let server = serve(
+        repo.path(),
+        &["--notify-url", &url],
+        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
+    )
+    .await;
+    let two = commit(repo.path(), &[("a.yaml", &flag_a("two"))], "two");
+    wait_for("the https receiver to get the change", || async {
+        receiver_status(&server, "url0")
+            .await
+            .last_delivered_revision
+            == two
+    })
+    .await;
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains(&two));
+    assert_eq!(receiver_status(&server, "url0").await.host, "localhost");
+    task.abort();
+}
