@@ -536,6 +536,12 @@ fn slack_message(source: &str, old: &str, new: &str, report: &Report) -> Vec<u8>
         }
         blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }));
     }
+    // A message holds at most 50 blocks.
+    if blocks.len() > 50 {
+        blocks.truncate(49);
+        let more = "…and more namespaces (see the source's history)";
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": more } }));
+    }
     let fallback = format!(
         "Flags changed in {} ({} -> {}): {added} added, {changed} changed, {removed} removed",
         escape(source),

@@ -278,7 +278,8 @@ async fn a_hanging_receiver_delays_neither_swaps_nor_another_receiver() {
     let repo = repo(&[("a.yaml", &flag_a("one"))]);
     let hanging = Receiver::start(|_| Answer::Hang).await;
     let healthy = Receiver::start(|_| Answer::Status(204)).await;
-    let (a, b) = (hanging.url(), healthy.url());
+    let slack = Receiver::start(|_| Answer::Status(200)).await;
+    let (a, b, c) = (hanging.url(), healthy.url(), slack.url());
     let server = serve(
         repo.path(),
         &[
@@ -286,6 +287,8 @@ async fn a_hanging_receiver_delays_neither_swaps_nor_another_receiver() {
             &a,
             "--notify-url",
             &b,
+            "--notify-slack",
+            &c,
             "--notify-timeout",
             "500ms",
             "--notify-attempts",
@@ -317,6 +320,29 @@ async fn a_hanging_receiver_delays_neither_swaps_nor_another_receiver() {
     assert!(!healthy.got().is_empty());
     // Unsigned without a secret.
     assert_eq!(healthy.got()[0].header("x-vexil-signature-256"), "");
+    // Slack: one message per change, unsigned, a fallback text and a section naming the flag.
+    wait_for("Slack to get both changes", || async {
+        receiver_status(&server, "slack0")
+            .await
+            .last_delivered_revision
+            == three
+    })
+    .await;
+    let messages = slack.got();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[1].header("x-vexil-signature-256"), "");
+    let message = messages[1].json();
+    assert!(
+        message["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("0 added, 1 changed, 0 removed"),
+        "{message}"
+    );
+    assert_eq!(
+        message["blocks"][0]["text"]["text"],
+        "*default*\n• `a`: variants.v \"two\" -> \"three\""
+    );
     // Each attempt on the hanging one times out; both changes are given up after 2 attempts.
     wait_for(
         "the hanging receiver's deliveries to be given up",
