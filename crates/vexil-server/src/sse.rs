@@ -212,11 +212,21 @@ fn open(s: &Streams, style: Style, namespace: Option<String>, headers: &HeaderMa
         heartbeat: state.options.heartbeat,
         wait_ready: true,
     };
-    tokio::spawn(pump::pump(Arc::clone(state), events, feed, pace, tx));
+    // A client that stopped reading holds its connection's buffers: cut it once its stream
+    // is dropped.
+    let cutter = crate::conn::Cutter::default();
+    let cut = cutter.clone();
+    let pumped = pump::pump(Arc::clone(state), events, feed, pace, tx);
+    tokio::spawn(async move {
+        if pumped.await == pump::Delivery::Stalled {
+            cut.cut();
+        }
+    });
     let body = Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
     );
     let mut response = body.into_response();
+    response.extensions_mut().insert(cutter);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -287,7 +287,7 @@ async fn an_sse_client_that_never_reads_is_dropped() {
         .handshake::<_, bytes::Bytes>(tcp)
         .await
         .unwrap();
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
     let mut send = send.ready().await.unwrap();
@@ -307,6 +307,11 @@ async fn an_sse_client_that_never_reads_is_dropped() {
     wait_for("the stalled SSE stream to be dropped", || async {
         let (_, metrics) = server.get("/metrics").await.unwrap();
         metrics.contains("vexil_streams_stalled_total 1")
+    })
+    .await;
+    // ... and its connection closed: nothing could be written to it any more.
+    wait_for("the stalled stream's connection to be closed", || async {
+        connection.is_finished()
     })
     .await;
     assert_eq!(reader.next().await.name, "current");
