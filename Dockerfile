@@ -1,6 +1,7 @@
 # Vexil's container image: `docker build -t vexil .`, then
 # `docker run --rm -p 8013:8013 -p 8014:8014 vexil` serves the example repository built into the
-# binary (gRPC on 8013, OFREP, the mirrors, metrics and probes on 8014). docs/deploy.md has the rest.
+# binary (gRPC on 8013, OFREP, the mirrors, metrics and probes on 8014, flagd's sync service for
+# in-process providers on 8015). docs/deploy.md has the rest.
 #
 # Both base images are build arguments so that they can be substituted (a mirror, a pinned digest,
 # or the locally made images deploy/image-smoke.sh builds with offline). The runtime stage runs no
@@ -38,10 +39,11 @@ COPY --from=builder /out/vexil /usr/local/bin/vexil
 COPY --from=builder --chown=65532:65532 /out/cache /var/cache/vexil
 ENV VEXIL_GRPC_ADDR=0.0.0.0:8013 \
     VEXIL_HTTP_ADDR=0.0.0.0:8014 \
+    VEXIL_SYNC_ADDR=0.0.0.0:8015 \
     VEXIL_CACHE_DIR=/var/cache/vexil
 # No ./flags here: `vexil serve` without a source serves the example built into the binary.
 WORKDIR /
 USER 65532:65532
-EXPOSE 8013 8014
+EXPOSE 8013 8014 8015
 ENTRYPOINT ["vexil"]
 CMD ["serve"]

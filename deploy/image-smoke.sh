@@ -169,8 +169,9 @@ want = {
     "User": (config.get("User"), "65532:65532"),
     "Entrypoint": (config.get("Entrypoint"), ["vexil"]),
     "Cmd": (config.get("Cmd"), ["serve"]),
-    "ExposedPorts": (sorted(config.get("ExposedPorts", {})), ["8013/tcp", "8014/tcp"]),
+    "ExposedPorts": (sorted(config.get("ExposedPorts", {})), ["8013/tcp", "8014/tcp", "8015/tcp"]),
     "VEXIL_GRPC_ADDR": (env.get("VEXIL_GRPC_ADDR"), "0.0.0.0:8013"),
+    "VEXIL_SYNC_ADDR": (env.get("VEXIL_SYNC_ADDR"), "0.0.0.0:8015"),
     "VEXIL_HTTP_ADDR": (env.get("VEXIL_HTTP_ADDR"), "0.0.0.0:8014"),
     "VEXIL_CACHE_DIR": (env.get("VEXIL_CACHE_DIR"), "/var/cache/vexil"),
 }
@@ -226,6 +227,7 @@ for run in $(seq 1 "$starts"); do
     uid=$(awk '/^Uid:/ { print $2 }' "/proc/$server_pid/status")
     [ "$uid" = 65532 ] || fail "the server runs as uid $uid, not 65532"
     in_ns ss -Hltn | grep -q '0.0.0.0:8013' || fail "gRPC does not listen on 0.0.0.0:8013"
+    in_ns ss -Hltn | grep -q '0.0.0.0:8015' || fail "flagd's sync service does not listen on 0.0.0.0:8015"
 
     if [ "$run" = 1 ]; then
         # The embedded example: user-42 of acme.io is in the payments team (flags/checkout).

@@ -157,6 +157,7 @@ async fn serve(origin: &str) -> Served {
         .arg("serve")
         .arg(&flags)
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--sync-addr", "127.0.0.1:0"])
         .arg("--token-file")
         .arg(&tokens)
         .args(["--cors-origin", origin])

@@ -6,6 +6,8 @@
 //! - `browser`: the real browser SDKs (OpenFeature web SDK with the OFREP web provider,
 //!   `unleash-proxy-client`) in headless Chromium against `vexil serve` on another origin (CORS);
 //! - `cli`: the `vexil` binary as a user runs it;
+//! - `delivery`: change notifications (signed webhooks, Slack) and SSE streams (`/events`,
+//!   OFREP's) against `vexil serve`: failing, hanging and slow receivers, `Last-Event-ID`;
 //! - `faults`: `vexil serve` against clients and sources that misbehave (issue 12): HTTP/2
 //!   clients that never read, slowloris under a lowered descriptor limit, idle and ping-deaf
 //!   connections, a silent git server, a damaged pack, deep and oddly named files, huge Status
@@ -42,6 +44,7 @@
 
 mod browser;
 mod cli;
+mod delivery;
 mod faults;
 mod flagd;
 mod helpers;

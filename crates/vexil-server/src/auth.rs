@@ -66,25 +66,75 @@ impl Tokens {
     /// `Authorization: <token>` (Unleash SDKs), basic auth with the token as password or user
     /// (Flipper's adapter), `X-API-Key` or `Flipper-Cloud-Token`.
     pub fn accepts_http(&self, headers: &axum::http::HeaderMap) -> bool {
-        if !self.is_enabled() {
-            return true;
-        }
+        !self.is_enabled() || self.matching_http(headers).is_some()
+    }
+
+    /// The digest of the accepted token an HTTP request carries, if any.
+    fn matching_http(&self, headers: &axum::http::HeaderMap) -> Option<[u8; 32]> {
+        let known = |t: &str| {
+            let d = digest(t.trim());
+            self.digests.contains(&d).then_some(d)
+        };
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         if let Some(auth) = header("authorization") {
-            if self.accepts(Some(auth)) || self.accepts_token(Some(auth)) {
-                return true;
+            let found = bearer(auth).and_then(known).or_else(|| known(auth));
+            if found.is_some() {
+                return found;
             }
             if let Some(credentials) = basic(auth) {
                 let (user, password) = credentials.split_once(':').unwrap_or((&credentials, ""));
-                if self.accepts_token(Some(password)) || self.accepts_token(Some(user)) {
-                    return true;
+                if let Some(d) = known(password).or_else(|| known(user)) {
+                    return Some(d);
                 }
             }
         }
         ["x-api-key", "flipper-cloud-token"]
             .into_iter()
-            .any(|name| header(name).is_some_and(|t| self.accepts_token(Some(t))))
+            .find_map(|name| header(name).and_then(known))
     }
+
+    /// The token that opens `namespace`'s change stream for the bearer of this request, for a
+    /// browser's EventSource, which cannot send headers: HMAC-SHA256 of the namespace keyed by
+    /// the token's digest (it reveals nothing of the token and opens nothing else). `None`
+    /// without tokens (streams are open) or without an accepted token.
+    pub fn stream_token(&self, headers: &axum::http::HeaderMap, namespace: &str) -> Option<String> {
+        let d = self.matching_http(headers)?;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &d);
+        let tag = ring::hmac::sign(&key, &stream_message(namespace));
+        Some(tag.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Whether `token` is a stream token of `namespace` (compared in constant time).
+    pub fn accepts_stream_token(&self, namespace: &str, token: &str) -> bool {
+        if !self.is_enabled() {
+            return true;
+        }
+        let Some(given) = decode_hex(token.trim()) else {
+            return false;
+        };
+        let message = stream_message(namespace);
+        self.digests.iter().any(|d| {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, d);
+            ring::hmac::verify(&key, &message, &given).is_ok()
+        })
+    }
+}
+
+fn stream_message(namespace: &str) -> Vec<u8> {
+    [b"vexil-stream\0".as_slice(), namespace.as_bytes()].concat()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
 }
 
 pub(crate) fn bearer(header: &str) -> Option<&str> {

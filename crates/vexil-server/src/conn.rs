@@ -304,6 +304,11 @@ where
         let mut closing: Option<(Closed, Option<Instant>)> = None;
         loop {
             let changed = activity.changed.notified();
+            if activity.cut.load(Ordering::SeqCst) {
+                // A stream whose client stopped reading: nothing more can be written to it,
+                // so the connection (its buffers, the socket) goes now.
+                return Closed::Error;
+            }
             // What the watchdog waits for next: the handshake deadline, the idle deadline, or
             // (while calls are in flight) only a change of activity.
             let deadline = match closing {
@@ -394,6 +399,8 @@ struct Activity {
     /// Milliseconds after `start` of the last change; `u64::MAX` until the first request.
     last_change_ms: AtomicU64,
     changed: Notify,
+    /// Set by a response's `Cutter`: close the connection now.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -403,6 +410,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_change_ms: AtomicU64::new(u64::MAX),
             changed: Notify::new(),
+            cut: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -431,6 +439,35 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         InFlight(Arc::clone(self))
+    }
+}
+
+/// Put in a streaming response's extensions, it lets the stream close its connection: a stream
+/// whose client stopped reading cannot end cleanly (nothing more gets written), and would
+/// otherwise keep its socket and buffers until the client goes.
+#[derive(Debug, Clone, Default)]
+pub struct Cutter(Arc<std::sync::Mutex<Option<std::sync::Weak<Activity>>>>);
+
+impl Cutter {
+    /// Closes the connection that carries the response (nothing if it is gone already).
+    pub fn cut(&self) {
+        let activity = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(activity) = activity {
+            activity.cut.store(true, Ordering::SeqCst);
+            activity.changed.notify_waiters();
+        }
+    }
+
+    fn attach(&self, activity: &Arc<Activity>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::downgrade(activity));
     }
 }
 
@@ -472,9 +509,13 @@ where
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let mut inner = self.inner.clone();
         let guard = self.activity.begin();
+        let activity = Arc::clone(&self.activity);
         Box::pin(async move {
             std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
             let response = inner.call(request).await?;
+            if let Some(cutter) = response.extensions().get::<Cutter>() {
+                cutter.attach(&activity);
+            }
             Ok(response.map(|body| TrackedBody {
                 inner: body,
                 _guard: guard,

@@ -187,3 +187,24 @@ pub fn status(
     }
     out
 }
+
+/// One change-notification receiver for `Status`.
+pub fn notification_receiver(r: &crate::notify::ReceiverReport) -> proto::NotificationReceiver {
+    let [delivered, retried, failed, dropped] = r.counts;
+    proto::NotificationReceiver {
+        receiver: r.name.clone(),
+        host: r.host.clone(),
+        delivered,
+        retried,
+        failed,
+        dropped,
+        queued: u32::try_from(r.queued).unwrap_or(u32::MAX),
+        last_error: r
+            .last_error
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default(),
+        last_error_unix_ms: r.last_error.as_ref().map_or(0, |(at, _)| unix_ms(*at)),
+        last_delivered_revision: r.last_delivered.clone().unwrap_or_default(),
+    }
+}

@@ -355,11 +355,18 @@ impl FlagService for FlagApi {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let problem = self.state.reader_health().err();
         let max = self.state.options.max_status_diagnostics;
-        Ok(Response::new(
-            self.state
-                .live
-                .inspect(|status| convert::status(status, max, problem)),
-        ))
+        let mut answer = self
+            .state
+            .live
+            .inspect(|status| convert::status(status, max, problem));
+        if let Some(notifier) = self.state.metrics.notifier() {
+            answer.notifications = notifier
+                .receivers()
+                .iter()
+                .map(|r| convert::notification_receiver(&r.report()))
+                .collect();
+        }
+        Ok(Response::new(answer))
     }
 }
 

@@ -43,6 +43,8 @@ impl FrontRules {
                     "metrics"
                 } else if path == "/mirrors/diagnostics" {
                     "diagnostics"
+                } else if path == "/events" {
+                    "events"
                 } else {
                     "other"
                 }
@@ -129,15 +131,19 @@ pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Arc::clone(&state));
-    let ofrep = crate::ofrep::router(Arc::clone(&state));
+    let ofrep = crate::ofrep::router(Arc::clone(&state), tokens.clone());
+    // Streams check their own token (a header, or `?token=` from EventSource).
+    let (ofrep_streams, events) = crate::sse::router(Arc::clone(&state), tokens.clone());
     let flipper = crate::flipper::router(Arc::clone(&state));
     let unleash = crate::unleash::router(Arc::clone(&state));
     let frontend = crate::frontend::router(Arc::clone(&state));
     let hooks = crate::hooks::router(Arc::clone(&state));
     // What pages call from other origins. The mirrors of the client APIs serve server SDKs,
     // and metrics, probes and hooks are no browser's business: they get no CORS headers.
-    let mut browser =
-        front(ofrep, Some(Front::Ofrep), true).merge(front(frontend, Some(Front::Frontend), true));
+    let mut browser = front(ofrep, Some(Front::Ofrep), true)
+        .merge(front(ofrep_streams, Some(Front::Ofrep), false))
+        .merge(front(events, Some(Front::Http), false))
+        .merge(front(frontend, Some(Front::Frontend), true));
     if state.options.cors.is_enabled() {
         browser = browser.layer(crate::cors::CorsLayer::new(state.options.cors.clone()));
     }

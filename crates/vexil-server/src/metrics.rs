@@ -162,7 +162,7 @@ impl Front {
 }
 
 /// Every measured endpoint: a front and a method name, fixed at compile time.
-pub const ENDPOINTS: [(Front, &str); 44] = [
+pub const ENDPOINTS: [(Front, &str); 46] = [
     (Front::Vexil, "Evaluate"),
     (Front::Vexil, "EvaluateBatch"),
     (Front::Vexil, "ListFlags"),
@@ -184,6 +184,7 @@ pub const ENDPOINTS: [(Front, &str); 44] = [
     (Front::FlagdSync, "GetMetadata"),
     (Front::Ofrep, "evaluate"),
     (Front::Ofrep, "bulk"),
+    (Front::Ofrep, "events"),
     (Front::Flipper, "features"),
     (Front::Flipper, "feature"),
     (Front::Flipper, "actor"),
@@ -201,6 +202,7 @@ pub const ENDPOINTS: [(Front, &str); 44] = [
     (Front::Frontend, "other"),
     (Front::Http, "diagnostics"),
     (Front::Http, "metrics"),
+    (Front::Http, "events"),
     (Front::Http, "other"),
     (Front::Hooks, "github"),
     (Front::Hooks, "gitlab"),
@@ -353,6 +355,8 @@ pub struct Metrics {
     streams_stalled: AtomicU64,
     /// Per `hooks::Host`, per `hooks::Outcome`.
     webhooks: [[AtomicU64; Outcome::ALL.len()]; Host::ALL.len()],
+    /// The change notifications' receivers (their counts are theirs), once started.
+    notifier: std::sync::OnceLock<std::sync::Arc<crate::notify::Notifier>>,
 }
 
 impl Default for Metrics {
@@ -366,6 +370,7 @@ impl Default for Metrics {
             accept_errors: AtomicU64::new(0),
             streams_stalled: AtomicU64::new(0),
             webhooks: Default::default(),
+            notifier: std::sync::OnceLock::new(),
         }
     }
 }
@@ -416,6 +421,15 @@ impl Metrics {
         if let Some(c) = cell {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// The notifier whose receivers scrapes and `Status` report.
+    pub fn set_notifier(&self, notifier: std::sync::Arc<crate::notify::Notifier>) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    pub fn notifier(&self) -> Option<&crate::notify::Notifier> {
+        self.notifier.get().map(|n| &**n)
     }
 
     pub fn batch_items(&self, n: usize) {
@@ -604,7 +618,7 @@ impl Collector for Scrape {
         plain(
             &mut encoder,
             "vexil_streams_stalled",
-            "Watch and EventStream streams ended because the client stopped reading.",
+            "Watch, EventStream and SSE streams ended because the client stopped reading.",
             MetricType::Counter,
             m.streams_stalled.load(Relaxed),
         )?;
@@ -622,6 +636,23 @@ impl Collector for Scrape {
                         .encode_family(&[("host", host.label()), ("outcome", outcome.label())])?
                         .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
                 }
+            }
+        }
+        let mut notes = encoder.encode_descriptor(
+            "vexil_notifications",
+            "Change notifications, by receiver (url0, slack0, ...) and outcome (delivered, retried, failed, dropped).",
+            None,
+            MetricType::Counter,
+        )?;
+        for receiver in m.notifier().map_or(&[][..], |n| n.receivers()) {
+            for outcome in crate::notify::Outcome::ALL {
+                let n = receiver.counted(outcome);
+                notes
+                    .encode_family(&[
+                        ("receiver", receiver.name.as_str()),
+                        ("outcome", outcome.label()),
+                    ])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
         if let Some(derived) = self

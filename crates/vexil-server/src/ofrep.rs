@@ -17,13 +17,14 @@ use axum::routing::post;
 use serde_json::{Value as Json, json};
 use vexil_core::DEFAULT_NAMESPACE;
 
+use crate::auth::Tokens;
 use crate::conditional;
 use crate::context;
 use crate::convert;
 use crate::evaluation::Error;
 use crate::state::AppState;
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, tokens: Tokens) -> Router {
     Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(single_default))
         .route("/ofrep/v1/evaluate/flags", post(bulk_default))
@@ -33,12 +34,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/ns/{namespace}/ofrep/v1/evaluate/flags", post(bulk_ns))
         .with_state(state)
+        .layer(axum::Extension(tokens))
 }
 
 /// The metrics name of a matched route.
 pub fn method(path: &str) -> &'static str {
     if path.ends_with("/flags") {
         "bulk"
+    } else if path.ends_with("/events") {
+        "events"
     } else {
         "evaluate"
     }
@@ -112,19 +116,21 @@ async fn single_ns(
 
 async fn bulk_default(
     State(state): State<Arc<AppState>>,
+    axum::Extension(tokens): axum::Extension<Tokens>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    bulk(&state, DEFAULT_NAMESPACE, &headers, &body)
+    bulk(&state, &tokens, DEFAULT_NAMESPACE, &headers, &body)
 }
 
 async fn bulk_ns(
     State(state): State<Arc<AppState>>,
+    axum::Extension(tokens): axum::Extension<Tokens>,
     Path(namespace): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    bulk(&state, &namespace, &headers, &body)
+    bulk(&state, &tokens, &namespace, &headers, &body)
 }
 
 /// One flag's success item.
@@ -152,16 +158,36 @@ fn single(state: &AppState, namespace: &str, key: &str, body: &Bytes) -> Respons
     }
 }
 
-fn bulk(state: &AppState, namespace: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+fn bulk(
+    state: &AppState,
+    tokens: &Tokens,
+    namespace: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let answer = || -> Result<Response, Error> {
         let ctx = request_context(state, body)?;
         let current = state.current();
         let served = current.served()?;
         let revision = served.snapshot.revision();
         crate::evaluation::namespace(served.snapshot, namespace)?;
-        // The answer is a function of the revision, the namespace and the request: so is the
-        // ETag, and a client that has it gets 304 without an evaluation.
-        let etag = conditional::etag_of(&[revision.as_bytes(), namespace.as_bytes(), body], "");
+        // The change stream (ADR-0008), with the token EventSource needs when tokens are set.
+        let stream_token = tokens.stream_token(headers, namespace);
+        let stream = crate::sse::ofrep_stream_uri(namespace, stream_token.as_deref());
+        // The answer is a function of the revision, the namespace, the request and the stream
+        // token: so is the ETag, and a client that has it gets 304 without an evaluation.
+        let etag = match &stream_token {
+            None => conditional::etag_of(&[revision.as_bytes(), namespace.as_bytes(), body], ""),
+            Some(t) => conditional::etag_of(
+                &[
+                    revision.as_bytes(),
+                    namespace.as_bytes(),
+                    body,
+                    t.as_bytes(),
+                ],
+                "",
+            ),
+        };
         if conditional::etag_matches(headers, &etag) {
             return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
         }
@@ -174,8 +200,11 @@ fn bulk(state: &AppState, namespace: &str, headers: &HeaderMap, body: &Bytes) ->
                 flags.push(item(namespace, found.flag, &eval));
             },
         )?;
-        let body =
-            json!({ "flags": flags, "metadata": { "flagSetId": namespace, "revision": revision } });
+        let body = json!({
+            "flags": flags,
+            "metadata": { "flagSetId": namespace, "revision": revision },
+            "eventStreams": [{ "type": "sse", "endpoint": { "requestUri": stream } }],
+        });
         let mut response = json_response(StatusCode::OK, &body);
         response.headers_mut().insert(header::ETAG, etag);
         Ok(response)

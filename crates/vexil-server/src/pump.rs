@@ -88,24 +88,24 @@ enum Pending<E> {
     Change(Arc<ChangeEvent>),
 }
 
-/// Feeds one stream until the client leaves or stops reading, or the server shuts down.
-/// `events` must be subscribed before the feed read the served revision, so that no swap falls
-/// between the two.
+/// Feeds one stream until the client leaves or stops reading, or the server shuts down, and
+/// says which (`Sent`: the broadcast closed). `events` must be subscribed before the feed read
+/// the served revision, so that no swap falls between the two.
 pub async fn pump<F: Feed>(
     state: Arc<AppState>,
     mut events: broadcast::Receiver<Arc<ChangeEvent>>,
     mut feed: F,
     pace: Pace,
     tx: mpsc::Sender<F::Event>,
-) {
+) -> Delivery {
     let mut shutdown = state.shutdown.subscribe();
     let stall = state.options.stalled_stream_timeout;
     if pace.wait_ready {
         let mut ready = state.ready.subscribe();
         tokio::select! {
-            _ = shutdown.wait_for(|d| *d) => return,
-            () = tx.closed() => return,
-            r = ready.wait_for(|r| *r) => if r.is_err() { return },
+            _ = shutdown.wait_for(|d| *d) => return Delivery::ShuttingDown,
+            () = tx.closed() => return Delivery::Gone,
+            r = ready.wait_for(|r| *r) => if r.is_err() { return Delivery::ShuttingDown },
         }
     }
     let mut pending = Some(Pending::Ready(feed.opening()));
@@ -119,15 +119,18 @@ pub async fn pump<F: Feed>(
             match deliver(&tx, make, &mut shutdown, stall).await {
                 Delivery::Sent => {}
                 Delivery::ShuttingDown => break,
-                Delivery::Stalled => return state.metrics.stream_stalled(),
-                Delivery::Gone => return,
+                Delivery::Stalled => {
+                    state.metrics.stream_stalled();
+                    return Delivery::Stalled;
+                }
+                Delivery::Gone => return Delivery::Gone,
             }
             next_beat = tokio::time::Instant::now() + pace.heartbeat;
             continue;
         }
         tokio::select! {
             _ = shutdown.wait_for(|down| *down) => break,
-            () = tx.closed() => return,
+            () = tx.closed() => return Delivery::Gone,
             () = tokio::time::sleep_until(next_beat) => {
                 pending = Some(Pending::Ready(feed.heartbeat()));
             }
@@ -149,6 +152,7 @@ pub async fn pump<F: Feed>(
     if let Some(last) = feed.closing() {
         let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(last)).await;
     }
+    Delivery::ShuttingDown
 }
 
 #[cfg(test)]

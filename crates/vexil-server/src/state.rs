@@ -165,6 +165,8 @@ pub struct AppState {
     pub options: Options,
     /// Every swap (with its flag changes, possibly none), for change streams.
     pub events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// The last changes, for SSE clients that resume with `Last-Event-ID`.
+    pub recent: crate::sse::Recent,
     /// True once a snapshot is served (drives health).
     pub ready: watch::Sender<bool>,
     /// True once shutdown has begun (ends streams, fails readiness).
@@ -204,6 +206,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             options,
             events,
+            recent: crate::sse::Recent::default(),
             ready: watch::channel(false).0,
             shutdown: watch::channel(false).0,
         });
@@ -218,6 +221,7 @@ impl AppState {
                 state.ready.send_replace(true);
                 // Every swap, in order, after it is served. No receivers is fine: nobody
                 // is watching right now.
+                state.recent.push(swap.event);
                 let _ = state.events.send(Arc::clone(swap.event));
             }
             log_attempt(attempt);

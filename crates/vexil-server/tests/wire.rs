@@ -28,7 +28,7 @@ use vexil_core::source::MemorySource;
 use vexil_server::{AppState, Options, Tokens};
 
 /// The tables a run must find: a missing or empty one fails instead of passing silently.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "probes.yaml",
     "ofrep.yaml",
     "flipper.yaml",
@@ -36,6 +36,7 @@ const TABLES: [&str; 7] = [
     "frontend.yaml",
     "cors.yaml",
     "hooks.yaml",
+    "streams.yaml",
 ];
 
 /// What the 405 answers name as the place the flags live.
@@ -156,6 +157,9 @@ struct Expect {
     /// Reads of the source the request caused (a webhook's trigger), counted once the reloader
     /// has nothing pending and no read in progress.
     reads: Option<u64>,
+    /// The answer is an endless stream (SSE): only its first frame is read and checked.
+    #[serde(default)]
+    stream: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,9 +371,19 @@ async fn run_case(world: &mut World, case: &Case, report: &mut Report) {
         report.requests += 1;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let raw = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let raw = if expect.stream {
+            // A stream does not end: its first frame (the opening event) is what is checked.
+            use tokio_stream::StreamExt as _;
+            let mut frames = response.into_body().into_data_stream();
+            match tokio::time::timeout(std::time::Duration::from_secs(10), frames.next()).await {
+                Ok(Some(Ok(frame))) => frame,
+                _ => Bytes::new(),
+            }
+        } else {
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap()
+        };
         if let Some(want) = expect.reads {
             let got = settled_reads(&state).await - reads_before;
             if got != want {

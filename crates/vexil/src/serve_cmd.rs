@@ -14,6 +14,7 @@ use vexil_core::source::{
     RemoteSource,
 };
 use vexil_core::{ReloadOptions, Source, StartError};
+use vexil_server::notify::{Kind, Notifier, NotifyOptions};
 use vexil_server::{
     AppState, CertSource, ConnLimits, Limits, Options, ServedRef, TlsConfig, Tokens, WebhookSecret,
 };
@@ -165,6 +166,32 @@ pub struct Args {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+    /// POST a signed JSON document to this URL after every swap that changes flags (repeatable;
+    /// signed with `VEXIL_NOTIFY_SECRET` when set). See docs/notifications.md.
+    #[arg(long = "notify-url", env = "VEXIL_NOTIFY_URLS", value_delimiter = ',')]
+    notify_urls: Vec<String>,
+    /// Post one message per change to this Slack incoming webhook (repeatable).
+    #[arg(
+        long = "notify-slack",
+        env = "VEXIL_NOTIFY_SLACK",
+        value_delimiter = ','
+    )]
+    notify_slack: Vec<String>,
+    /// Bounds one notification attempt (connect, TLS, request and answer).
+    #[arg(long, env = "VEXIL_NOTIFY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    notify_timeout: Duration,
+    /// Changes a receiver may have waiting; more drop the oldest (counted as `dropped`).
+    #[arg(long, env = "VEXIL_NOTIFY_QUEUE", default_value_t = 100)]
+    notify_queue: usize,
+    /// The wait before the first retry of a failed notification (doubling, with jitter).
+    #[arg(long, env = "VEXIL_NOTIFY_RETRY_BASE", default_value = "1s", value_parser = duration)]
+    notify_retry_base: Duration,
+    /// The longest wait between two attempts.
+    #[arg(long, env = "VEXIL_NOTIFY_RETRY_MAX", default_value = "60s", value_parser = duration)]
+    notify_retry_max: Duration,
+    /// Attempts of one notification before it is given up.
+    #[arg(long, env = "VEXIL_NOTIFY_ATTEMPTS", default_value_t = 8)]
+    notify_attempts: u32,
     /// The `poll-interval` sent to Flipper clients (their poller only ever slows down to it).
     #[arg(long, env = "VEXIL_FLIPPER_POLL_INTERVAL", default_value = "10s", value_parser = duration)]
     flipper_poll_interval: Duration,
@@ -376,11 +403,49 @@ fn tls(args: &Args) -> anyhow::Result<TlsConfig> {
     })
 }
 
+/// The change notifications' settings; `None` without receivers.
+fn notify_options(args: &Args) -> anyhow::Result<Option<NotifyOptions>> {
+    let receivers: Vec<(Kind, String)> = args
+        .notify_urls
+        .iter()
+        .map(|u| (Kind::Json, u.clone()))
+        .chain(args.notify_slack.iter().map(|u| (Kind::Slack, u.clone())))
+        .collect();
+    let secret = match std::env::var_os("VEXIL_NOTIFY_SECRET") {
+        None => None,
+        Some(s) => {
+            let s = s
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("VEXIL_NOTIFY_SECRET is not UTF-8"))?;
+            Some(WebhookSecret::new(s.as_bytes()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "VEXIL_NOTIFY_SECRET is empty: unset it to send unsigned notifications"
+                )
+            })?)
+        }
+    };
+    if receivers.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(NotifyOptions {
+        receivers,
+        secret,
+        timeout: args.notify_timeout,
+        queue: args.notify_queue,
+        retry_base: args.notify_retry_base,
+        retry_max: args.notify_retry_max,
+        attempts: args.notify_attempts.max(1),
+        // A local ref or a remote: every revision is a commit id.
+        commit: args.reference.is_some() || args.source.as_deref().is_some_and(is_url),
+    }))
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     init_logs(args)?;
     let tokens = tokens(args)?;
     let webhook_secret = webhook_secret(args)?;
     let webhooks = webhook_secret.is_some();
+    let notify = notify_options(args)?;
     let tls = tls(args)?;
     // Before any source is read (libgit2's socket timeouts are process-wide settings).
     vexil_core::source::set_git_timeouts(args.git_connect_timeout, args.git_timeout)?;
@@ -500,6 +565,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         if !tokens.is_enabled() && !http_addr.ip().is_loopback() {
             tracing::warn!(%http_addr, "no tokens: anyone who reaches this address can read every flag definition through the Flipper and Unleash mirrors");
+        }
+        if let Some(notify) = notify {
+            let notifier = Notifier::start(&state, notify)?;
+            state.metrics.set_notifier(notifier);
         }
         let shutdown = signals(Arc::clone(&state), tls.clone())?;
         // One plain line on stdout (after the signal handlers are in place), for scripts and

@@ -6,7 +6,8 @@
 // The config names a scenario (`answers`: for every context, each flag's answer through each
 // SDK; the test compares them with Vexil's). `window.__vexil` holds {done: true, origin, ...the
 // scenario's result} when finished (drive.mjs waits for `done`). Scenarios are plain async
-// functions of the config, listed in `scenarios`: a later one (OFREP SSE) goes next to these.
+// functions of the config, listed in `scenarios` (`answers`, and `sse`: a commit's new value
+// shown through OFREP's change stream without reloading).
 import { OpenFeature } from '@openfeature/web-sdk';
 import { OFREPWebProvider } from '@openfeature/ofrep-web-provider';
 import { errorText, unleash } from './unleash.js';
@@ -86,8 +87,48 @@ async function answers(config) {
   };
 }
 
+// OFREP change events over SSE: the provider (change detection `sse`, its default; polling
+// off) opens the stream the bulk answer advertises; the test commits a new value of
+// `config.flag` once the stream is open, and this page, never reloaded, polls what the client
+// shows until it changes (bounded: `config.waitMs`).
+async function sse(config) {
+  const provider = new OFREPWebProvider({
+    baseUrl: `${config.vexil}${config.prefix}`,
+    headers: [['Authorization', `Bearer ${config.token}`]],
+    cacheMode: 'disabled',
+    changeDetection: 'sse',
+    pollInterval: 0,
+    disableVisibilityRefresh: true,
+  });
+  try {
+    await OpenFeature.setProviderAndWait(provider);
+  } catch (e) {
+    return { error: errorText(e) };
+  }
+  const client = OpenFeature.getClient();
+  let changes = 0;
+  client.addHandler('PROVIDER_CONFIGURATION_CHANGED', () => {
+    changes += 1;
+  });
+  const first = client.getStringValue(config.flag, '');
+  const loaded = performance.timeOrigin;
+  show(`showing ${first}`);
+  const start = performance.now();
+  while (performance.now() - start < config.waitMs) {
+    const now = client.getStringValue(config.flag, '');
+    if (now !== first) {
+      show(`showing ${now}`);
+      await OpenFeature.close();
+      return { first, now, changes, sameDocument: performance.timeOrigin === loaded };
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await OpenFeature.close();
+  return { first, now: first, changes, error: `no change within ${config.waitMs} ms` };
+}
+
 // The scenarios a config may name (`scenario`, default `answers`).
-const scenarios = { answers };
+const scenarios = { answers, sse };
 
 async function main() {
   const config = await (await fetch('./config.json')).json();
