@@ -608,6 +608,7 @@ mod tests {
                 }],
                 segments: Vec::new(),
             }],
+            config: Vec::new(),
         };
         let body = slack_message(
             "repo <main>",
