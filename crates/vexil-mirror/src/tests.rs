@@ -431,3 +431,59 @@ flags:
             .all(|f| f.mirror == Mirror::FlipperLegacy)
     );
 }
+
+#[test]
+fn node_reads_patterns_with_re2_syntax() {
+    // (pattern, what Node's unleash-client (re2js) finding says; None: no finding).
+    let table: [(&str, Option<&str>); 17] = [
+        (r"^[a-z]+@example\.com$", None),
+        (r"(?i)^beta(?P<n>[0-9]+)$", None),
+        (r"(?ms)^a.b$(?U)x*", None),
+        (r"\pL\p{Lu}\p{Greek}[[:alpha:]]\x{41}", None),
+        (r"^\d{4}$", Some("for unusual inputs only (non-ASCII")),
+        (r"\bword\B", Some("for unusual inputs only (non-ASCII")),
+        (r"(?x) a b ", Some("the flag `x`")),
+        (r"(?-u:a)", Some("the flag `u`")),
+        (r"(?R)^a$", Some("the flag `R`")),
+        (r"[a-z&&[^aeiou]]", Some("a class operation")),
+        (r"[a[bc]]", Some("a class inside a class")),
+        (r"[\w--\d]", Some("a class operation")),
+        (r"\b{start}go", Some(r"\b{start}")),
+        (r"\<go\>", Some(r"a word boundary `\<`")),
+        (r"a{1001}", Some("a repetition count above 1000 (`{1001}`)")),
+        (r"\p{Alphabetic}\u{41}", Some("the Unicode property `Alphabetic`")),
+        (r"(?<n>a)", Some("a named group `(?<name>...)`")),
+    ];
+    for (pattern, expected) in table {
+        let yaml = format!(
+            "flags:\n  f:\n    rules:\n      - {{ name: r, when: [{{ attr: code, matches: '{pattern}' }}], serve: true }}\n"
+        );
+        let got: Vec<_> = findings(&yaml)
+            .into_iter()
+            .filter(|(_, mirror, _, _)| *mirror == "unleash-node")
+            .collect();
+        let unusual: Vec<bool> = super::findings(&snapshot(&yaml), &[Mirror::UnleashNode])
+            .into_iter()
+            .map(|f| f.unusual_inputs_only)
+            .collect();
+        match expected {
+            None => assert!(got.is_empty(), "{pattern}: {got:?}"),
+            Some(fragment) => {
+                assert_eq!(got.len(), 1, "{pattern}: {got:?}");
+                let (_, _, fidelity, reason) = &got[0];
+                assert_eq!(*fidelity, "inexact", "{pattern}");
+                assert!(reason.contains(fragment), "{pattern}: {reason}");
+                let ascii = fragment.starts_with("for unusual inputs");
+                assert_eq!(unusual, [ascii], "{pattern}: {reason}");
+                if !ascii {
+                    assert!(reason.contains("false for every input"), "{reason}");
+                }
+            }
+        }
+        // yggdrasil compiles with Rust's regex: the same reading.
+        assert!(
+            findings(&yaml).iter().all(|(_, m, _, _)| *m != "unleash"),
+            "{pattern}"
+        );
+    }
+}
