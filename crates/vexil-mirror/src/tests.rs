@@ -487,3 +487,54 @@ fn node_reads_patterns_with_re2_syntax() {
         );
     }
 }
+
+#[test]
+fn flipper_expressions_refuse_lists_open_ranges_and_huge_flags() {
+    let texts: Vec<String> = (0..1100).map(|i| format!("c{i}")).collect();
+    let yaml = format!(
+        r#"
+flags:
+  staff:
+    rules:
+      - {{ when: [{{ attr: groups, equals: staff }}], serve: true }}
+  staff-known:
+    rules:
+      - {{ when: [{{ attr: groups, present: true }}], serve: true }}
+  last-char:
+    rules:
+      - {{ when: [{{ attr: name, starts_with: "a\U0010FFFF" }}], serve: true }}
+  huge:
+    rules:
+      - {{ when: [{{ attr: code, in: [{}] }}], serve: true }}
+"#,
+        texts.join(", ")
+    );
+    let s = snapshot(&yaml);
+    let export = flipper::export(&s.namespaces()[0], flipper::Profile::Expressions);
+    let finding = |flag: &str| {
+        export
+            .findings
+            .iter()
+            .find(|f| f.flag.as_ref() == flag)
+            .unwrap_or_else(|| panic!("no finding for {flag}: {:#?}", export.findings))
+    };
+    // `groups` is a list in Vexil: inexact for every list, not only unusual inputs.
+    let staff = finding("staff");
+    assert_eq!(staff.fidelity, Fidelity::Inexact);
+    assert!(!staff.unusual_inputs_only);
+    assert!(staff.reason.contains("`groups`"), "{}", staff.reason);
+    assert!(
+        !export
+            .findings
+            .iter()
+            .any(|f| f.flag.as_ref() == "staff-known")
+    );
+    let last = finding("last-char");
+    assert_eq!(last.fidelity, Fidelity::Omitted);
+    assert!(last.reason.contains("U+10FFFF"), "{}", last.reason);
+    let huge = finding("huge");
+    assert_eq!(huge.fidelity, Fidelity::Omitted);
+    assert!(huge.reason.contains("more than the 4096"), "{}", huge.reason);
+    let names: Vec<&str> = export.features.iter().map(|f| &*f.key).collect();
+    assert!(!names.contains(&"last-char") && !names.contains(&"huge"), "{names:?}");
+}
