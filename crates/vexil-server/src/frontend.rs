@@ -58,6 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 &format!("{prefix}/client/register"),
                 post(accepted).fallback(refuse_post_only),
             )
+            .route(&format!("{prefix}/client/features"), any(not_implemented))
+            .route(&format!("{prefix}/health"), any(not_implemented))
             .route(&format!("{prefix}/{{*rest}}"), any(unknown));
     }
     router.with_state(state)
@@ -378,8 +380,20 @@ fn refusal(method: &Method, allow: &'static str) -> Response {
     response
 }
 
-/// Other paths (`/client/features`, `/health`, ...): what the Unleash server answers them, 404
-/// to reads.
+/// The client API's paths under the frontend API: the Unleash server answers them 405
+/// (`NotImplementedError`) whatever the method; `Allow` is empty, as no method is allowed.
+async fn not_implemented() -> Response {
+    let mut response = message(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The frontend API does not support this endpoint.",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(""));
+    response
+}
+
+/// Other paths: 404.
 async fn unknown() -> Response {
     message(
         StatusCode::NOT_FOUND,
