@@ -157,8 +157,15 @@ fn validate_groups_findings_per_flag_and_declared_client() {
         .collect();
     // Distinct clients as many as warnings: one warning per client, wherever they stand.
     let distinct: std::collections::BTreeSet<&str> = clients.iter().copied().collect();
-    assert_eq!(distinct.len(), clients.len(), "one warning per client: {items:#?}");
-    assert!(distinct.contains("unleash") && clients.len() >= 2, "{items:#?}");
+    assert_eq!(
+        distinct.len(),
+        clients.len(),
+        "one warning per client: {items:#?}"
+    );
+    assert!(
+        distinct.contains("unleash") && clients.len() >= 2,
+        "{items:#?}"
+    );
 }
 
 /// The config file is one more file of a revision: a git revision's `vexil.yaml` is read as

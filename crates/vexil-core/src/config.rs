@@ -280,7 +280,9 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            ["vexil.yaml:2:3: warning[unknown-namespace]: namespace `gone` in the repository config has no flag file: namespaces: checkout, default"]
+            [
+                "vexil.yaml:2:3: warning[unknown-namespace]: namespace `gone` in the repository config has no flag file: namespaces: checkout, default"
+            ]
         );
     }
 

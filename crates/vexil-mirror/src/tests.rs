@@ -451,7 +451,10 @@ fn node_reads_patterns_with_re2_syntax() {
         (r"\b{start}go", Some(r"\b{start}")),
         (r"\<go\>", Some(r"a word boundary `\<`")),
         (r"a{1001}", Some("a repetition count above 1000 (`{1001}`)")),
-        (r"\p{Alphabetic}\u{41}", Some("the Unicode property `Alphabetic`")),
+        (
+            r"\p{Alphabetic}\u{41}",
+            Some("the Unicode property `Alphabetic`"),
+        ),
         (r"(?<n>a)", Some("a named group `(?<name>...)`")),
     ];
     for (pattern, expected) in table {
@@ -534,7 +537,14 @@ flags:
     assert!(last.reason.contains("U+10FFFF"), "{}", last.reason);
     let huge = finding("huge");
     assert_eq!(huge.fidelity, Fidelity::Omitted);
-    assert!(huge.reason.contains("more than the 4096"), "{}", huge.reason);
+    assert!(
+        huge.reason.contains("more than the 4096"),
+        "{}",
+        huge.reason
+    );
     let names: Vec<&str> = export.features.iter().map(|f| &*f.key).collect();
-    assert!(!names.contains(&"last-char") && !names.contains(&"huge"), "{names:?}");
+    assert!(
+        !names.contains(&"last-char") && !names.contains(&"huge"),
+        "{names:?}"
+    );
 }

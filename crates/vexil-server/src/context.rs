@@ -196,12 +196,18 @@ fn js_number_text(n: f64) -> String {
     let point = exponent + 1;
     let sign = if n < 0.0 { "-" } else { "" };
     let body = if k <= point && point <= 21 {
-        format!("{digits}{}", "0".repeat(usize::try_from(point - k).unwrap_or(0)))
+        format!(
+            "{digits}{}",
+            "0".repeat(usize::try_from(point - k).unwrap_or(0))
+        )
     } else if 0 < point && point <= 21 {
         let (int, frac) = digits.split_at(usize::try_from(point).unwrap_or(0));
         format!("{int}.{frac}")
     } else if -6 < point && point <= 0 {
-        format!("0.{}{digits}", "0".repeat(usize::try_from(-point).unwrap_or(0)))
+        format!(
+            "0.{}{digits}",
+            "0".repeat(usize::try_from(-point).unwrap_or(0))
+        )
     } else {
         let e_sign = if point - 1 < 0 { '-' } else { '+' };
         let (first, rest) = digits.split_at(1);

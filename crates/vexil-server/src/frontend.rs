@@ -222,8 +222,14 @@ fn answer(s: &AppState, read: &Read<'_>, select: Select<'_>) -> Response {
                 "",
             )
         });
-        if let Some(etag) = early_etag.as_ref().filter(|e| conditional::etag_matches(read.headers, e)) {
-            return Ok(with_headers(StatusCode::NOT_MODIFIED.into_response(), etag.clone()));
+        if let Some(etag) = early_etag
+            .as_ref()
+            .filter(|e| conditional::etag_matches(read.headers, e))
+        {
+            return Ok(with_headers(
+                StatusCode::NOT_MODIFIED.into_response(),
+                etag.clone(),
+            ));
         }
         let ctx = if post {
             context_of_body(s, read.body)?

@@ -163,9 +163,8 @@ fn bulk(state: &AppState, namespace: &str, headers: &HeaderMap, body: &Bytes) ->
         // Unless a flag of the namespace draws at random (then the ETag is of the body, after
         // evaluating), the answer is a function of the revision, the namespace and the
         // request: so is the ETag, and a client that has it gets 304 without an evaluation.
-        let early_etag = (!served.can_draw(namespace, None)).then(|| {
-            conditional::etag_of(&[revision.as_bytes(), namespace.as_bytes(), body], "")
-        });
+        let early_etag = (!served.can_draw(namespace, None))
+            .then(|| conditional::etag_of(&[revision.as_bytes(), namespace.as_bytes(), body], ""));
         if let Some(etag) = early_etag
             .as_ref()
             .filter(|e| conditional::etag_matches(headers, e))

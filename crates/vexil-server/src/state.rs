@@ -122,7 +122,7 @@ impl Served<'_> {
         self.derived
             .random
             .get(namespace)
-            .is_some_and(|flags| flag.map_or(true, |f| flags.contains(f)))
+            .is_some_and(|flags| flag.is_none_or(|f| flags.contains(f)))
     }
 }
 

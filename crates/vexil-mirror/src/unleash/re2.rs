@@ -101,15 +101,27 @@ impl Walker<'_> {
 /// General categories (one or two letters) and the common scripts, as RE2 spells them.
 fn re2_knows(name: &str) -> bool {
     const SCRIPTS: [&str; 16] = [
-        "Any", "Arabic", "Armenian", "Common", "Cyrillic", "Devanagari", "Georgian", "Greek",
-        "Han", "Hangul", "Hebrew", "Hiragana", "Inherited", "Katakana", "Latin", "Thai",
+        "Any",
+        "Arabic",
+        "Armenian",
+        "Common",
+        "Cyrillic",
+        "Devanagari",
+        "Georgian",
+        "Greek",
+        "Han",
+        "Hangul",
+        "Hebrew",
+        "Hiragana",
+        "Inherited",
+        "Katakana",
+        "Latin",
+        "Thai",
     ];
     let mut chars = name.chars();
     let category = match (chars.next(), chars.next(), chars.next()) {
         (Some(major), None, None) => "CLMNPSZ".contains(major),
-        (Some(major), Some(minor), None) => {
-            "CLMNPSZ".contains(major) && minor.is_ascii_lowercase()
-        }
+        (Some(major), Some(minor), None) => "CLMNPSZ".contains(major) && minor.is_ascii_lowercase(),
         _ => false,
     };
     category || SCRIPTS.contains(&name)
@@ -204,9 +216,9 @@ impl Walker<'_> {
             AssertionKind::WordBoundaryStart
             | AssertionKind::WordBoundaryEnd
             | AssertionKind::WordBoundaryStartHalf
-            | AssertionKind::WordBoundaryEndHalf => {
-                self.refuse("a word boundary `\\b{start}`, `\\b{end}`, `\\b{start-half}` or `\\b{end-half}`")
-            }
+            | AssertionKind::WordBoundaryEndHalf => self.refuse(
+                "a word boundary `\\b{start}`, `\\b{end}`, `\\b{start-half}` or `\\b{end-half}`",
+            ),
             AssertionKind::WordBoundaryStartAngle | AssertionKind::WordBoundaryEndAngle => {
                 self.refuse("a word boundary `\\<` or `\\>`")
             }
