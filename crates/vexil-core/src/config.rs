@@ -174,8 +174,9 @@ pub(crate) fn clients(
     })
 }
 
-/// Reports namespaces the config names that no flag file defines (a typo would silently
-/// declare nothing).
+/// Warns of namespaces the config names that no flag file defines (a typo would silently
+/// declare nothing). A warning, not an error: deleting a namespace's last flag must not
+/// block the revision that does it.
 pub(crate) fn check_namespaces(sink: &mut Sink<'_>, config: &RepoConfig, defined: &[&str]) {
     for (name, ns) in &config.namespaces {
         if defined.contains(&name.as_str()) {
@@ -185,7 +186,7 @@ pub(crate) fn check_namespaces(sink: &mut Sink<'_>, config: &RepoConfig, defined
             Some(best) => format!("did you mean `{best}`?"),
             None => format!("namespaces: {}", defined.join(", ")),
         };
-        sink.error(
+        sink.warning(
             ns.origin.pos,
             Code::UnknownNamespace,
             format!("namespace `{name}` in the repository config has no flag file: {hint}"),
@@ -259,9 +260,28 @@ mod tests {
                 "vexil.yaml:1:11: error[unknown-client]: unknown client `unleas` in `clients`: did you mean `unleash`?",
                 "vexil.yaml:1:28: error[duplicate-key]: client `flipper` is listed twice in `clients`",
                 "vexil.yaml:1:37: error[unknown-client]: unknown client `zzz` in `clients`: known clients: flipper, unleash, unleash-legacy",
-                "vexil.yaml:3:3: error[unknown-namespace]: namespace `checkot` in the repository config has no flag file: did you mean `checkout`?",
+                "vexil.yaml:3:3: warning[unknown-namespace]: namespace `checkot` in the repository config has no flag file: did you mean `checkout`?",
                 "vexil.yaml:4:14: error[unknown-field]: unknown field `clinets` in namespace `default`: did you mean `clients`?",
                 "vexil.yaml:5:1: error[unknown-field]: unknown field `extra` in the repository config file: known fields: clients, namespaces",
+            ]
+        );
+    }
+
+    /// A namespace the config names but no flag file defines (its last flag deleted) is a
+    /// warning: the revision still compiles.
+    #[test]
+    fn a_namespace_without_flags_is_a_warning() {
+        let compiled = compile("namespaces:\n  gone: { clients: [flipper] }\n");
+        assert!(compiled.snapshot.is_some(), "{:?}", compiled.diagnostics);
+        let got: Vec<String> = compiled
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "vexil.yaml:2:3: warning[unknown-namespace]: namespace `gone` in the repository config has no flag file: namespaces: checkout, default"
             ]
         );
     }

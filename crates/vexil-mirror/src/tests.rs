@@ -438,3 +438,120 @@ flags:
             .all(|f| f.mirror == Mirror::FlipperLegacy)
     );
 }
+
+#[test]
+fn node_reads_patterns_with_re2_syntax() {
+    // (pattern, what Node's unleash-client (re2js) finding says; None: no finding).
+    let table: [(&str, Option<&str>); 17] = [
+        (r"^[a-z]+@example\.com$", None),
+        (r"(?i)^beta(?P<n>[0-9]+)$", None),
+        (r"(?ms)^a.b$(?U)x*", None),
+        (r"\pL\p{Lu}\p{Greek}[[:alpha:]]\x{41}", None),
+        (r"^\d{4}$", Some("for unusual inputs only (non-ASCII")),
+        (r"\bword\B", Some("for unusual inputs only (non-ASCII")),
+        (r"(?x) a b ", Some("the flag `x`")),
+        (r"(?-u:a)", Some("the flag `u`")),
+        (r"(?R)^a$", Some("the flag `R`")),
+        (r"[a-z&&[^aeiou]]", Some("a class operation")),
+        (r"[a[bc]]", Some("a class inside a class")),
+        (r"[\w--\d]", Some("a class operation")),
+        (r"\b{start}go", Some(r"\b{start}")),
+        (r"\<go\>", Some(r"a word boundary `\<`")),
+        (r"a{1001}", Some("a repetition count above 1000 (`{1001}`)")),
+        (
+            r"\p{Alphabetic}\u{41}",
+            Some("the Unicode property `Alphabetic`"),
+        ),
+        (r"(?<n>a)", Some("a named group `(?<name>...)`")),
+    ];
+    for (pattern, expected) in table {
+        let yaml = format!(
+            "flags:\n  f:\n    rules:\n      - {{ name: r, when: [{{ attr: code, matches: '{pattern}' }}], serve: true }}\n"
+        );
+        let got: Vec<_> = findings(&yaml)
+            .into_iter()
+            .filter(|(_, mirror, _, _)| *mirror == "unleash-node")
+            .collect();
+        let unusual: Vec<bool> = super::findings(&snapshot(&yaml), &[Mirror::UnleashNode])
+            .into_iter()
+            .map(|f| f.unusual_inputs_only)
+            .collect();
+        match expected {
+            None => assert!(got.is_empty(), "{pattern}: {got:?}"),
+            Some(fragment) => {
+                assert_eq!(got.len(), 1, "{pattern}: {got:?}");
+                let (_, _, fidelity, reason) = &got[0];
+                assert_eq!(*fidelity, "inexact", "{pattern}");
+                assert!(reason.contains(fragment), "{pattern}: {reason}");
+                let ascii = fragment.starts_with("for unusual inputs");
+                assert_eq!(unusual, [ascii], "{pattern}: {reason}");
+                if !ascii {
+                    assert!(reason.contains("false for every input"), "{reason}");
+                }
+            }
+        }
+        // yggdrasil compiles with Rust's regex: the same reading.
+        assert!(
+            findings(&yaml).iter().all(|(_, m, _, _)| *m != "unleash"),
+            "{pattern}"
+        );
+    }
+}
+
+#[test]
+fn flipper_expressions_refuse_lists_open_ranges_and_huge_flags() {
+    let texts: Vec<String> = (0..1100).map(|i| format!("c{i}")).collect();
+    let yaml = format!(
+        r#"
+flags:
+  staff:
+    rules:
+      - {{ when: [{{ attr: groups, equals: staff }}], serve: true }}
+  staff-known:
+    rules:
+      - {{ when: [{{ attr: groups, present: true }}], serve: true }}
+  last-char:
+    rules:
+      - {{ when: [{{ attr: name, starts_with: "a\U0010FFFF" }}], serve: true }}
+  huge:
+    rules:
+      - {{ when: [{{ attr: code, in: [{}] }}], serve: true }}
+"#,
+        texts.join(", ")
+    );
+    let s = snapshot(&yaml);
+    let export = flipper::export(&s.namespaces()[0], flipper::Profile::Expressions);
+    let finding = |flag: &str| {
+        export
+            .findings
+            .iter()
+            .find(|f| f.flag.as_ref() == flag)
+            .unwrap_or_else(|| panic!("no finding for {flag}: {:#?}", export.findings))
+    };
+    // `groups` is a list in Vexil: inexact for every list, not only unusual inputs.
+    let staff = finding("staff");
+    assert_eq!(staff.fidelity, Fidelity::Inexact);
+    assert!(!staff.unusual_inputs_only);
+    assert!(staff.reason.contains("`groups`"), "{}", staff.reason);
+    assert!(
+        !export
+            .findings
+            .iter()
+            .any(|f| f.flag.as_ref() == "staff-known")
+    );
+    let last = finding("last-char");
+    assert_eq!(last.fidelity, Fidelity::Omitted);
+    assert!(last.reason.contains("U+10FFFF"), "{}", last.reason);
+    let huge = finding("huge");
+    assert_eq!(huge.fidelity, Fidelity::Omitted);
+    assert!(
+        huge.reason.contains("more than the 4096"),
+        "{}",
+        huge.reason
+    );
+    let names: Vec<&str> = export.features.iter().map(|f| &*f.key).collect();
+    assert!(
+        !names.contains(&"last-char") && !names.contains(&"huge"),
+        "{names:?}"
+    );
+}

@@ -144,8 +144,10 @@ pub fn from_unleash(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
     for (name, value) in map {
         match (name.as_str(), value) {
             ("userId", Json::String(s)) => out.targeting_key = Some(s.clone()),
-            // SDKs in typed languages may send a numeric id; Unleash compares it as text.
-            ("userId", Json::Number(n)) => out.targeting_key = Some(n.to_string()),
+            // SDKs in typed languages may send a numeric or boolean id; the Unleash server
+            // stringifies it as JavaScript does (`String(1.0)` is "1").
+            ("userId", Json::Number(n)) => out.targeting_key = n.as_f64().map(js_number_text),
+            ("userId", Json::Bool(b)) => out.targeting_key = Some(b.to_string()),
             ("userId" | "properties", Json::Null) => {}
             ("userId", _) => {
                 return Err(Error::InvalidContext("userId must be a string".into()));
@@ -172,6 +174,47 @@ pub fn from_unleash(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
     }
     out.targeting_key = out.targeting_key.filter(|k| !k.is_empty());
     Ok(out)
+}
+
+/// A number as JavaScript's `String(n)` writes it (ECMA-262 Number::toString): the shortest
+/// digits that read back (as Rust's), in plain notation from 1e-6 up to below 1e21, else
+/// `d.ddde+N` / `de-N`; `-0` as "0".
+fn js_number_text(n: f64) -> String {
+    if n == 0.0 {
+        return "0".into();
+    }
+    if !n.is_finite() {
+        // JSON has no infinities or NaN; written as Rust does rather than mis-split below.
+        return n.to_string();
+    }
+    let sci = format!("{:e}", n.abs());
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let exponent: i64 = exponent.parse().unwrap_or(0);
+    let k = i64::try_from(digits.len()).unwrap_or(i64::MAX);
+    // The decimal point sits after `point` digits.
+    let point = exponent + 1;
+    let sign = if n < 0.0 { "-" } else { "" };
+    let body = if k <= point && point <= 21 {
+        format!(
+            "{digits}{}",
+            "0".repeat(usize::try_from(point - k).unwrap_or(0))
+        )
+    } else if 0 < point && point <= 21 {
+        let (int, frac) = digits.split_at(usize::try_from(point).unwrap_or(0));
+        format!("{int}.{frac}")
+    } else if -6 < point && point <= 0 {
+        format!(
+            "0.{}{digits}",
+            "0".repeat(usize::try_from(-point).unwrap_or(0))
+        )
+    } else {
+        let e_sign = if point - 1 < 0 { '-' } else { '+' };
+        let (first, rest) = digits.split_at(1);
+        let dot = if rest.is_empty() { "" } else { "." };
+        format!("{first}{dot}{rest}e{e_sign}{}", (point - 1).abs())
+    };
+    format!("{sign}{body}")
 }
 
 fn targeting_key_not_a_string() -> Error {
@@ -215,4 +258,29 @@ fn from_value(
                 .collect::<Result<_, Error>>()?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::js_number_text;
+
+    #[test]
+    fn numbers_written_as_javascript_does() {
+        for (n, js) in [
+            (1.0, "1"),
+            (-0.0, "0"),
+            (42.5, "42.5"),
+            (-3.25, "-3.25"),
+            (0.000001, "0.000001"),
+            (1e-7, "1e-7"),
+            (1.5e-7, "1.5e-7"),
+            (123456789012345680000.0, "123456789012345680000"),
+            (1e21, "1e+21"),
+            (1.25e22, "1.25e+22"),
+            (9007199254740993.0, "9007199254740992"),
+            (0.1 + 0.2, "0.30000000000000004"),
+        ] {
+            assert_eq!(js_number_text(n), js, "{n}");
+        }
+    }
 }

@@ -4,9 +4,10 @@
 //!
 //! A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered here,
 //! before the gate: browsers send no credentials on it. An allowed origin gets 204 with the
-//! methods, the headers the SDKs send and a max-age; any other origin 403 with no CORS header
-//! (the browser then refuses the request). Every other answer gets `Vary: Origin`, and for an
-//! allowed origin `Access-Control-Allow-Origin` (the origin itself) and
+//! methods, the requested headers reflected (validated as header names, bounded; as the Unleash
+//! server does, so SDK custom headers and tracing headers pass) and a max-age; any other origin
+//! 403 with no CORS header (the browser then refuses the request). Every other answer gets
+//! `Vary: Origin`, and for an allowed origin `Access-Control-Allow-Origin` (the origin itself) and
 //! `Access-Control-Expose-Headers: ETag` (without it the SDKs cannot read the ETag and never
 //! send `If-None-Match`). Like the gate, the future wraps the inner one without boxing.
 
@@ -17,10 +18,12 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-/// The request headers a preflight allows: those the OFREP web provider and the Unleash
-/// browser SDKs send, and the token forms the gate reads. A fixed list rather than the
-/// requested headers reflected: what a page may send stays what the server reads.
-const ALLOWED_HEADERS: &str = "authorization, content-type, if-none-match, x-api-key, unleash-sdk, unleash-appname, unleash-connection-id, unleash-client-spec";
+/// Requested headers reflected by a preflight: at most this many names, from a header of at
+/// most `MAX_REQUEST_HEADERS_LEN` bytes (a longer one is reflected not at all). Browsers send
+/// the names a page sets: SDK custom headers (OFREP `headers`, unleash-proxy-client
+/// `customHeaders`), tracing (`traceparent`, `baggage`, `sentry-trace`), the tokens.
+const MAX_REQUEST_HEADERS: usize = 64;
+const MAX_REQUEST_HEADERS_LEN: usize = 4096;
 const ALLOWED_METHODS: &str = "GET, HEAD, POST";
 /// Chromium caps a preflight's cache at two hours; Firefox allows a day.
 const MAX_AGE: &str = "7200";
@@ -48,6 +51,10 @@ impl CorsOrigins {
                 any = true;
                 continue;
             }
+            // `a,,b` or a trailing comma in VEXIL_CORS_ORIGINS.
+            if origin.is_empty() {
+                continue;
+            }
             let bad = || BadOrigin(origin.to_owned());
             // Browsers send the origin in lower case.
             let lower = origin.to_ascii_lowercase();
@@ -58,7 +65,13 @@ impl CorsOrigins {
             {
                 return Err(bad());
             }
-            let value = HeaderValue::from_str(&lower).map_err(|_| bad())?;
+            // Browsers omit the scheme's default port.
+            let default_port = if scheme == "http" { ":80" } else { ":443" };
+            let host = rest.strip_suffix(default_port).unwrap_or(rest);
+            if host.is_empty() {
+                return Err(bad());
+            }
+            let value = HeaderValue::from_str(&format!("{scheme}://{host}")).map_err(|_| bad())?;
             out.push(value);
         }
         Ok(CorsOrigins {
@@ -126,7 +139,8 @@ where
             && origin.is_some()
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return CorsFuture::Answered(Some(preflight(allowed)));
+            let requested = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
+            return CorsFuture::Answered(Some(preflight(allowed, requested)));
         }
         CorsFuture::Inner {
             inner: self.inner.call(request),
@@ -135,7 +149,32 @@ where
     }
 }
 
-fn preflight(allowed: Option<HeaderValue>) -> Response<axum::body::Body> {
+/// The header names of `Access-Control-Request-Headers` a preflight allows: each a valid
+/// token (RFC 9110), lower-cased; junk names dropped (the browser then refuses the request
+/// that would send them); nothing from an oversized header.
+fn reflected(requested: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let requested = requested?.as_bytes();
+    if requested.len() > MAX_REQUEST_HEADERS_LEN {
+        return None;
+    }
+    let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let names: Vec<String> = requested
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty() && name.iter().all(is_tchar))
+        .take(MAX_REQUEST_HEADERS)
+        .map(|name| String::from_utf8_lossy(name).to_ascii_lowercase())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&names.join(", ")).ok()
+}
+
+fn preflight(
+    allowed: Option<HeaderValue>,
+    requested: Option<&HeaderValue>,
+) -> Response<axum::body::Body> {
     let mut response = Response::new(axum::body::Body::empty());
     let headers = response.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("origin"));
@@ -143,15 +182,19 @@ fn preflight(allowed: Option<HeaderValue>) -> Response<axum::body::Body> {
         Some(origin) => {
             *response.status_mut() = StatusCode::NO_CONTENT;
             let headers = response.headers_mut();
+            // The answer reflects the requested headers: caches must key on them too.
+            headers.insert(
+                header::VARY,
+                HeaderValue::from_static("origin, access-control-request-headers"),
+            );
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static(ALLOWED_METHODS),
             );
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static(ALLOWED_HEADERS),
-            );
+            if let Some(names) = reflected(requested) {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, names);
+            }
             headers.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static(MAX_AGE),
@@ -216,7 +259,7 @@ where
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::CorsOrigins;
+    use super::{CorsOrigins, reflected};
 
     #[test]
     fn origins() {
@@ -234,6 +277,26 @@ mod tests {
         ] {
             assert!(ok.allows(&origin.parse().unwrap()), "{origin}");
         }
+        // The default port is what browsers omit; another port is another origin.
+        let ported = CorsOrigins::parse(&[
+            "https://app.example.com:443",
+            "http://b.example:80",
+            "http://c.example:443",
+            "",
+        ])
+        .unwrap();
+        for origin in [
+            "https://app.example.com",
+            "http://b.example",
+            "http://c.example:443",
+        ] {
+            assert!(ported.allows(&origin.parse().unwrap()), "{origin}");
+        }
+        assert!(!ported.allows(&"https://app.example.com:443".parse().unwrap()));
+        // Empty entries (a trailing comma in VEXIL_CORS_ORIGINS) are skipped.
+        let trailing = CorsOrigins::parse(&["https://a.example", " ", ""]).unwrap();
+        assert!(trailing.allows(&"https://a.example".parse().unwrap()));
+        assert!(!CorsOrigins::parse(&["", " "]).unwrap().is_enabled());
         for origin in [
             "https://app.example.com:443",
             "http://app.example.com",
@@ -251,11 +314,43 @@ mod tests {
             "https://a.example/path",
             "ftp://a.example",
             "https://",
+            "https://:443",
             "https://*.example.com",
             "https://a b",
         ] {
             let e = CorsOrigins::parse(&[bad]).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn requested_headers() {
+        let reflect = |requested: &str| -> Option<String> {
+            reflected(Some(&requested.parse().unwrap())).map(|v| v.to_str().unwrap().to_owned())
+        };
+        // (requested, reflected)
+        let long = format!("x-a,{}", "b".repeat(4096));
+        let many: Vec<String> = (0..70).map(|i| format!("x-{i}")).collect();
+        let table: [(&str, Option<&str>); 7] = [
+            (
+                "content-type,If-None-Match,authorization",
+                Some("content-type, if-none-match, authorization"),
+            ),
+            (
+                "traceparent, baggage, sentry-trace, x-tenant",
+                Some("traceparent, baggage, sentry-trace, x-tenant"),
+            ),
+            ("x-ok, bad name, x(y), , x-also", Some("x-ok, x-also")),
+            ("", None),
+            (" , ,", None),
+            (&long, None),
+            ("a:b", None),
+        ];
+        for (requested, want) in table {
+            assert_eq!(reflect(requested).as_deref(), want, "{requested}");
+        }
+        let reflected_many = reflect(&many.join(",")).unwrap();
+        assert_eq!(reflected_many.split(", ").count(), 64);
+        assert_eq!(reflected(None), None);
     }
 }

@@ -232,7 +232,7 @@ async fn features(
         .get(namespace)
         .and_then(|per_profile| per_profile.get(profile_index(profile)))
     else {
-        return refused(&Error::UnknownNamespace(namespace.to_owned()));
+        return refused_in(&current, &Error::UnknownNamespace(namespace.to_owned()));
     };
     let query = Query::parse(raw.as_deref());
     let form = form_index(query.form());

@@ -5,9 +5,11 @@
 //! `GET` (context in the query, `properties[name]=value`) and `POST` (body `{"context":{...}}`
 //! as the SDKs send it, or the context itself as Edge reads it) on `/api/frontend` (enabled
 //! toggles only), `/all` (every toggle) and `/features/{name}` (one, 404 if unknown);
-//! `POST /client/metrics` and `/client/register`: 202, nothing kept. Every answer is a function
-//! of the revision and the request, so its strong ETag is computed before evaluating and a
-//! matching `If-None-Match` gets 304 without an evaluation. Tokens and metrics are the front's
+//! `POST /client/metrics` and `/client/register`: 202, nothing kept. An answer is a function
+//! of the revision and the request unless it holds a flag that draws at random
+//! (`percentage_of_time`; known per snapshot): then its strong ETag is of the body, compared
+//! after evaluating; otherwise it is computed before, and a matching `If-None-Match` gets 304
+//! without an evaluation. Tokens and metrics are the front's
 //! layer's (`http::front`); CORS is `cors`'s.
 
 use std::collections::HashMap;
@@ -56,6 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 &format!("{prefix}/client/register"),
                 post(accepted).fallback(refuse_post_only),
             )
+            .route(&format!("{prefix}/client/features"), any(not_implemented))
+            .route(&format!("{prefix}/health"), any(not_implemented))
             .route(&format!("{prefix}/{{*rest}}"), any(unknown));
     }
     router.with_state(state)
@@ -195,22 +199,37 @@ fn answer(s: &AppState, read: &Read<'_>, select: Select<'_>) -> Response {
             // An unknown toggle is 404 whatever the client holds.
             crate::evaluation::lookup(served.snapshot, namespace, name)?;
         }
-        // The path names the namespace, the selection and the toggle; the query (GET) or the
-        // body (POST) the context.
+        // A selection that can draw at random is tagged by its body, after evaluating (as the
+        // Unleash server tags it). Any other answer is a function of the revision and the
+        // request (the path names the namespace, the selection and the toggle; the query (GET)
+        // or the body (POST) the context), and so is its tag: 304 without an evaluation.
+        let one = match select {
+            Select::One(name) => Some(name),
+            Select::Enabled | Select::All => None,
+        };
+        let random = served.can_draw(namespace, one);
         let query = read.uri.query().unwrap_or("");
         let post = read.method == Method::POST;
-        let etag = conditional::etag_of(
-            &[
-                served.snapshot.revision().as_bytes(),
-                if post { b"POST" } else { b"GET" },
-                read.uri.path().as_bytes(),
-                query.as_bytes(),
-                read.body,
-            ],
-            "",
-        );
-        if conditional::etag_matches(read.headers, &etag) {
-            return Ok(with_headers(StatusCode::NOT_MODIFIED.into_response(), etag));
+        let early_etag = (!random).then(|| {
+            conditional::etag_of(
+                &[
+                    served.snapshot.revision().as_bytes(),
+                    if post { b"POST" } else { b"GET" },
+                    read.uri.path().as_bytes(),
+                    query.as_bytes(),
+                    read.body,
+                ],
+                "",
+            )
+        });
+        if let Some(etag) = early_etag
+            .as_ref()
+            .filter(|e| conditional::etag_matches(read.headers, e))
+        {
+            return Ok(with_headers(
+                StatusCode::NOT_MODIFIED.into_response(),
+                etag.clone(),
+            ));
         }
         let ctx = if post {
             context_of_body(s, read.body)?
@@ -238,11 +257,18 @@ fn answer(s: &AppState, read: &Read<'_>, select: Select<'_>) -> Response {
                 json!({ "toggles": toggles })
             }
         };
-        let response = (
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        let text = body.to_string();
+        let etag = match early_etag {
+            Some(etag) => etag,
+            None => {
+                let etag = conditional::etag_of(&[text.as_bytes()], "");
+                if conditional::etag_matches(read.headers, &etag) {
+                    return Ok(with_headers(StatusCode::NOT_MODIFIED.into_response(), etag));
+                }
+                etag
+            }
+        };
+        let response = ([(header::CONTENT_TYPE, "application/json")], text).into_response();
         Ok(with_headers(response, etag))
     };
     respond().unwrap_or_else(|e| refused(&e))
@@ -360,8 +386,20 @@ fn refusal(method: &Method, allow: &'static str) -> Response {
     response
 }
 
-/// Other paths (`/client/features`, `/health`, ...): what the Unleash server answers them, 404
-/// to reads.
+/// The client API's paths under the frontend API: the Unleash server answers them 405
+/// (`NotImplementedError`) whatever the method; `Allow` is empty, as no method is allowed.
+async fn not_implemented() -> Response {
+    let mut response = message(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The frontend API does not support this endpoint.",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(""));
+    response
+}
+
+/// Other paths: 404.
 async fn unknown() -> Response {
     message(
         StatusCode::NOT_FOUND,

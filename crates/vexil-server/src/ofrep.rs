@@ -1,5 +1,6 @@
 //! OFREP, OpenFeature's HTTP evaluation protocol: `POST /ofrep/v1/evaluate/flags/{key}` and the
-//! bulk `POST /ofrep/v1/evaluate/flags` (with a strong ETag and 304 on `If-None-Match`).
+//! bulk `POST /ofrep/v1/evaluate/flags` (with a strong ETag and 304 on `If-None-Match`: of
+//! the revision and the request, or of the body when a flag of the namespace draws at random).
 //! `/ns/{namespace}/ofrep/v1/...` evaluates in another namespace.
 //!
 //! Values keep their type on the wire (integers as JSON integers, floats as floats); `variant`
@@ -174,9 +175,11 @@ fn bulk(
         // The change stream (ADR-0008), with the token EventSource needs when tokens are set.
         let stream_token = tokens.stream_token(headers, namespace);
         let stream = crate::sse::ofrep_stream_uri(namespace, stream_token.as_deref());
-        // The answer is a function of the revision, the namespace, the request and the stream
-        // token: so is the ETag, and a client that has it gets 304 without an evaluation.
-        let etag = match &stream_token {
+        // Unless a flag of the namespace draws at random (then the ETag is of the body, after
+        // evaluating), the answer is a function of the revision, the namespace, the request and
+        // the stream token: so is the ETag, and a client that has it gets 304 without an
+        // evaluation.
+        let early_etag = (!served.can_draw(namespace, None)).then(|| match &stream_token {
             None => conditional::etag_of(&[revision.as_bytes(), namespace.as_bytes(), body], ""),
             Some(t) => conditional::etag_of(
                 &[
@@ -187,9 +190,12 @@ fn bulk(
                 ],
                 "",
             ),
-        };
-        if conditional::etag_matches(headers, &etag) {
-            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        });
+        if let Some(etag) = early_etag
+            .as_ref()
+            .filter(|e| conditional::etag_matches(headers, e))
+        {
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response());
         }
         let mut flags = Vec::new();
         served.evaluate_all(
@@ -205,7 +211,24 @@ fn bulk(
             "metadata": { "flagSetId": namespace, "revision": revision },
             "eventStreams": [{ "type": "sse", "endpoint": { "requestUri": stream } }],
         });
-        let mut response = json_response(StatusCode::OK, &body);
+        let text = body.to_string();
+        let etag = match early_etag {
+            Some(etag) => etag,
+            None => {
+                // The body holds the stream URI, so its tag covers the stream token too.
+                let etag = conditional::etag_of(&[text.as_bytes()], "");
+                if conditional::etag_matches(headers, &etag) {
+                    return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+                }
+                etag
+            }
+        };
+        let mut response = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response();
         response.headers_mut().insert(header::ETAG, etag);
         Ok(response)
     };

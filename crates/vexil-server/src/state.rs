@@ -6,6 +6,7 @@
 //! thread before the swap and travels inside the snapshot, so a reader that sees a snapshot
 //! always sees its tables, and one atomic swap replaces both.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct Derived {
     /// Every flag (namespace and key, in snapshot order): what a change stream that fell behind
     /// compares against (a stream keeps this list, never the snapshot).
     pub keys: Arc<[FlagRef]>,
+    /// Per namespace (only those with one), the flags whose answer can be drawn at random (a
+    /// reachable `percentage_of_time` rule): answers holding one are tagged by their body.
+    pub random: HashMap<Box<str>, HashSet<Box<str>>>,
 }
 
 impl Derived {
@@ -40,8 +44,47 @@ impl Derived {
             mirrors: Tables::build(snapshot),
             keys: flag_keys(snapshot),
             definitions: OnceLock::new(),
+            random: random_flags(snapshot),
         }
     }
+}
+
+fn random_flags(snapshot: &Snapshot) -> HashMap<Box<str>, HashSet<Box<str>>> {
+    snapshot
+        .namespaces()
+        .iter()
+        .filter_map(|ns| {
+            let flags: HashSet<Box<str>> = ns
+                .flags
+                .iter()
+                .filter(|f| can_draw(f))
+                .map(|f| f.key.clone())
+                .collect();
+            (!flags.is_empty()).then(|| (ns.name.clone(), flags))
+        })
+        .collect()
+}
+
+/// Whether evaluating `flag` can draw: a `percentage_of_time` rule strictly between 0 and 100 %
+/// that no earlier catch-all rule (no matchers, always serving) shadows.
+fn can_draw(flag: &vexil_core::Flag) -> bool {
+    use vexil_core::snapshot::{Gate, Outcome};
+    if !flag.enabled {
+        return false;
+    }
+    for rule in &flag.rules {
+        match &rule.outcome {
+            Outcome::Serve {
+                gate: Gate::PercentageOfTime { threshold },
+                ..
+            } if *threshold > 0 && *threshold < vexil_core::bucket::BUCKETS => return true,
+            Outcome::Serve {
+                gate: Gate::Always, ..
+            } if rule.matchers.is_empty() => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The reloader's hook that builds `Derived` for every new snapshot.
@@ -70,6 +113,17 @@ fn flag_keys(snapshot: &Snapshot) -> Arc<[FlagRef]> {
 pub struct Served<'a> {
     pub snapshot: &'a Snapshot,
     pub derived: &'a Derived,
+}
+
+impl Served<'_> {
+    /// Whether an answer with `flag` of `namespace` (`None`: any of its flags) can differ
+    /// between two evaluations of the same request.
+    pub fn can_draw(&self, namespace: &str, flag: Option<&str>) -> bool {
+        self.derived
+            .random
+            .get(namespace)
+            .is_some_and(|flags| flag.is_none_or(|f| flags.contains(f)))
+    }
 }
 
 /// The snapshot served when a request began (held without touching its reference count).

@@ -349,9 +349,21 @@ async fn run_case(world: &mut World, case: &Case, report: &mut Report) {
         } else {
             format!("case `{}`, follow-up {i}", case.name)
         };
-        let vars = Vars {
+        let plain = Vars {
             revision: &world.revision,
             etag: etag.as_deref(),
+            request_etag: None,
+        };
+        let request_etag = match request_etag(&request, &state, &plain) {
+            Ok(tag) => tag,
+            Err(e) => {
+                report.failures.push(format!("{place}: bad request: {e}"));
+                return;
+            }
+        };
+        let vars = Vars {
+            request_etag: Some(&request_etag),
+            ..plain
         };
         let built = match build(&request, &vars) {
             Ok(r) => r,
@@ -431,20 +443,25 @@ async fn settled_reads(state: &AppState) -> u64 {
     }
 }
 
-/// Placeholders in tables: `{{revision}}` (the served revision) and `{{etag}}` (the ETag of
-/// the previous answer of the case).
+/// Placeholders in tables: `{{revision}}` (the served revision), `{{etag}}` (the ETag of
+/// the previous answer of the case) and `{{request_etag}}` (the tag of an answer that depends
+/// on the revision and the request only; see `request_etag`).
 struct Vars<'a> {
     revision: &'a str,
     etag: Option<&'a str>,
+    request_etag: Option<&'a str>,
 }
 
 impl Vars<'_> {
     fn apply(&self, text: &str) -> String {
-        let text = text.replace("{{revision}}", self.revision);
-        match self.etag {
-            Some(etag) => text.replace("{{etag}}", etag),
-            None => text,
+        let mut text = text.replace("{{revision}}", self.revision);
+        if let Some(etag) = self.etag {
+            text = text.replace("{{etag}}", etag);
         }
+        if let Some(etag) = self.request_etag {
+            text = text.replace("{{request_etag}}", etag);
+        }
+        text
     }
 
     fn apply_json(&self, value: &Json) -> Json {
@@ -483,6 +500,57 @@ fn merge(request: &mut Req, step: &Req) {
     }
 }
 
+fn body_bytes(req: &Req, vars: &Vars<'_>) -> Result<Option<Vec<u8>>, String> {
+    Ok(match (&req.body, &req.json, req.body_size) {
+        (Some(text), None, None) => Some(vars.apply(text).into_bytes()),
+        (None, Some(json), None) => {
+            Some(serde_json::to_vec(&vars.apply_json(json)).map_err(|e| e.to_string())?)
+        }
+        (None, None, Some(n)) => Some(vec![b'x'; n]),
+        (None, None, None) => None,
+        _ => return Err("give one of body, json and body_size".into()),
+    })
+}
+
+/// The strong ETag the server gives an answer that is a function of the revision and the
+/// request (computed before evaluating): SHA-256 of the parts, each but the last followed by
+/// a zero byte, first 16 bytes in hex. OFREP bulk: revision, namespace, body; the frontend
+/// API: revision, method, path, query, body. A selection that can draw at random must not
+/// be answered 304 for it.
+fn request_etag(req: &Req, state: &AppState, vars: &Vars<'_>) -> Result<String, String> {
+    use sha2::Digest as _;
+    let revision = state.revision().unwrap_or_default();
+    let target = vars.apply(req.path.as_deref().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let body = body_bytes(req, vars)?.unwrap_or_default();
+    let method = req.method.as_deref().unwrap_or("GET");
+    let namespace = path
+        .strip_prefix("/ns/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or("default", |(ns, _)| ns);
+    let parts: Vec<&[u8]> = if path.contains("/ofrep/") {
+        vec![revision.as_bytes(), namespace.as_bytes(), &body]
+    } else {
+        vec![
+            revision.as_bytes(),
+            method.as_bytes(),
+            path.as_bytes(),
+            query.as_bytes(),
+            &body,
+        ]
+    };
+    let mut hasher = sha2::Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update([0]);
+        }
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("\"{hex}\""))
+}
+
 fn build(req: &Req, vars: &Vars<'_>) -> Result<Request<Body>, String> {
     let path = req.path.as_deref().ok_or("no path")?;
     let mut builder = Request::builder()
@@ -491,16 +559,7 @@ fn build(req: &Req, vars: &Vars<'_>) -> Result<Request<Body>, String> {
     for (name, value) in &req.headers {
         builder = builder.header(name.as_str(), vars.apply(value));
     }
-    let body: Option<Vec<u8>> = match (&req.body, &req.json, req.body_size) {
-        (Some(text), None, None) => Some(vars.apply(text).into_bytes()),
-        (None, Some(json), None) => {
-            Some(serde_json::to_vec(&vars.apply_json(json)).map_err(|e| e.to_string())?)
-        }
-        (None, None, Some(n)) => Some(vec![b'x'; n]),
-        (None, None, None) => None,
-        _ => return Err("give one of body, json and body_size".into()),
-    };
-    let body = match body {
+    let body = match body_bytes(req, vars)? {
         None => Body::empty(),
         Some(bytes) if req.chunked => {
             // Two chunks of a stream whose length is not known up front.

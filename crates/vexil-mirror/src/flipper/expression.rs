@@ -24,11 +24,19 @@ use super::{Feature, Note, can_serve, flipper_percent, is_on};
 /// Spellings one case-insensitive text may take before the flag is left out.
 const MAX_SPELLINGS: usize = 256;
 
+/// Nodes (calls and values) one flag's expression may hold before the flag is left out:
+/// every client evaluates it per actor, and spellings multiply across conditions.
+const MAX_NODES: usize = 4096;
+
+/// Why a condition on `groups` is inexact: Vexil documents `groups` as a list attribute and
+/// tests each element, Flipper compares the whole array (and `Equal` on an array is false).
+const GROUPS_NOTE: &str = "tests the attribute `groups`, a list in Vexil whose elements Vexil tests one by one, and Flipper compares the whole array (its Equal on an array is false)";
+
 /// What a number-reading condition cannot promise.
 const NUMBER_NOTE: &str = concat!(
     "reads numbers, which Flipper reads differently ",
     unusual_inputs_only!(),
-    " (numbers in text that Ruby writes back otherwise, such as \"05\", \"+5\", \"1.50\" or \" 5\", infinities, integers beyond 2^53)"
+    " (numbers in text that Ruby writes back otherwise, such as \"05\", \"+5\", \"1.50\" or \" 5\", infinities, integers beyond 2^53; array-valued properties, whose elements Vexil tests one by one)"
 );
 
 /// An expression, or a constant it simplified to.
@@ -212,6 +220,15 @@ fn after_prefix(prefix: &str) -> Option<String> {
 type Said = Result<(E, Option<&'static str>), String>;
 
 fn condition(c: &Condition) -> Said {
+    let (e, note) = condition_alone(c)?;
+    // Every test but presence reads each element of a list (eval.rs `any_element`).
+    if !c.attr.is_targeting_key && &*c.attr.full == "groups" && !matches!(c.op, Op::Present(_)) {
+        return Ok((e, Some(GROUPS_NOTE)));
+    }
+    Ok((e, note))
+}
+
+fn condition_alone(c: &Condition) -> Said {
     let p = property(&c.attr);
     let ic = c.ignore_case;
     let unsayable = |what: &str| {
@@ -259,7 +276,14 @@ fn condition(c: &Condition) -> Said {
                 let low = x("GreaterThanOrEqualTo", vec![text.clone(), json!(s)]);
                 ranges.push(match after_prefix(&s) {
                     Some(high) => all(vec![low, x("LessThan", vec![text, json!(high)])]),
-                    None => low,
+                    None if s.is_empty() => low,
+                    // No text is above every text with this prefix: no range says it.
+                    None => {
+                        return Err(format!(
+                            "has a condition `{}` on `{}` whose prefix ends in U+10FFFF, which no range of texts bounds",
+                            c.op_name, c.attr.full
+                        ));
+                    }
                 });
             }
             (all(vec![is_text(&p), any(ranges)]), None)
@@ -418,7 +442,7 @@ fn buckets(
                 notes.push(concat!(
                     "buckets by a property, which Flipper hashes differently ",
                     unusual_inputs_only!(),
-                    " (a float property holding a whole number: Ruby writes 42.0, Vexil 42)"
+                    " (number properties Ruby writes otherwise than Vexil: whole floats, 42.0 in Ruby and 42 in Vexil; floats of 1e16 and above or below 1e-4, which Ruby writes in exponent form; integers beyond 2^53)"
                 ));
             }
             property(path)
@@ -545,9 +569,30 @@ pub(super) fn feature<'f>(
     );
     match e {
         E::Const(on) => f.boolean = f.boolean || on,
-        E::X(j) => f.expression = Some(j),
+        E::X(j) => {
+            let size = nodes(&j);
+            if size > MAX_NODES {
+                return Err((
+                    &flag.origin,
+                    format!(
+                        "needs an expression of {size} nodes, more than the {MAX_NODES} a Flipper flag may carry here (every client evaluates it per actor)"
+                    ),
+                ));
+            }
+            f.expression = Some(j);
+        }
     }
     Ok(f)
+}
+
+/// Calls and values in an expression.
+fn nodes(j: &Json) -> usize {
+    match j {
+        // A call's argument list is no node of its own.
+        Json::Array(items) => items.iter().map(nodes).sum(),
+        Json::Object(map) => 1 + map.values().map(nodes).sum::<usize>(),
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -570,6 +615,13 @@ mod tests {
         assert!(spellings("é", true, false).is_err());
         assert_eq!(after_prefix("ab-").as_deref(), Some("ab."));
         assert_eq!(after_prefix("").as_deref(), None);
+        assert_eq!(after_prefix("a\u{10FFFF}").as_deref(), None);
+    }
+
+    #[test]
+    fn nodes_count_calls_and_values() {
+        assert_eq!(nodes(&json!({"Equal": [{"Property": ["a"]}, "b"]})), 4);
+        assert_eq!(nodes(&json!(true)), 1);
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub(super) enum Edge {
     Version,
     /// A pattern with `\d`, `\w`, `\s` or `\b`: Unicode classes in Rust's regex, ASCII in RE2.
     Pattern,
+    /// A pattern with a construct (named) that RE2 rejects or reads as something else.
+    PatternSyntax(String),
 }
 
 pub(super) fn edge_kind(c: &Condition) -> Option<Edge> {
@@ -162,14 +164,11 @@ pub(super) fn edge_kind(c: &Condition) -> Option<Edge> {
         Op::In { numbers, .. } if !numbers.is_empty() => Some(Edge::Number),
         Op::Equals { value, .. } if value.number.is_some() => Some(Edge::Number),
         Op::Semver(..) => Some(Edge::Version),
-        Op::Matches(_) => {
-            let pattern = c.operand.as_str().unwrap_or_default();
-            let classes = ["\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\b", "\\B"];
-            classes
-                .iter()
-                .any(|class| pattern.contains(class))
-                .then_some(Edge::Pattern)
-        }
+        Op::Matches(_) => match super::re2::reading(c.operand.as_str().unwrap_or_default()) {
+            super::re2::Reading::Same => None,
+            super::re2::Reading::AsciiClasses => Some(Edge::Pattern),
+            super::re2::Reading::Unsupported(what) => Some(Edge::PatternSyntax(what)),
+        },
         _ => None,
     }
 }

@@ -17,6 +17,7 @@
 
 mod constraints;
 mod dnf;
+mod re2;
 mod translate;
 mod wire;
 

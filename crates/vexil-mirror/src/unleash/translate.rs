@@ -540,7 +540,7 @@ fn yggdrasil_reason(kind: &Edge) -> Option<String> {
         Edge::Clock | Edge::FieldTime(_) => "compares times: Vexil also reads a date alone (2026-01-01, midnight UTC), which Unleash's engine reads as no time".to_owned(),
         Edge::Number => concat!("compares numbers, which Unleash's engine reads differently ", unusual_inputs_only!(), " (surrounding spaces, inf or NaN, beyond 64-bit floats, differences below 2.2e-16)").to_owned(),
         Edge::Version => concat!("compares versions, which Unleash's engine reads differently ", unusual_inputs_only!(), " (build metadata counts there, surrounding spaces)").to_owned(),
-        Edge::Pattern => return None,
+        Edge::Pattern | Edge::PatternSyntax(_) => return None,
     })
 }
 
@@ -551,6 +551,7 @@ fn node_reason(kind: &Edge) -> String {
         Edge::Number => concat!("compares numbers, which Node's engine reads differently ", unusual_inputs_only!(), " (JavaScript's Number(): 0x1E, 0b11, Infinity, an empty or blank value as 0, surrounding spaces)").to_owned(),
         Edge::Version => concat!("compares versions, which Node's engine reads differently ", unusual_inputs_only!(), " (npm semver: a leading `=`, surrounding spaces)").to_owned(),
         Edge::Pattern => concat!("matches a pattern with \\d, \\w, \\s or \\b, which Node's engine (RE2) reads as ASCII classes: differently ", unusual_inputs_only!(), " (non-ASCII digits, letters or spaces)").to_owned(),
+        Edge::PatternSyntax(what) => format!("matches a pattern with {what}, which Node's engine (RE2) rejects or reads differently: a pattern RE2 rejects makes the condition false for every input"),
     }
 }
 
