@@ -15,8 +15,10 @@ class Receiver(BaseHTTPRequestHandler):
         if not hmac.compare_digest(signed, self.headers.get("X-Vexil-Signature-256", "")):
             return self.answer(401)
         change = json.loads(body)  # its delivery id and timestamp are signed with it
-        if change["delivery"] in seen or abs(time.time() - change["timestamp"]) > 300:
-            return self.answer(409)
+        if abs(time.time() - change["timestamp"]) > 300:
+            return self.answer(409)  # a replay of an old delivery
+        if change["delivery"] in seen:
+            return self.answer(204)  # a retry whose first answer was lost: done already
         seen.add(change["delivery"])
         for ns in change["namespaces"]:
             for flag in [f["flag"] for f in ns["added"] + ns["changed"]] + ns["removed"]:

@@ -59,7 +59,8 @@ impl Recent {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let skip = match recent.iter().position(|e| e.revision == revision) {
+        // The last occurrence: a ref moved back to an earlier commit serves a revision again.
+        let skip = match recent.iter().rposition(|e| e.revision == revision) {
             Some(at) => at + 1,
             // The revision before the oldest change kept (the first served, say).
             None if recent
@@ -302,6 +303,13 @@ impl SseFeed {
         };
         let mut out = hello;
         self.seen = missed.iter().map(|e| e.revision.clone()).collect();
+        // Resume from what the client has (or was just replayed), not from the served revision:
+        // a swap served before it reached the recent changes then still comes by the broadcast.
+        match (missed.last(), &last_id) {
+            (Some(last), _) => self.last_revision.clone_from(&last.revision),
+            (None, Some(id)) => self.last_revision.clone_from(id),
+            (None, None) => {}
+        }
         match self.style {
             Style::Generic => {
                 for change in &missed {

@@ -168,13 +168,20 @@ pub struct Args {
     cors_origins: Vec<String>,
     /// POST a signed JSON document to this URL after every swap that changes flags (repeatable;
     /// signed with `VEXIL_NOTIFY_SECRET` when set). See docs/notifications.md.
-    #[arg(long = "notify-url", env = "VEXIL_NOTIFY_URLS", value_delimiter = ',')]
+    // The URLs may carry credentials (Slack's always do): `--help` must not print them.
+    #[arg(
+        long = "notify-url",
+        env = "VEXIL_NOTIFY_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     notify_urls: Vec<String>,
     /// Post one message per change to this Slack incoming webhook (repeatable).
     #[arg(
         long = "notify-slack",
         env = "VEXIL_NOTIFY_SLACK",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     notify_slack: Vec<String>,
     /// Bounds one notification attempt (connect, TLS, request and answer).
@@ -565,6 +572,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         if !tokens.is_enabled() && !http_addr.ip().is_loopback() {
             tracing::warn!(%http_addr, "no tokens: anyone who reaches this address can read every flag definition through the Flipper and Unleash mirrors");
+        }
+        if let Some(sync_addr) = sync_addr.filter(|a| !tokens.is_enabled() && !a.ip().is_loopback()) {
+            tracing::warn!(%sync_addr, "no tokens: anyone who reaches this address can read every flag definition through flagd's sync service");
         }
         if let Some(notify) = notify {
             let notifier = Notifier::start(&state, notify)?;

@@ -147,6 +147,9 @@ impl Logic<'_> {
         let el = element();
         Ok(match &c.op {
             Op::Equals { value, negate } => {
+                if value.number.is_some() || value.boolean.is_some() {
+                    self.caveats.push(other_spellings(attr));
+                }
                 let mut list = Vec::new();
                 forms(value, &mut list);
                 negated(*negate, each(v, json!({ "in": [el, list] })))
@@ -156,6 +159,9 @@ impl Logic<'_> {
                 numbers,
                 negate,
             } => {
+                if !numbers.is_empty() || texts.contains("true") || texts.contains("false") {
+                    self.caveats.push(other_spellings(attr));
+                }
                 let mut sorted: Vec<&str> = texts.iter().map(|t| &**t).collect();
                 sorted.sort_unstable();
                 let mut list: Vec<Json> = sorted.iter().map(|t| json!(t)).collect();
@@ -251,6 +257,13 @@ fn contains(v: Json, texts: &[String]) -> Json {
 
 /// flagd's own operators cannot run inside `some` (JS flagd-core looks for its logger in the
 /// data, which `some` replaces by the element), so a list is not tested element by element.
+/// Vexil compares numbers by value and booleans ignoring case; `in` lists the usual spellings.
+fn other_spellings(attr: &str) -> Caveat {
+    format!(
+        "compares `{attr}` with a number or a boolean, which Vexil also finds in other spellings (\"42.0\", \" 42\", \"4.2e1\", \"TRUE\") that flagd's strict `in` does not list: for unusual inputs only"
+    )
+}
+
 fn custom_op_on_lists(attr: &str, op: &str) -> Caveat {
     format!(
         "tests `{attr}` with `{op}`, which flagd applies to a list as one value (null) where Vexil tests each element: other answers for list values, for unusual inputs only"

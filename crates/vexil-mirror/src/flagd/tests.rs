@@ -52,14 +52,22 @@ flags:
 "#,
     );
     let e = export(&s.namespaces()[0]);
-    // Only `ends_with` on a list is read otherwise (flagd's own operators cannot run per element).
+    // Read otherwise for unusual inputs only, per evaluator: `ends_with` on a list (flagd's own
+    // operators cannot run per element), and a number (rule 1) or boolean (rule 3) in another
+    // spelling than the ones `in` lists.
     let reasons: Vec<&str> = e.findings.iter().map(|f| f.reason.as_str()).collect();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 9, "{reasons:?}");
+    for (rule, start) in [
+        ("1", "compares `country` with a number or a boolean"),
+        ("2", "tests `email` with `ends_with`"),
+        ("3", "compares `plan` with a number or a boolean"),
+    ] {
+        let prefix = format!("rule `{rule}` {start}");
+        let of_rule = reasons.iter().filter(|r| r.starts_with(&prefix)).count();
+        assert_eq!(of_rule, 3, "{prefix}: {reasons:?}");
+    }
     assert!(
-        reasons
-            .iter()
-            .all(|r| r.starts_with("rule `2` tests `email` with `ends_with`")
-                && r.ends_with("for unusual inputs only")),
+        e.findings.iter().all(|f| f.unusual_inputs_only),
         "{reasons:?}"
     );
     // A list attribute matches when an element does, as in Vexil: `merge` makes a value a list.
