@@ -50,6 +50,47 @@ fn compile_example() -> vexil_core::Snapshot {
     compiled.snapshot.expect("flags/ compiles")
 }
 
+/// `vexil serve` options putting every port on a free loopback port (tests run in parallel:
+/// no fixed port, not even the sync service's default 8015).
+pub const LOOPBACK_PORTS: [&str; 6] = [
+    "--grpc-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "127.0.0.1:0",
+    "--sync-addr",
+    "127.0.0.1:0",
+];
+
+/// Polls `check` every 10 ms until it holds; fails naming `what` after `patience`.
+pub async fn poll_until<F, Fut>(what: &str, patience: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < patience, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Compares `actual` with the golden file at `relative` (from the repository root), or
+/// rewrites it with VEXIL_BLESS=1 (after a reviewed change).
+pub fn golden(relative: &str, actual: &str) {
+    let path = repo_root().join(relative);
+    if std::env::var_os("VEXIL_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (VEXIL_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        actual, expected,
+        "{relative} differs (VEXIL_BLESS=1 rewrites it after review)"
+    );
+}
+
 /// Runs the `vexil` binary from the repository root.
 pub fn vexil(args: &[&str]) -> std::process::Output {
     vexil_in(&repo_root(), args)

@@ -267,14 +267,7 @@ async fn vexil_serve_restarted_during_an_outage_reports_the_source_stale() {
     let output = Command::new(env!("CARGO_BIN_EXE_vexil"))
         .arg("serve")
         .args(&argv)
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--sync-addr",
-            "127.0.0.1:0",
-        ])
+        .args(crate::helpers::LOOPBACK_PORTS)
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -292,14 +285,7 @@ fn a_cache_directory_that_cannot_be_written_is_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_vexil"))
         .args(["serve", &url])
         .args(["--cache-dir", cache.to_str().unwrap()])
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--sync-addr",
-            "127.0.0.1:0",
-        ])
+        .args(crate::helpers::LOOPBACK_PORTS)
         .output()
         .unwrap();
     assert!(!output.status.success());

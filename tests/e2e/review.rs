@@ -142,18 +142,7 @@ fn stdout(o: &Output) -> String {
 
 /// Compares with tests/review/NAME, or rewrites it with VEXIL_BLESS=1.
 fn golden(name: &str, actual: &str) {
-    let path = repo_root().join("tests/review").join(name);
-    if std::env::var_os("VEXIL_BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (VEXIL_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        actual, expected,
-        "{name} differs (VEXIL_BLESS=1 rewrites it after review)"
-    );
+    crate::helpers::golden(&format!("tests/review/{name}"), actual);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -29,6 +29,7 @@ use crate::conditional;
 use crate::evaluation::Error;
 use crate::mirrors::admit;
 use crate::state::AppState;
+use crate::unleash::message;
 
 type Frontend = Arc<AppState>;
 
@@ -41,14 +42,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         "/ns/{namespace}/api/proxy",
     ] {
         router = router
-            .route(prefix, get(enabled).post(enabled).fallback(refuse))
+            .route(prefix, get(read).post(read).fallback(refuse))
             .route(
                 &format!("{prefix}/all"),
-                get(all).post(all).fallback(refuse),
+                get(read).post(read).fallback(refuse),
             )
             .route(
                 &format!("{prefix}/features/{{name}}"),
-                get(feature).post(feature).fallback(refuse),
+                get(read).post(read).fallback(refuse),
             )
             .route(
                 &format!("{prefix}/client/metrics"),
@@ -82,37 +83,19 @@ pub fn method(path: &str) -> &'static str {
     }
 }
 
-fn message(status: StatusCode, text: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({ "message": text }).to_string(),
-    )
-        .into_response()
-}
-
-/// Every core error as the frontend API words it: the one place this front does.
+/// Every core error as the frontend API words it: the one place this front does (what it
+/// says as the Unleash client API does, it says through `unleash::refused`).
 pub fn refused(e: &Error) -> Response {
     match e {
         Error::Unauthenticated => message(
             StatusCode::UNAUTHORIZED,
             "Missing or unknown token: set the SDK's `clientKey` to a token this server accepts.",
         ),
-        Error::NoSnapshot => message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "No valid flag snapshot yet: the flag repository has not been read successfully.",
-        ),
-        Error::UnknownNamespace(namespace) => message(
-            StatusCode::NOT_FOUND,
-            &format!("Namespace `{namespace}` not found: no flag file declares it."),
-        ),
         Error::FlagNotFound { flag, .. } => message(
             StatusCode::NOT_FOUND,
             &format!("Feature `{flag}` not found."),
         ),
-        Error::TypeMismatch { .. } | Error::InvalidContext(_) | Error::BadRequest(_) => {
-            message(StatusCode::BAD_REQUEST, &e.to_string())
-        }
+        _ => crate::unleash::refused(e),
     }
 }
 
@@ -136,14 +119,21 @@ struct Read<'r> {
     body: &'r Bytes,
 }
 
-async fn enabled(
+/// `/api/frontend`, `/all` and `/features/{name}`: which toggles is told by the route matched.
+async fn read(
     State(s): State<Frontend>,
+    matched: MatchedPath,
     Path(params): Path<HashMap<String, String>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let select = match params.get("name") {
+        Some(name) => Select::One(name),
+        None if matched.as_str().ends_with("/all") => Select::All,
+        None => Select::Enabled,
+    };
     let read = Read {
         params: &params,
         method: &method,
@@ -151,44 +141,7 @@ async fn enabled(
         headers: &headers,
         body: &body,
     };
-    answer(&s, &read, Select::Enabled)
-}
-
-async fn all(
-    State(s): State<Frontend>,
-    Path(params): Path<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let read = Read {
-        params: &params,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    answer(&s, &read, Select::All)
-}
-
-async fn feature(
-    State(s): State<Frontend>,
-    Path(params): Path<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let name = params.get("name").map_or("", String::as_str);
-    let read = Read {
-        params: &params,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    answer(&s, &read, Select::One(name))
+    answer(&s, &read, select)
 }
 
 fn answer(s: &AppState, read: &Read<'_>, select: Select<'_>) -> Response {

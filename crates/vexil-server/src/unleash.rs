@@ -64,7 +64,8 @@ pub fn method(path: &str) -> &'static str {
     }
 }
 
-fn message(status: StatusCode, text: &str) -> Response {
+/// An error answer in the Unleash APIs' shape (`{"message": ...}`), shared with `frontend`.
+pub(crate) fn message(status: StatusCode, text: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,16 +25,12 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const SECRET: &str = "notify-secret";
 
 /// Polls `check` until it holds, for at most `PATIENCE`.
-async fn wait_for<F, Fut>(what: &str, mut check: F)
+async fn wait_for<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::poll_until(what, PATIENCE, check).await;
 }
 
 /// A repository whose `flags/` holds `files` (name, text), committed on `main`.
@@ -77,6 +73,14 @@ async fn serve(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
 async fn wait_served(server: &Server, revision: &str) {
     wait_for(&format!("revision {revision} to be served"), || async {
         server.status().await.is_ok_and(|s| s.revision == revision)
+    })
+    .await;
+}
+
+/// Waits until receiver `name` has had `revision` delivered (`what` names the wait).
+async fn wait_delivered(server: &Server, name: &str, revision: &str, what: &str) {
+    wait_for(what, || async {
+        receiver_status(server, name).await.last_delivered_revision == revision
     })
     .await;
 }
@@ -221,13 +225,7 @@ async fn a_receiver_that_fails_then_recovers_gets_every_change_in_order() {
         commits.push(c);
     }
     let last = commits.last().unwrap().clone();
-    wait_for("the last commit to be delivered", || async {
-        receiver_status(&server, "url0")
-            .await
-            .last_delivered_revision
-            == last
-    })
-    .await;
+    wait_delivered(&server, "url0", &last, "the last commit to be delivered").await;
     let got = receiver.got();
     assert!(got.len() >= 4, "{got:?}");
     // Every request is signed over its raw body, and names its delivery and time as the body
@@ -300,34 +298,28 @@ async fn a_hanging_receiver_delays_neither_swaps_nor_another_receiver() {
     )
     .await;
     let two = commit(repo.path(), &[("a.yaml", &flag_a("two"))], "two");
-    wait_for("the healthy receiver to get the first change", || async {
-        receiver_status(&server, "url1")
-            .await
-            .last_delivered_revision
-            == two
-    })
+    wait_delivered(
+        &server,
+        "url1",
+        &two,
+        "the healthy receiver to get the first change",
+    )
     .await;
     let three = commit(repo.path(), &[("a.yaml", &flag_a("three"))], "three");
     // Served, and the healthy receiver has both changes, while the other one hangs.
     wait_served(&server, &three).await;
-    wait_for("the healthy receiver to get both changes", || async {
-        receiver_status(&server, "url1")
-            .await
-            .last_delivered_revision
-            == three
-    })
+    wait_delivered(
+        &server,
+        "url1",
+        &three,
+        "the healthy receiver to get both changes",
+    )
     .await;
     assert!(!healthy.got().is_empty());
     // Unsigned without a secret.
     assert_eq!(healthy.got()[0].header("x-vexil-signature-256"), "");
     // Slack: one message per change, unsigned, a fallback text and a section naming the flag.
-    wait_for("Slack to get both changes", || async {
-        receiver_status(&server, "slack0")
-            .await
-            .last_delivered_revision
-            == three
-    })
-    .await;
+    wait_delivered(&server, "slack0", &three, "Slack to get both changes").await;
     let messages = slack.got();
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[1].header("x-vexil-signature-256"), "");
@@ -411,13 +403,7 @@ async fn a_full_queue_drops_the_oldest_changes() {
     }
     release.notify_one();
     let last = commits[4].clone();
-    wait_for("the newest change to be delivered", || async {
-        receiver_status(&server, "url0")
-            .await
-            .last_delivered_revision
-            == last
-    })
-    .await;
+    wait_delivered(&server, "url0", &last, "the newest change to be delivered").await;
     let revisions: Vec<String> = receiver
         .got()
         .iter()
@@ -620,12 +606,12 @@ async fn an_https_receiver_is_checked_against_the_ca_file() {
     )
     .await;
     let two = commit(repo.path(), &[("a.yaml", &flag_a("two"))], "two");
-    wait_for("the https receiver to get the change", || async {
-        receiver_status(&server, "url0")
-            .await
-            .last_delivered_revision
-            == two
-    })
+    wait_delivered(
+        &server,
+        "url0",
+        &two,
+        "the https receiver to get the change",
+    )
     .await;
     let got = bodies.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");

@@ -63,14 +63,7 @@ impl Process {
         };
         command
             .arg("serve")
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--sync-addr",
-                "127.0.0.1:0",
-            ])
+            .args(crate::helpers::LOOPBACK_PORTS)
             .args(args)
             .env("VEXIL_LOG", "warn")
             .envs(env.iter().copied())

@@ -379,28 +379,8 @@ async fn providers_follow_commits_while_connected() {
 fn fixture_findings_are_pinned() {
     let snapshot = load(&repo_root().join("tests/flagd/flags"));
     let mirrors = [Mirror::Flagd, Mirror::FlagdNode, Mirror::FlagdPython];
-    let got: String = vexil_mirror::findings(&snapshot, &mirrors)
-        .iter()
-        .map(|f| {
-            format!(
-                "{}/{} {} {}: {}\n",
-                f.namespace,
-                f.flag,
-                f.mirror.as_str(),
-                f.fidelity.as_str(),
-                f.reason
-            )
-        })
-        .collect();
-    let path = repo_root().join("tests/flagd/findings.txt");
-    if std::env::var_os("VEXIL_BLESS").is_some() {
-        std::fs::write(&path, &got).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(
-        got, want,
-        "tests/flagd/findings.txt (VEXIL_BLESS=1 rewrites it)"
-    );
+    let got = crate::mirrors::findings_text(&snapshot, &mirrors);
+    crate::helpers::golden("tests/flagd/findings.txt", &got);
 }
 
 /// The reference's `fractional` vectors: murmur3 of the bucketing value and the bucket

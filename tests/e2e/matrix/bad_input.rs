@@ -147,14 +147,7 @@ async fn refused(bad: &Bad, cache: &Path, home: &Path) -> Named {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"));
     command
         .arg("serve")
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--sync-addr",
-            "127.0.0.1:0",
-        ])
+        .args(crate::helpers::LOOPBACK_PORTS)
         .args(["--flags-dir", "flags"])
         .arg("--cache-dir")
         .arg(cache)

@@ -541,17 +541,9 @@ async fn real_clients_agree_with_vexil_on_the_example_repository() {
     }
 }
 
-/// What each mirror says about each fixture flag: tests/mirrors/findings.txt (VEXIL_BLESS=1
-/// rewrites it after a reviewed change).
-#[test]
-fn fixture_findings_are_pinned() {
-    let snapshot = load(&repo_root().join("tests/mirrors/flags"));
-    // The flagd export's findings are pinned in tests/flagd/findings.txt.
-    let mirrors: Vec<Mirror> = Mirror::ALL
-        .into_iter()
-        .filter(|m| !m.as_str().starts_with("flagd"))
-        .collect();
-    let got: String = vexil_mirror::findings(&snapshot, &mirrors)
+/// Findings as the pinned files list them: `namespace/flag mirror fidelity: reason`, a line each.
+pub(crate) fn findings_text(snapshot: &vexil_core::Snapshot, mirrors: &[Mirror]) -> String {
+    vexil_mirror::findings(snapshot, mirrors)
         .iter()
         .map(|f| {
             format!(
@@ -563,12 +555,21 @@ fn fixture_findings_are_pinned() {
                 f.reason
             )
         })
+        .collect()
+}
+
+/// What each mirror says about each fixture flag: tests/mirrors/findings.txt (VEXIL_BLESS=1
+/// rewrites it after a reviewed change).
+#[test]
+fn fixture_findings_are_pinned() {
+    let snapshot = load(&repo_root().join("tests/mirrors/flags"));
+    // The flagd export's findings are pinned in tests/flagd/findings.txt.
+    let mirrors: Vec<Mirror> = Mirror::ALL
+        .into_iter()
+        .filter(|m| !matches!(m, Mirror::Flagd | Mirror::FlagdNode | Mirror::FlagdPython))
         .collect();
-    let path = repo_root().join("tests/mirrors/findings.txt");
-    if std::env::var_os("VEXIL_BLESS").is_some() {
-        std::fs::write(&path, &got).unwrap();
-    }
-    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), got);
+    let got = findings_text(&snapshot, &mirrors);
+    crate::helpers::golden("tests/mirrors/findings.txt", &got);
     let omitted = got.lines().filter(|l| l.contains(" omitted: ")).count();
     let inexact = got.lines().filter(|l| l.contains(" inexact: ")).count();
     assert!(

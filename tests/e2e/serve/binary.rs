@@ -10,18 +10,9 @@ async fn the_binary_serves_and_stops_on_sigterm() {
     let flags = crate::helpers::repo_root().join("flags");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
         // No periodic rescan during the test: a new read attempt can only come from SIGHUP.
-        .args([
-            "serve",
-            flags.to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--sync-addr",
-            "127.0.0.1:0",
-            "--rescan-interval",
-            "1h",
-        ])
+        .args(["serve", flags.to_str().unwrap()])
+        .args(crate::helpers::LOOPBACK_PORTS)
+        .args(["--rescan-interval", "1h"])
         .current_dir(tmp.path())
         .env("VEXIL_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -172,15 +163,8 @@ async fn serve_without_a_source_uses_flags_or_the_embedded_example() {
         (elsewhere.path(), "the example repository built into vexil"),
     ] {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--sync-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["serve"])
+            .args(crate::helpers::LOOPBACK_PORTS)
             .current_dir(dir)
             .env("VEXIL_LOG", "warn")
             .stdout(std::process::Stdio::piped())

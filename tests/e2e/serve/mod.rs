@@ -215,16 +215,13 @@ async fn eval_a(client: &mut FlagServiceClient<Channel>) -> String {
     )
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds, for at most `PATIENCE`.
+async fn wait_until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::helpers::poll_until(what, PATIENCE, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -433,14 +433,7 @@ fn tls_options_need_each_other_and_readable_files() {
     let serve = |args: &[&str], env: &[(&str, &str)]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_vexil"))
             .arg("serve")
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--sync-addr",
-                "127.0.0.1:0",
-            ])
+            .args(crate::helpers::LOOPBACK_PORTS)
             .args(args)
             .envs(env.iter().copied())
             .current_dir(tmp.path())
