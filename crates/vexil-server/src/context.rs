@@ -104,13 +104,19 @@ pub fn from_struct(ctx: Option<prost_types::Struct>, limits: &Limits) -> Result<
     Ok(out)
 }
 
+/// The one shape a JSON context may have.
+fn json_object(ctx: &Json) -> Result<&serde_json::Map<String, Json>, Error> {
+    match ctx {
+        Json::Object(map) => Ok(map),
+        _ => Err(Error::InvalidContext(
+            "the context must be a JSON object".into(),
+        )),
+    }
+}
+
 /// An OpenFeature context as JSON (OFREP).
 pub fn from_json(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
-    let Json::Object(map) = ctx else {
-        return Err(Error::InvalidContext(
-            "the context must be a JSON object".into(),
-        ));
-    };
+    let map = json_object(ctx)?;
     let mut budget = Budget::new(limits);
     let mut out = Context::new();
     for (name, value) in map {
@@ -134,11 +140,7 @@ pub fn from_json(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
 /// `appName`, `currentTime`, any other) the attribute of its name, and each of `properties`
 /// too, on top (as the Unleash server merges them).
 pub fn from_unleash(ctx: &Json, limits: &Limits) -> Result<Context, Error> {
-    let Json::Object(map) = ctx else {
-        return Err(Error::InvalidContext(
-            "the context must be a JSON object".into(),
-        ));
-    };
+    let map = json_object(ctx)?;
     let mut budget = Budget::new(limits);
     let mut out = Context::new();
     for (name, value) in map {
